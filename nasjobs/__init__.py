@@ -1,0 +1,1 @@
+"""The NAS engine: search spaces, strategies, estimators and the search loop (no Django)."""

@@ -1,0 +1,38 @@
+"""Trained weights on disk: one file per kept trial, the rest deleted so disk use stays bounded."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+
+class ArtifactStore:
+    def __init__(self, root: str | Path, experiment_id: int | str) -> None:
+        self.dir = Path(root) / f"experiment-{experiment_id}"
+
+    def path(self, number: int) -> Path:
+        return self.dir / f"trial-{number:05d}.pt"
+
+    def save(self, number: int, state: dict[str, torch.Tensor]) -> str:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.path(number)
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)  # atomic: a killed worker never leaves half a file under the real name
+        return str(path)
+
+    def load(self, number: int) -> dict[str, torch.Tensor] | None:
+        path = self.path(number)
+        if not path.exists():
+            return None
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def keep_only(self, numbers: Iterable[int]) -> None:
+        """Delete every file of this experiment except those of `numbers` (idempotent)."""
+        keep = {self.path(n).name for n in numbers}
+        if not self.dir.exists():
+            return
+        for f in self.dir.iterdir():
+            if f.name not in keep:
+                f.unlink(missing_ok=True)

@@ -1,0 +1,9 @@
+"""Performance estimators, by name."""
+from nasjobs.estimators.base import EpochHook, EvalResult, Estimator
+from nasjobs.estimators.train import TrainEstimator
+from nasjobs.registry import Registry
+
+ESTIMATORS: Registry[type[Estimator]] = Registry("estimator", "nasjobs.estimators")
+ESTIMATORS.register(TrainEstimator.name, TrainEstimator)
+
+__all__ = ["ESTIMATORS", "EpochHook", "EvalResult", "Estimator", "TrainEstimator"]

@@ -1,0 +1,45 @@
+"""The performance-estimation interface: an architecture and a budget in, an estimate of its quality out."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from nasjobs.datasets import Dataset
+from nasjobs.spaces.base import SearchSpace
+
+# Called after each epoch with (epoch, validation accuracy); may raise to stop the evaluation.
+EpochHook = Callable[[int, float], None]
+
+
+@dataclass
+class EvalResult:
+    val_acc: float  # fraction in [0, 1]
+    params: int
+    flops: int  # multiply-adds for one input
+    train_seconds: float
+    fidelity: dict[str, Any]  # what produced the figure: epochs, data fraction, ...
+    curve: list[float] = field(default_factory=list)  # validation accuracy after each epoch
+    state: dict[str, torch.Tensor] | None = None  # trained weights, when the estimator trains a network
+
+
+class Estimator(ABC):
+    name: ClassVar[str]
+    title: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, space: SearchSpace, dataset: Dataset, config: Any, device: torch.device) -> None:
+        self.space = space
+        self.dataset = dataset
+        self.config = config
+        self.device = device
+
+    @abstractmethod
+    def evaluate(self, arch: Any, budget: int, *, seed: int, hook: EpochHook | None = None) -> EvalResult:
+        """Estimate `arch`'s validation accuracy, spending `budget` (epochs for training estimators)."""
+
+    @abstractmethod
+    def test_accuracy(self, arch: Any, state: dict[str, torch.Tensor]) -> float:
+        """Accuracy on the held-out test split of a network trained by `evaluate`."""

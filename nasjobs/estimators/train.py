@@ -1,0 +1,55 @@
+"""The reference estimator: train the candidate for N epochs and measure validation accuracy."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from nasjobs.estimators.base import EpochHook, EvalResult, Estimator
+from nasjobs.metrics import count_macs, count_params
+from nasjobs.options import option
+from nasjobs.training import SGDSettings, accuracy, seeded_init, train_epochs
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = option(0.05, "Initial SGD learning rate (cosine-annealed to 0)", min=1e-6, max=10.0)
+    momentum: float = option(0.9, "SGD Nesterov momentum", min=0.0, max=0.999)
+    weight_decay: float = option(5e-4, "L2 weight decay", min=0.0, max=1.0)
+    batch_size: int = option(64, "Mini-batch size", min=2, max=4096)
+
+
+class TrainEstimator(Estimator):
+    """Full training for `budget` epochs with SGD; the figure is accuracy on the validation split."""
+
+    name = "train"
+    title = "Train N epochs"
+    Config = TrainConfig
+
+    def _settings(self) -> SGDSettings:
+        c = self.config
+        return SGDSettings(c.lr, c.momentum, c.weight_decay, c.batch_size)
+
+    def _build(self, arch: Any, seed: int) -> torch.nn.Module:
+        ds = self.dataset
+        return seeded_init(lambda: self.space.build(arch, ds.input_shape, ds.num_classes), seed)
+
+    def evaluate(self, arch: Any, budget: int, *, seed: int, hook: EpochHook | None = None) -> EvalResult:
+        model = self._build(arch, seed)
+        params, flops = count_params(model), count_macs(model, self.dataset.input_shape)
+        started = time.perf_counter()
+        curve = train_epochs(model, self.dataset.train, self.dataset.val, budget, self._settings(), seed,
+                             self.device, hook)
+        seconds = time.perf_counter() - started
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return EvalResult(val_acc=curve[-1] if curve else accuracy(model, self.dataset.val, self.device),
+                          params=params, flops=flops, train_seconds=seconds,
+                          fidelity={"epochs": budget, "data_fraction": 1.0}, curve=curve, state=state)
+
+    def test_accuracy(self, arch: Any, state: dict[str, torch.Tensor]) -> float:
+        model = self._build(arch, 0)
+        model.load_state_dict(state)
+        model.to(self.device)
+        return accuracy(model, self.dataset.test, self.device)

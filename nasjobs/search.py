@@ -1,0 +1,222 @@
+"""The search loop: a strategy proposes, an estimator evaluates, a store persists each trial as it finishes."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from nasjobs.artifacts import ArtifactStore
+from nasjobs.datasets import DATASETS
+from nasjobs.estimators import ESTIMATORS
+from nasjobs.options import OptionError, config_to_json, parse_config
+from nasjobs.rng import derive_seed
+from nasjobs.spaces import SPACES
+from nasjobs.strategies import STRATEGIES
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("space", "strategy", "estimator")
+# How many proposals in a row may repeat evaluated architectures before the space counts as exhausted.
+MAX_REPEATED_PROPOSALS = 1000
+
+
+class SpecError(ValueError):
+    """An invalid experiment specification; `field` names the offending field (`space.max_layers`, `budget`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class SearchCancelled(Exception):
+    """Raised by a store's heartbeat when the experiment was cancelled; the loop stops where it is."""
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    dataset: str
+    space: str
+    strategy: str
+    estimator: str
+    budget: int
+    epochs: int
+    seed: int
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # component -> option -> value
+    top_k: int = 5
+
+    def component_class(self, component: str) -> type:
+        registry = {"space": SPACES, "strategy": STRATEGIES, "estimator": ESTIMATORS}[component]
+        return registry.get(getattr(self, component))
+
+
+LIMITS = {"budget": (1, 100_000), "epochs": (1, 10_000), "seed": (0, 2**31 - 1), "top_k": (1, 1000)}
+
+
+def validate_spec(spec: ExperimentSpec) -> ExperimentSpec:
+    """Check every field and option; returns the spec with options normalised to their JSON form."""
+    for name, registry in (("dataset", DATASETS), ("space", SPACES), ("strategy", STRATEGIES),
+                           ("estimator", ESTIMATORS)):
+        value = getattr(spec, name)
+        if value not in registry:
+            raise SpecError(name, f"unknown {registry.kind} {value!r}; choose one of {', '.join(registry.names())}")
+    for name, (low, high) in LIMITS.items():
+        value = getattr(spec, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise SpecError(name, f"must be an integer from {low} to {high}")
+    unknown = set(spec.options) - set(COMPONENTS)
+    if unknown:
+        raise SpecError("options", f"unknown option group {sorted(unknown)[0]!r}")
+    normalised = {}
+    for component in COMPONENTS:
+        try:
+            config = parse_config(spec.component_class(component).Config, spec.options.get(component))
+        except OptionError as exc:
+            raise SpecError(f"{component}.{exc.key}", exc.message) from None
+        normalised[component] = config_to_json(config)
+    return ExperimentSpec(spec.dataset, spec.space, spec.strategy, spec.estimator, spec.budget, spec.epochs,
+                          spec.seed, normalised, spec.top_k)
+
+
+@dataclass
+class TrialRecord:
+    number: int
+    arch_key: str
+    arch_display: str
+    val_acc: float
+    params: int
+    flops: int
+    train_seconds: float
+    fidelity: dict[str, Any]
+    curve: list[float]
+    weights_path: str | None = None
+
+
+class Store(Protocol):
+    """Where a search keeps its progress. The Django adapter writes rows; tests use `MemoryStore`."""
+
+    def load(self) -> tuple[dict[str, Any] | None, list[TrialRecord]]:
+        """The strategy state after the last recorded trial (None if none) and every recorded trial."""
+
+    def record_trial(self, trial: TrialRecord, strategy_state: dict[str, Any], kept: list[int]) -> None:
+        """Atomically add `trial`, save the strategy state, and forget the weights of trials not in `kept`."""
+
+    def heartbeat(self) -> None:
+        """Signal liveness; raise SearchCancelled if the experiment has been cancelled."""
+
+    def finish(self, best_number: int, test_acc: float) -> None: ...
+
+
+@dataclass
+class MemoryStore:
+    """A store in memory, for the engine's own tests and for scripts without a database."""
+
+    state: dict[str, Any] | None = None
+    trials: list[TrialRecord] = field(default_factory=list)
+    cancelled: bool = False
+    best: tuple[int, float] | None = None
+    heartbeats: int = 0
+
+    def load(self) -> tuple[dict[str, Any] | None, list[TrialRecord]]:
+        return self.state, list(self.trials)
+
+    def record_trial(self, trial: TrialRecord, strategy_state: dict[str, Any], kept: list[int]) -> None:
+        self.trials.append(trial)
+        self.state = strategy_state
+        for t in self.trials:
+            if t.number not in kept:
+                t.weights_path = None
+
+    def heartbeat(self) -> None:
+        self.heartbeats += 1
+        if self.cancelled:
+            raise SearchCancelled()
+
+    def finish(self, best_number: int, test_acc: float) -> None:
+        self.best = (best_number, test_acc)
+
+
+def best_trial(trials: list[TrialRecord]) -> TrialRecord:
+    """Highest validation accuracy; the earlier trial wins a tie."""
+    return max(trials, key=lambda t: (t.val_acc, -t.number))
+
+
+def top_k_numbers(trials: list[TrialRecord], k: int) -> list[int]:
+    ranked = sorted(trials, key=lambda t: (-t.val_acc, t.number))
+    return [t.number for t in ranked[:k]]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class SearchRunner:
+    """Runs (or resumes) one experiment to its budget. Safe to call again after a crash: it continues from the
+    last recorded trial, and the strategy, restored from its checkpoint, proposes what it would have proposed."""
+
+    def __init__(self, spec: ExperimentSpec, store: Store, artifacts: ArtifactStore, device: torch.device) -> None:
+        self.spec = validate_spec(spec)
+        self.store = store
+        self.artifacts = artifacts
+        self.device = device
+        configs = {c: parse_config(self.spec.component_class(c).Config, self.spec.options[c]) for c in COMPONENTS}
+        self.space = self.spec.component_class("space")(configs["space"])
+        self.strategy = self.spec.component_class("strategy")(self.space, configs["strategy"],
+                                                              derive_seed(self.spec.seed, "strategy"))
+        self.dataset = DATASETS.get(self.spec.dataset)()
+        self.estimator = self.spec.component_class("estimator")(self.space, self.dataset, configs["estimator"],
+                                                                device)
+
+    def trial_seed(self, number: int) -> int:
+        return derive_seed(self.spec.seed, "trial", number) % (2**31)
+
+    def run(self) -> None:
+        state, trials = self.store.load()
+        if state is not None:
+            self.strategy.load_state_dict(state)
+        by_key = {t.arch_key: t for t in trials}
+        repeats = 0
+        while len(trials) < self.spec.budget:
+            self.store.heartbeat()
+            arch = self.strategy.propose()
+            key = self.space.to_str(arch)
+            if key in by_key:  # already evaluated: tell the strategy again, spend no budget
+                self.strategy.observe(arch, by_key[key].val_acc)
+                repeats += 1
+                if repeats >= MAX_REPEATED_PROPOSALS:
+                    log.warning("strategy keeps proposing evaluated architectures; stopping at %d trials", len(trials))
+                    break
+                continue
+            repeats = 0
+            trial = self._evaluate(len(trials), arch, key)
+            trials.append(trial)
+            by_key[key] = trial
+            kept = top_k_numbers(trials, self.spec.top_k)
+            self.store.record_trial(trial, self.strategy.state_dict(), kept)
+            self.artifacts.keep_only(kept)
+        if trials:
+            self._finish(trials)
+
+    def _evaluate(self, number: int, arch: Any, key: str) -> TrialRecord:
+        seed = self.trial_seed(number)
+        result = self.estimator.evaluate(arch, self.spec.epochs, seed=seed, hook=lambda epoch, acc: self.store.heartbeat())
+        self.strategy.observe(arch, result.val_acc)
+        path = self.artifacts.save(number, result.state) if result.state is not None else None
+        log.info("trial %d %s val_acc=%.4f", number, key, result.val_acc)
+        return TrialRecord(number, key, self.space.display(arch), result.val_acc, result.params, result.flops,
+                           result.train_seconds, result.fidelity, result.curve, path)
+
+    def _finish(self, trials: list[TrialRecord]) -> None:
+        best = best_trial(trials)
+        arch = self.space.from_str(best.arch_key)
+        state = self.artifacts.load(best.number)
+        if state is None:  # weights lost (artifact folder wiped): retrain with the trial's own seed
+            result = self.estimator.evaluate(arch, self.spec.epochs, seed=self.trial_seed(best.number))
+            state = result.state
+        test_acc = self.estimator.test_accuracy(arch, state)
+        self.store.finish(best.number, test_acc)

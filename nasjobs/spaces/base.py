@@ -1,0 +1,90 @@
+"""The search-space interface: how architectures are represented, sampled, changed, keyed, built and drawn."""
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, Hashable, Sequence, TypeVar
+
+from torch import nn
+
+A = TypeVar("A", bound=Hashable)
+
+
+class ArchParseError(ValueError):
+    """An architecture string or token sequence that does not name a member of the space."""
+
+
+@dataclass
+class Graph:
+    """A drawable description of an architecture: nodes with labels, edges with optional labels."""
+
+    nodes: list[tuple[str, str]] = field(default_factory=list)  # (id, label)
+    edges: list[tuple[str, str, str]] = field(default_factory=list)  # (src, dst, label)
+    clusters: dict[str, list[str]] = field(default_factory=dict)  # title -> node ids
+
+    def to_json(self) -> dict[str, Any]:
+        return {"nodes": [list(n) for n in self.nodes], "edges": [list(e) for e in self.edges],
+                "clusters": {k: list(v) for k, v in self.clusters.items()}}
+
+
+class SearchSpace(ABC, Generic[A]):
+    """One search space. Architectures are immutable, hashable values; `to_str` is their database key.
+
+    Each space declares its options as a frozen dataclass `Config` (see `nasjobs.options`).
+    """
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @abstractmethod
+    def sample(self, rng: random.Random) -> A: ...
+
+    @abstractmethod
+    def mutate(self, arch: A, rng: random.Random) -> A:
+        """A small change that always gives a valid architecture different from `arch`."""
+
+    @abstractmethod
+    def neighbours(self, arch: A) -> list[A]:
+        """All architectures one mutation away (finite spaces)."""
+
+    @abstractmethod
+    def to_str(self, arch: A) -> str: ...
+
+    @abstractmethod
+    def from_str(self, text: str) -> A:
+        """Parse a canonical string; raises ArchParseError. Never uses eval."""
+
+    @abstractmethod
+    def vocabulary(self) -> list[list[str]]:
+        """The token choices at each position of `to_tokens`."""
+
+    @abstractmethod
+    def to_tokens(self, arch: A) -> list[int]: ...
+
+    @abstractmethod
+    def from_tokens(self, tokens: Sequence[int]) -> A: ...
+
+    @abstractmethod
+    def size(self) -> int:
+        """Number of architectures in the space (exact)."""
+
+    @abstractmethod
+    def build(self, arch: A, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+        """A trainable network for inputs of shape (channels, height, width)."""
+
+    @abstractmethod
+    def describe(self, arch: A) -> Graph: ...
+
+    def display(self, arch: A) -> str:
+        """A short human-readable form for tables (defaults to the canonical string)."""
+        return self.to_str(arch)
+
+    def distance(self, a: A, b: A) -> int:
+        """Edit distance between two architectures: differing token positions."""
+        ta, tb = self.to_tokens(a), self.to_tokens(b)
+        return sum(x != y for x, y in zip(ta, tb)) + abs(len(ta) - len(tb))

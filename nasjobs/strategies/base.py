@@ -1,0 +1,37 @@
+"""The ask/tell search-strategy interface."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from nasjobs.spaces.base import SearchSpace
+
+
+class Strategy(ABC):
+    """Decides which architecture to evaluate next. Never touches the database.
+
+    `propose()` returns an architecture of `space`; `observe(arch, value)` reports its estimated quality
+    (higher is better). `state_dict()` is JSON-serialisable and restores the strategy exactly, random state
+    included, so a resumed search proposes what an uninterrupted one would have.
+    """
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, space: SearchSpace, config: Any, seed: int) -> None:
+        self.space = space
+        self.config = config
+        self.seed = seed
+
+    @abstractmethod
+    def propose(self) -> Any: ...
+
+    @abstractmethod
+    def observe(self, arch: Any, value: float) -> None: ...
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...

@@ -2,8 +2,10 @@
 from nasjobs.registry import Registry
 from nasjobs.spaces.base import ArchParseError, Graph, SearchSpace
 from nasjobs.spaces.chain_cnn import ChainCNN
+from nasjobs.spaces.nb201 import NB201
 
 SPACES: Registry[type[SearchSpace]] = Registry("search space", "nasjobs.spaces")
 SPACES.register(ChainCNN.name, ChainCNN)
+SPACES.register(NB201.name, NB201)
 
-__all__ = ["SPACES", "ArchParseError", "Graph", "SearchSpace", "ChainCNN"]
+__all__ = ["SPACES", "ArchParseError", "Graph", "SearchSpace", "ChainCNN", "NB201"]

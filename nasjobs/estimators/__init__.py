@@ -1,9 +1,11 @@
 """Performance estimators, by name."""
 from nasjobs.estimators.base import EpochHook, EvalResult, Estimator
+from nasjobs.estimators.benchmark import BenchmarkEstimator
 from nasjobs.estimators.train import TrainEstimator
 from nasjobs.registry import Registry
 
 ESTIMATORS: Registry[type[Estimator]] = Registry("estimator", "nasjobs.estimators")
 ESTIMATORS.register(TrainEstimator.name, TrainEstimator)
+ESTIMATORS.register(BenchmarkEstimator.name, BenchmarkEstimator)
 
-__all__ = ["ESTIMATORS", "EpochHook", "EvalResult", "Estimator", "TrainEstimator"]
+__all__ = ["ESTIMATORS", "BenchmarkEstimator", "EpochHook", "EvalResult", "Estimator", "TrainEstimator"]

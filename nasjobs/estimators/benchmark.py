@@ -1,0 +1,85 @@
+"""A trial as a lookup in the NAS-Bench-201 table: the figures a real training run would have produced."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from nasjobs import nb201_table
+from nasjobs.datasets import Dataset
+from nasjobs.estimators.base import EpochHook, EvalResult, Estimator
+from nasjobs.metrics import count_macs
+from nasjobs.options import option
+from nasjobs.spaces.base import SearchSpace
+from nasjobs.spaces.nb201 import NB201, NB201Config
+
+# Input shape the benchmark trained each dataset at, and its classes (for counting multiply-adds).
+TABLE_INPUTS = {"cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100), "imagenet16-120": ((3, 16, 16), 120)}
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    table: str = option("cifar10", "Which dataset's figures to look up", choices=nb201_table.DATASETS)
+    fidelity: str = option("200", "'200': one 200-epoch validation seed, drawn from the trial's seed; "
+                                  "'12': the 12-epoch validation value", choices=("200", "12"))
+    count_flops: bool = option(True, "Build the network to count its multiply-adds (about 40 ms a trial)")
+
+
+@lru_cache(maxsize=4096)
+def _macs(arch: tuple[str, ...], table: str) -> int:
+    shape, classes = TABLE_INPUTS[table]
+    return count_macs(NB201().build(arch, shape, classes), shape)  # type: ignore[arg-type]
+
+
+class BenchmarkEstimator(Estimator):
+    """NAS-Bench-201 lookup (Dong & Yang 2020) for the `nb201` space only; no network is trained.
+
+    With fidelity "200" the observed value is the 200-epoch validation accuracy of one training seed, chosen
+    with `random.Random(seed)`, so a search sees the noise a real run would. `train_seconds` is the table's
+    training time on the benchmark's hardware: a simulated cost, not time spent here.
+    """
+
+    name = "benchmark"
+    title = "NAS-Bench-201 table lookup"
+    Config = BenchmarkConfig
+
+    def __init__(self, space: SearchSpace, dataset: Dataset | None, config: BenchmarkConfig,
+                 device: torch.device | None = None) -> None:
+        if not isinstance(space, NB201):
+            raise ValueError(f"the benchmark estimator looks up NAS-Bench-201 figures and works only with the "
+                             f"nb201 space, not {getattr(space, 'name', type(space).__name__)!r}")
+        default = NB201Config()
+        if (space.config.channels, space.config.cells) != (default.channels, default.cells):
+            raise ValueError(f"the table was measured with channels={default.channels} and cells={default.cells}; "
+                             f"this space has channels={space.config.channels}, cells={space.config.cells}")
+        super().__init__(space, dataset, config, device or torch.device("cpu"))
+        self.table = nb201_table.load(config.table)
+
+    def evaluate(self, arch: Any, budget: int, *, seed: int, hook: EpochHook | None = None) -> EvalResult:
+        """Look `arch` up; `budget` is ignored (the table fixes the schedule; `fidelity` records it)."""
+        i = self.space.index(arch)
+        t = self.table
+        if self.config.fidelity == "200":
+            run = random.Random(seed).randrange(int(t.val200_count[i]))
+            percent = float(t.val200[i, run])
+            fidelity: dict[str, Any] = {"epochs": 200, "seed_run": run, "train_seconds": "simulated (table)"}
+            seconds = float(t.train_time_s[i])
+        else:
+            percent = float(t.val12[i])
+            fidelity = {"epochs": 12, "train_seconds": "simulated (table, 12/200 of the 200-epoch time)"}
+            seconds = float(t.train_time_s[i]) * 12 / 200
+        fidelity.update({"estimator": self.name, "table": self.config.table, "index": i})
+        val_acc = percent / 100.0
+        if hook is not None:
+            hook(fidelity["epochs"], val_acc)
+        flops = _macs(tuple(arch), self.config.table) if self.config.count_flops else 0
+        return EvalResult(val_acc=val_acc, params=round(float(t.params_m[i]) * 1e6), flops=flops,
+                          train_seconds=seconds, fidelity=fidelity, curve=[val_acc], state=None)
+
+    def test_accuracy(self, arch: Any, state: dict[str, torch.Tensor] | None = None) -> float:
+        """The table's 200-epoch test accuracy (fraction, mean over seeds); `state` is ignored, since a lookup
+        has no weights (the search loop passes None)."""
+        return float(self.table.test200[self.space.index(arch)]) / 100.0

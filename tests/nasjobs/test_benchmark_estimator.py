@@ -1,0 +1,86 @@
+"""The NAS-Bench-201 lookup estimator returns the table's figures, as fractions, with its fidelity recorded."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nasjobs import nb201_table
+from nasjobs.artifacts import ArtifactStore
+from nasjobs.estimators import ESTIMATORS, BenchmarkEstimator
+from nasjobs.estimators.benchmark import BenchmarkConfig
+from nasjobs.options import OptionError, parse_config
+from nasjobs.search import ExperimentSpec, MemoryStore, SearchRunner
+from nasjobs.spaces import ChainCNN, NB201
+from nasjobs.spaces.nb201 import NB201Config
+
+SPACE = NB201()
+BEST = SPACE.from_index(6111)
+
+
+def estimator(**options: object) -> BenchmarkEstimator:
+    return BenchmarkEstimator(SPACE, None, parse_config(BenchmarkConfig, {"count_flops": False, **options}))
+
+
+def test_it_is_registered_as_benchmark() -> None:
+    assert ESTIMATORS.get("benchmark") is BenchmarkEstimator
+
+
+def test_the_200_epoch_value_is_one_seed_of_the_table_drawn_from_the_trial_seed() -> None:
+    table = nb201_table.load("cifar10")
+    seeds = {round(v, 4) for v in table.val200[6111, :table.val200_count[6111]]}
+    seen = set()
+    for seed in range(40):
+        result = estimator().evaluate(BEST, 200, seed=seed)
+        assert 0.0 <= result.val_acc <= 1.0
+        assert round(result.val_acc * 100, 4) in seeds
+        assert result == estimator().evaluate(BEST, 200, seed=seed)
+        seen.add(round(result.val_acc * 100, 4))
+        assert result.fidelity["epochs"] == 200 and result.fidelity["estimator"] == "benchmark"
+        assert result.state is None
+    assert seen == seeds
+
+
+@pytest.mark.parametrize("table", nb201_table.DATASETS)
+def test_the_12_epoch_value_params_and_test_accuracy_come_from_the_table(table: str) -> None:
+    est = estimator(table=table, fidelity="12")
+    figures = nb201_table.load(table)
+    result = est.evaluate(BEST, 12, seed=0)
+    assert result.val_acc == pytest.approx(figures.val12[6111] / 100)
+    assert result.params == round(figures.params_m[6111] * 1e6)
+    assert result.train_seconds == pytest.approx(figures.train_time_s[6111] * 12 / 200)
+    assert est.test_accuracy(BEST, None) == pytest.approx(figures.test200[6111] / 100)
+
+
+def test_best_cifar10_cell_has_the_table_optimum_on_test() -> None:
+    assert estimator().test_accuracy(BEST, None) == pytest.approx(0.943733)
+
+
+def test_flops_are_counted_for_the_benchmark_input() -> None:
+    est = BenchmarkEstimator(SPACE, None, BenchmarkConfig())
+    assert est.evaluate(BEST, 200, seed=0).flops == pytest.approx(153.27e6, rel=0.01)
+
+
+def test_it_refuses_other_spaces_and_other_skeletons() -> None:
+    with pytest.raises(ValueError, match="nb201"):
+        BenchmarkEstimator(ChainCNN(), None, BenchmarkConfig())
+    with pytest.raises(ValueError, match="channels"):
+        BenchmarkEstimator(NB201(NB201Config(channels=8)), None, BenchmarkConfig())
+
+
+def test_unknown_tables_are_option_errors() -> None:
+    with pytest.raises(OptionError):
+        parse_config(BenchmarkConfig, {"table": "mnist"})
+
+
+def test_it_runs_in_the_search_loop_and_reports_the_table_test_accuracy(tmp_path: Path) -> None:
+    spec = ExperimentSpec(dataset="digits", space="nb201", strategy="random", estimator="benchmark", budget=5,
+                          epochs=200, seed=3, options={"estimator": {"count_flops": False}})
+    store = MemoryStore()
+    SearchRunner(spec, store, ArtifactStore(tmp_path, "exp"), device=None).run()
+    assert len(store.trials) == 5
+    best_number, test_acc = store.best
+    best = max(store.trials, key=lambda t: (t.val_acc, -t.number))
+    assert best.number == best_number
+    index = SPACE.index(SPACE.from_str(best.arch_key))
+    assert test_acc == pytest.approx(nb201_table.load("cifar10").test200[index] / 100)

@@ -93,6 +93,7 @@ class TrialRecord:
     fidelity: dict[str, Any]
     curve: list[float]
     weights_path: str | None = None
+    estimator: str = ""
 
 
 class Store(Protocol):
@@ -209,7 +210,7 @@ class SearchRunner:
         path = self.artifacts.save(number, result.state) if result.state is not None else None
         log.info("trial %d %s val_acc=%.4f", number, key, result.val_acc)
         return TrialRecord(number, key, self.space.display(arch), result.val_acc, result.params, result.flops,
-                           result.train_seconds, result.fidelity, result.curve, path)
+                           result.train_seconds, result.fidelity, result.curve, path, self.spec.estimator)
 
     def _finish(self, trials: list[TrialRecord]) -> None:
         best = best_trial(trials)

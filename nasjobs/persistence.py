@@ -1,0 +1,73 @@
+"""The one adapter between the engine and Django: a Store that reads and writes experiment rows."""
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from typing import Any
+
+from django.conf import settings
+
+from nasjobs.artifacts import ArtifactStore
+from nasjobs.search import SearchCancelled, SearchRunner, TrialRecord, resolve_device
+from webapp.experiments import services
+from webapp.experiments.models import Experiment
+
+log = logging.getLogger(__name__)
+
+
+class DjangoStore:
+    """Persists a search through the experiment services; heartbeats are written at most every few seconds."""
+
+    def __init__(self, experiment_id: int, worker: str, heartbeat_every: float = 2.0) -> None:
+        self.experiment_id = experiment_id
+        self.worker = worker
+        self.heartbeat_every = heartbeat_every
+        self._last_beat = 0.0
+
+    def load(self) -> tuple[dict[str, Any] | None, list[TrialRecord]]:
+        return services.experiment_load_progress(self.experiment_id)
+
+    def record_trial(self, trial: TrialRecord, strategy_state: dict[str, Any], kept: list[int]) -> None:
+        services.trial_record(self.experiment_id, self.worker, trial, strategy_state, kept)
+        self._last_beat = time.monotonic()
+
+    def heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_beat < self.heartbeat_every:
+            return
+        self._last_beat = now
+        status = services.experiment_heartbeat(self.experiment_id, self.worker)
+        if status is None:
+            raise services.LostClaim(f"experiment {self.experiment_id} was taken over by another worker")
+        if status == Experiment.Status.CANCELLED:
+            raise SearchCancelled()
+
+    def finish(self, best_number: int, test_acc: float) -> None:
+        services.experiment_finish(self.experiment_id, self.worker, best_number, test_acc)
+
+
+def run_experiment_now(experiment_id: int, worker: str) -> str:
+    """Claim and run (or resume) an experiment in this process. Returns what happened:
+    "done" (finished or failed here), "cancelled", "lost" (another worker took over), "busy" (held by a live
+    worker: try later), or "finished" (nothing left to do)."""
+    if not services.experiment_claim(experiment_id, worker):
+        status = Experiment.objects.filter(pk=experiment_id).values_list("status", flat=True).first()
+        return "busy" if status == Experiment.Status.RUNNING else "finished"
+    experiment = Experiment.objects.get(pk=experiment_id)
+    try:
+        runner = SearchRunner(experiment.spec(), DjangoStore(experiment_id, worker),
+                              ArtifactStore(settings.NAS_ARTIFACTS_DIR, experiment_id),
+                              resolve_device(settings.NAS_DEVICE))
+        runner.run()
+    except SearchCancelled:
+        log.info("experiment %s cancelled", experiment_id)
+        return "cancelled"
+    except services.LostClaim as exc:
+        log.warning("%s", exc)
+        return "lost"
+    except Exception as exc:  # the experiment fails with a readable reason; the worker lives on
+        log.exception("experiment %s failed", experiment_id)
+        services.experiment_fail(experiment_id, worker, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+        return "done"
+    return "done"

@@ -1,0 +1,37 @@
+"""Celery tasks: thin, idempotent wrappers that take primary keys and call the persistence adapter."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from celery import shared_task
+from celery.signals import worker_ready
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name="nasjobs.run_experiment", bind=True, acks_late=True, reject_on_worker_lost=True,
+             max_retries=None)
+def run_experiment(self, experiment_id: int) -> str:
+    """Run or resume an experiment. A redelivered or duplicate message is harmless: the claim is a conditional
+    UPDATE, and a message that finds the experiment held by a live worker comes back after the lease."""
+    from nasjobs.persistence import run_experiment_now
+
+    worker = f"{socket.gethostname()}:{os.getpid()}:{self.request.id}"
+    outcome = run_experiment_now(experiment_id, worker)
+    if outcome == "busy":
+        raise self.retry(countdown=max(1, settings.NAS_LEASE_SECONDS // 2))
+    return outcome
+
+
+@worker_ready.connect
+def _recover_on_start(sender=None, **kwargs) -> None:
+    """A starting worker re-queues experiments that should be progressing, so a killed worker or a restarted
+    Redis loses nothing: the database says what is unfinished."""
+    from webapp.experiments.services import experiments_recover
+
+    ids = experiments_recover()
+    if ids:
+        log.info("re-queued unfinished experiments %s", ids)

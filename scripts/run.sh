@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# `make run`: migrate, make sure Redis is up, start one Celery worker and the web server; Ctrl-C stops all.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBUG="${DEBUG:-1}"
+export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
+PY=.venv/bin/python
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  echo "nasboard stopped."
+}
+trap cleanup EXIT INT TERM
+
+redis_pid=$(scripts/ensure-redis.sh)
+[ -n "$redis_pid" ] && { pids+=("$redis_pid"); echo "Started a local redis-server for this session ($REDIS_URL)."; }
+
+$PY manage.py migrate --noinput
+login=$($PY manage.py demo_user)
+$PY -m celery -A webapp worker --loglevel=INFO --concurrency=1 -Q "${NAS_QUEUE:-nasboard}" &
+pids+=($!)
+$PY manage.py runserver 127.0.0.1:8000 --noreload &
+pids+=($!)
+sleep 2
+echo
+echo "============================================================================"
+echo " nasboard is running at http://127.0.0.1:8000/  (Ctrl-C stops everything)"
+echo " $login"
+echo "============================================================================"
+wait -n "${pids[@]}"

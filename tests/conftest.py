@@ -1,0 +1,110 @@
+"""Shared fixtures: named users, and a real Celery worker process against the real Redis."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def alice(django_user_model):
+    return django_user_model.objects.create_user("alice", password="alice-pass-123", is_staff=True,
+                                                 is_superuser=True)
+
+
+@pytest.fixture
+def bob(django_user_model):
+    return django_user_model.objects.create_user("bob", password="bob-pass-123")
+
+
+@pytest.fixture
+def alice_client(client, alice):
+    client.force_login(alice)
+    return client
+
+
+def database_url_for_subprocess() -> str:
+    """The URL of the test database this test process is using, for a worker started beside it."""
+    from django.db import connection
+
+    s = connection.settings_dict
+    if s["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{s['NAME']}"
+    auth = s["USER"] + (f":{s['PASSWORD']}" if s["PASSWORD"] else "")
+    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+class WorkerProcess:
+    """One `celery worker` in its own process group, listening on a queue private to this test."""
+
+    def __init__(self, env: dict[str, str], queue: str, log_path: Path) -> None:
+        self.env, self.queue, self.log_path = env, queue, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "WorkerProcess":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-Q", self.queue, "--concurrency", "1",
+             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "-n", f"{self.queue}-{uuid.uuid4().hex[:6]}@%h"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool children at once, as a crash or an OOM kill would."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture
+def celery_worker_factory(settings, tmp_path) -> Iterator[Callable[[], WorkerProcess]]:
+    """Start real workers that share this test's database and a queue of their own on the real Redis."""
+    queue = f"nasboard-test-{uuid.uuid4().hex[:10]}"
+    settings.NAS_QUEUE = queue
+    settings.NAS_ARTIFACTS_DIR = tmp_path / "artifacts"
+    env = dict(os.environ, DATABASE_URL=database_url_for_subprocess(), NAS_QUEUE=queue, DEBUG="1",
+               NAS_ARTIFACTS_DIR=str(tmp_path / "artifacts"), NAS_LEASE_SECONDS=str(settings.NAS_LEASE_SECONDS),
+               LOG_LEVEL="INFO", PYTHONPATH=str(ROOT))
+    workers: list[WorkerProcess] = []
+
+    def start() -> WorkerProcess:
+        worker = WorkerProcess(env, queue, tmp_path / f"worker-{len(workers)}.log").start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for w in workers:
+        w.stop()
+    import redis
+    from django.conf import settings as live
+
+    redis.Redis.from_url(live.REDIS_URL).delete(queue)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, on_fail: Callable[[], str] = lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{on_fail()}")

@@ -1,0 +1,100 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nasjobs.artifacts import ArtifactStore
+from nasjobs.search import (ExperimentSpec, MemoryStore, SearchCancelled, SearchRunner, SpecError, TrialRecord,
+                            validate_spec)
+
+CPU = torch.device("cpu")
+SPEC = ExperimentSpec("digits", "chain_cnn", "random", "train", budget=5, epochs=1, seed=4, top_k=2,
+                      options={"space": {"max_layers": 2, "filters": "8,16"}})
+
+
+def run(spec, store, root):
+    SearchRunner(spec, store, ArtifactStore(root, 1), CPU).run()
+    return store
+
+
+def test_it_runs_to_the_budget_keeping_only_the_top_k_weights(tmp_path):
+    store = run(SPEC, MemoryStore(), tmp_path)
+    assert [t.number for t in store.trials] == list(range(5))
+    assert len({t.arch_key for t in store.trials}) == 5
+    kept = sorted(store.trials, key=lambda t: (-t.val_acc, t.number))[:2]
+    assert sorted(p.name for p in (tmp_path / "experiment-1").iterdir()) == sorted(
+        f"trial-{t.number:05d}.pt" for t in kept)
+    assert {t.number for t in store.trials if t.weights_path} == {t.number for t in kept}
+    best_number, test_acc = store.best
+    assert best_number == kept[0].number
+    assert 0.0 <= test_acc <= 1.0
+    assert all(t.estimator == "train" and t.fidelity["epochs"] == 1 for t in store.trials)
+
+
+class CrashingStore(MemoryStore):
+    """Dies like a killed worker after `crash_after` trials were recorded."""
+
+    def __init__(self, crash_after: int) -> None:
+        super().__init__()
+        self.crash_after = crash_after
+
+    def record_trial(self, trial, strategy_state, kept):
+        super().record_trial(trial, strategy_state, kept)
+        if len(self.trials) == self.crash_after:
+            raise SystemExit("worker killed")
+
+
+def test_a_resumed_search_proposes_what_an_uninterrupted_one_would(tmp_path):
+    uninterrupted = run(SPEC, MemoryStore(), tmp_path / "a")
+    crashed = CrashingStore(crash_after=2)
+    with pytest.raises(SystemExit):
+        run(SPEC, crashed, tmp_path / "b")
+    assert len(crashed.trials) == 2
+    resumed = MemoryStore(state=crashed.state, trials=list(crashed.trials))
+    run(SPEC, resumed, tmp_path / "b")
+    assert [t.arch_key for t in resumed.trials] == [t.arch_key for t in uninterrupted.trials]
+    assert [t.number for t in resumed.trials] == list(range(5))
+
+
+def test_cancelling_stops_the_search_between_epochs(tmp_path):
+    store = MemoryStore()
+    store.cancelled = True
+    with pytest.raises(SearchCancelled):
+        run(SPEC, store, tmp_path)
+    assert store.trials == []
+
+
+def test_lost_weights_are_recomputed_for_the_final_test(tmp_path):
+    store = run(SPEC, MemoryStore(), tmp_path)
+    for f in (tmp_path / "experiment-1").iterdir():
+        f.unlink()
+    again = MemoryStore(state=store.state, trials=store.trials)
+    run(SPEC, again, tmp_path)
+    assert again.best == store.best
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"budget": 0}, "budget"), ({"epochs": -1}, "epochs"), ({"strategy": "nope"}, "strategy"),
+    ({"dataset": "imagenet"}, "dataset"), ({"options": {"space": {"max_layers": 0}}}, "space.max_layers"),
+    ({"options": {"strategy": {"bogus": 1}}}, "strategy.bogus"), ({"options": {"other": {}}}, "options"),
+    ({"seed": True}, "seed"),
+])
+def test_invalid_specs_name_the_offending_field(change, field):
+    spec = ExperimentSpec(**{**SPEC.__dict__, **change})
+    with pytest.raises(SpecError) as err:
+        validate_spec(spec)
+    assert err.value.field == field
+
+
+def test_the_engine_runs_without_django():
+    code = ("import sys, nasjobs.search, nasjobs.spaces, nasjobs.strategies, nasjobs.estimators; "
+            "assert not [m for m in sys.modules if m == 'django' or m.startswith('django.')], 'django imported'")
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
+
+
+def test_trial_records_keep_their_estimator():
+    record = TrialRecord(0, "c8k3", "3x3·8", 0.5, 10, 20, 0.1, {}, [], None, "train")
+    assert record.estimator == "train"

@@ -1,0 +1,67 @@
+import numpy as np
+import torch
+
+from nasjobs.datasets import DATASETS, load_digits, split_indices
+from nasjobs.estimators import ESTIMATORS
+from nasjobs.estimators.train import TrainConfig, TrainEstimator
+from nasjobs.metrics import count_macs, count_params
+from nasjobs.spaces.chain_cnn import ChainCNN, ChainCNNConfig
+
+SPACE = ChainCNN(ChainCNNConfig())
+CPU = torch.device("cpu")
+
+
+def test_digits_ships_with_the_package_and_splits_without_overlap():
+    ds = DATASETS.get("digits")()
+    assert ds.input_shape == (1, 8, 8) and ds.num_classes == 10
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 1797
+    assert set(ds.val.y.tolist()) == set(range(10)) and set(ds.test.y.tolist()) == set(range(10))
+    labels = np.concatenate([ds.train.y.numpy(), ds.val.y.numpy(), ds.test.y.numpy()])
+    parts = split_indices(labels, (0.6, 0.2, 0.2), seed=0)
+    assert sum(len(p) for p in parts) == len(set(np.concatenate(parts).tolist())) == 1797
+
+
+def test_training_learns_and_reports_cost():
+    estimator = TrainEstimator(SPACE, load_digits(), TrainConfig(), CPU)
+    arch = SPACE.from_str("c32k3p-c64k3")
+    result = estimator.evaluate(arch, 4, seed=0)
+    assert result.val_acc > 0.8  # ten classes: chance is 0.1
+    assert len(result.curve) == 4 and result.curve[-1] == result.val_acc
+    model = SPACE.build(arch, (1, 8, 8), 10)
+    assert result.params == count_params(model)
+    # conv1: 64 px * 32 * 9, conv2 (after pooling to 4x4): 16 px * 64 * 32 * 9, head: 64 * 10
+    assert result.flops == count_macs(model, (1, 8, 8)) == 64 * 32 * 9 + 16 * 64 * 32 * 9 + 640
+    assert result.fidelity == {"epochs": 4, "data_fraction": 1.0}
+    test_acc = estimator.test_accuracy(arch, result.state)
+    assert 0.8 < test_acc <= 1.0
+
+
+def test_training_is_reproducible_for_a_seed_and_leaves_global_rng_alone():
+    estimator = ESTIMATORS.get("train")(SPACE, load_digits(), TrainConfig(), CPU)
+    arch = SPACE.from_str("c16k3p-c16k5")
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = estimator.evaluate(arch, 2, seed=7)
+    after = torch.rand(1)
+    b = estimator.evaluate(arch, 2, seed=7)
+    assert a.curve == b.curve
+    assert torch.equal(before, after)
+    c = estimator.evaluate(arch, 2, seed=8)
+    assert any(not torch.equal(c.state[k], a.state[k]) for k in a.state)
+
+
+def test_the_hook_can_stop_training():
+    estimator = TrainEstimator(SPACE, load_digits(), TrainConfig(), CPU)
+    seen = []
+
+    def hook(epoch, acc):
+        seen.append(epoch)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    try:
+        estimator.evaluate(SPACE.from_str("c16k3"), 5, seed=0, hook=hook)
+    except KeyboardInterrupt:
+        pass
+    assert seen == [1, 2]

@@ -1,0 +1,112 @@
+"""The experiment form: fixed fields plus one field per option of every space, strategy and estimator."""
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from nasjobs.datasets import DATASETS
+from nasjobs.options import OptionSpec, option_specs
+from nasjobs.search import COMPONENTS, LIMITS, ExperimentSpec, SpecError, validate_spec
+from nasjobs.spaces import SPACES
+from nasjobs.strategies import STRATEGIES
+from nasjobs.estimators import ESTIMATORS
+
+REGISTRIES = {"space": SPACES, "strategy": STRATEGIES, "estimator": ESTIMATORS}
+
+
+def option_field_name(component: str, cls_name: str, option: str) -> str:
+    return f"opt-{component}-{cls_name}-{option}"
+
+
+def _option_field(spec: OptionSpec) -> forms.Field:
+    # Bounds are checked by the engine's own validation (the same code the `nas` command uses); the field only
+    # parses the value. Not required: options of components that are not selected are ignored.
+    common: dict[str, Any] = {"required": False, "help_text": spec.help, "label": spec.name.replace("_", " ")}
+    if spec.kind == "bool":
+        return forms.BooleanField(initial=spec.default, **common)
+    if spec.kind == "multi":
+        choices = [(str(c), str(c)) for c in spec.choices or ()]
+        return forms.MultipleChoiceField(choices=choices, initial=[str(v) for v in spec.default],
+                                         widget=forms.CheckboxSelectMultiple, **common)
+    if spec.choices is not None:
+        return forms.ChoiceField(choices=[(str(c), str(c)) for c in spec.choices], initial=spec.default, **common)
+    if spec.kind == "int":
+        return forms.IntegerField(initial=spec.default, **common)
+    if spec.kind == "float":
+        return forms.FloatField(initial=spec.default, **common)
+    return forms.CharField(initial=spec.default, **common)
+
+
+def _choices(registry) -> list[tuple[str, str]]:
+    return [(name, getattr(registry.get(name), "title", name)) for name in registry.names()]
+
+
+class ExperimentForm(forms.Form):
+    name = forms.CharField(max_length=100)
+    dataset = forms.ChoiceField(choices=())
+    space = forms.ChoiceField(choices=(), label="Search space")
+    strategy = forms.ChoiceField(choices=())
+    estimator = forms.ChoiceField(choices=(), label="Performance estimator")
+    budget = forms.IntegerField(min_value=LIMITS["budget"][0], max_value=LIMITS["budget"][1], initial=10,
+                                help_text="Number of trials (architectures evaluated)")
+    epochs = forms.IntegerField(min_value=LIMITS["epochs"][0], max_value=LIMITS["epochs"][1], initial=3,
+                                help_text="Training epochs per trial")
+    seed = forms.IntegerField(min_value=LIMITS["seed"][0], max_value=LIMITS["seed"][1], initial=0)
+    top_k = forms.IntegerField(min_value=LIMITS["top_k"][0], max_value=LIMITS["top_k"][1], initial=5,
+                               label="Keep weights of top k", help_text="Trained weights kept on disk")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["dataset"].choices = [(n, n) for n in DATASETS.names()]
+        self.fields["dataset"].initial = "digits"
+        self.option_groups: list[dict[str, Any]] = []
+        for component in COMPONENTS:
+            registry = REGISTRIES[component]
+            self.fields[component].choices = _choices(registry)
+            for cls_name in registry.names():
+                names = []
+                for spec in option_specs(registry.get(cls_name).Config):
+                    field_name = option_field_name(component, cls_name, spec.name)
+                    self.fields[field_name] = _option_field(spec)
+                    names.append(field_name)
+                self.option_groups.append({"component": component, "name": cls_name, "fields": names})
+        self.fields["space"].initial = "chain_cnn"
+        self.fields["strategy"].initial = "random"
+        self.fields["estimator"].initial = "train"
+
+    def bound_option_groups(self) -> list[dict[str, Any]]:
+        return [dict(group, bound=[self[f] for f in group["fields"]]) for group in self.option_groups]
+
+    def _options(self, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        options: dict[str, dict[str, Any]] = {}
+        for component in COMPONENTS:
+            cls_name = data[component]
+            values = {}
+            for spec in option_specs(REGISTRIES[component].get(cls_name).Config):
+                value = data.get(option_field_name(component, cls_name, spec.name))
+                if value is None or (value == "" and spec.kind != "str"):
+                    continue  # left empty: the option's default
+                values[spec.name] = value
+            options[component] = values
+        return options
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if self.errors:
+            return data
+        spec = ExperimentSpec(dataset=data["dataset"], space=data["space"], strategy=data["strategy"],
+                              estimator=data["estimator"], budget=data["budget"], epochs=data["epochs"],
+                              seed=data["seed"], options=self._options(data), top_k=data["top_k"])
+        try:
+            self.spec = validate_spec(spec)
+        except SpecError as exc:
+            self.add_error(self._field_for(exc.field, data), exc.message)
+        return data
+
+    def _field_for(self, spec_field: str, data: dict[str, Any]) -> str | None:
+        if "." in spec_field:
+            component, option = spec_field.split(".", 1)
+            name = option_field_name(component, data[component], option)
+            return name if name in self.fields else None
+        return spec_field if spec_field in self.fields else None

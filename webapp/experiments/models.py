@@ -1,0 +1,90 @@
+"""Experiments and their trials: the source of truth for every search."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from nasjobs.search import ExperimentSpec
+
+
+class Experiment(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+
+    name = models.CharField(max_length=100)
+    dataset = models.CharField(max_length=50)
+    space = models.CharField(max_length=50)
+    strategy = models.CharField(max_length=50)
+    estimator = models.CharField(max_length=50)
+    budget = models.PositiveIntegerField(help_text="Number of trials")
+    epochs = models.PositiveIntegerField(help_text="Training epochs per trial")
+    seed = models.PositiveIntegerField()
+    top_k = models.PositiveIntegerField(default=5, help_text="Trials whose trained weights are kept")
+    options = models.JSONField(default=dict, blank=True, help_text="Validated options per component")
+
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    trials_done = models.PositiveIntegerField(default=0)
+    best_val_acc = models.FloatField(null=True, blank=True)
+    best_trial_number = models.PositiveIntegerField(null=True, blank=True)
+    test_acc = models.FloatField(null=True, blank=True, help_text="Best trial's accuracy on the test split")
+    error = models.TextField(blank=True)
+    strategy_state = models.JSONField(null=True, blank=True, editable=False)
+
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="experiments")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    claimed_by = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.name}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
+
+    @property
+    def progress_percent(self) -> int:
+        return round(100 * self.trials_done / self.budget) if self.budget else 0
+
+    def spec(self) -> ExperimentSpec:
+        return ExperimentSpec(dataset=self.dataset, space=self.space, strategy=self.strategy,
+                              estimator=self.estimator, budget=self.budget, epochs=self.epochs, seed=self.seed,
+                              options=self.options, top_k=self.top_k)
+
+
+class Trial(models.Model):
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="trials")
+    number = models.PositiveIntegerField(help_text="Order in which the strategy proposed it, from 0")
+    arch_key = models.TextField(help_text="Canonical architecture string")
+    arch_display = models.TextField()
+    val_acc = models.FloatField(help_text="Validation accuracy, fraction")
+    params = models.BigIntegerField()
+    flops = models.BigIntegerField(help_text="Multiply-adds for one input")
+    train_seconds = models.FloatField()
+    estimator = models.CharField(max_length=50)
+    fidelity = models.JSONField(default=dict, blank=True)
+    curve = models.JSONField(default=list, blank=True, help_text="Validation accuracy after each epoch")
+    weights_path = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["experiment", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["experiment", "arch_key"], name="unique_arch_per_experiment"),
+            models.UniqueConstraint(fields=["experiment", "number"], name="unique_number_per_experiment"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.experiment_id}/{self.number} {self.arch_key}"

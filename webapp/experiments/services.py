@@ -1,0 +1,142 @@
+"""Business actions on experiments and trials; views, commands and the worker adapter all go through these."""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from nasjobs.search import ExperimentSpec, SpecError, TrialRecord, validate_spec
+from webapp.experiments.models import Experiment, Trial
+
+log = logging.getLogger(__name__)
+NAME_MAX_LENGTH = Experiment._meta.get_field("name").max_length
+
+
+class LostClaim(Exception):
+    """Another worker took the experiment over (our lease expired); stop without writing."""
+
+
+def experiment_enqueue(experiment_id: int) -> None:
+    from nasjobs.tasks import run_experiment
+
+    run_experiment.apply_async((experiment_id,), queue=settings.NAS_QUEUE)
+
+
+def experiment_create(*, user: AbstractBaseUser | None, name: str, spec: ExperimentSpec,
+                      enqueue: bool = True) -> Experiment:
+    """Validate and store a new experiment, then queue it once the transaction commits. Raises SpecError.
+
+    `enqueue=False` leaves it queued for the caller to run in-process (`nas submit --inline`)."""
+    name = (name or "").strip()
+    if not name:
+        raise SpecError("name", "give the experiment a name")
+    if len(name) > NAME_MAX_LENGTH:
+        raise SpecError("name", f"at most {NAME_MAX_LENGTH} characters (it has {len(name)})")
+    spec = validate_spec(spec)
+    with transaction.atomic():
+        experiment = Experiment.objects.create(
+            name=name, dataset=spec.dataset, space=spec.space, strategy=spec.strategy, estimator=spec.estimator,
+            budget=spec.budget, epochs=spec.epochs, seed=spec.seed, top_k=spec.top_k, options=spec.options,
+            created_by=user if user is not None and user.is_authenticated else None)
+        if enqueue:
+            transaction.on_commit(lambda: experiment_enqueue(experiment.pk))
+    return experiment
+
+
+def experiment_cancel(experiment: Experiment) -> bool:
+    """Stop a queued or running experiment; its trials stay. The worker notices at its next epoch."""
+    changed = Experiment.objects.filter(pk=experiment.pk, status__in=Experiment.ACTIVE).update(
+        status=Experiment.Status.CANCELLED, finished_at=timezone.now())
+    return bool(changed)
+
+
+def experiment_resume(experiment: Experiment) -> bool:
+    """Queue a cancelled or failed experiment again; it continues from its last recorded trial."""
+    with transaction.atomic():
+        changed = Experiment.objects.filter(
+            pk=experiment.pk, status__in=(Experiment.Status.CANCELLED, Experiment.Status.FAILED)
+        ).update(status=Experiment.Status.QUEUED, error="", finished_at=None, claimed_by="")
+        if changed:
+            transaction.on_commit(lambda: experiment_enqueue(experiment.pk))
+    return bool(changed)
+
+
+def experiment_claim(experiment_id: int, worker: str) -> bool:
+    """Atomically take a queued experiment, or a running one whose worker has gone silent past the lease."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.NAS_LEASE_SECONDS)
+    claimable = Q(status=Experiment.Status.QUEUED) | Q(
+        Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True), status=Experiment.Status.RUNNING)
+    with transaction.atomic():
+        changed = Experiment.objects.filter(claimable, pk=experiment_id).update(
+            status=Experiment.Status.RUNNING, claimed_by=worker, heartbeat_at=now)
+        if changed:
+            Experiment.objects.filter(pk=experiment_id, started_at__isnull=True).update(started_at=now)
+    return bool(changed)
+
+
+def experiment_heartbeat(experiment_id: int, worker: str) -> str | None:
+    """Renew the lease; returns the current status, or None if another worker holds the experiment."""
+    Experiment.objects.filter(pk=experiment_id, claimed_by=worker, status=Experiment.Status.RUNNING).update(
+        heartbeat_at=timezone.now())
+    row = Experiment.objects.filter(pk=experiment_id).values("status", "claimed_by").first()
+    if row is None or row["claimed_by"] != worker:
+        return None
+    return row["status"]
+
+
+def trial_record(experiment_id: int, worker: str, trial: TrialRecord, strategy_state: dict[str, Any],
+                 kept: list[int]) -> Trial:
+    """Store a finished trial with the strategy state that follows it, in one transaction.
+
+    A trial that finishes just after a cancel is still kept: its result cost real compute.
+    """
+    with transaction.atomic():
+        updated = Experiment.objects.filter(
+            pk=experiment_id, claimed_by=worker, status__in=(Experiment.Status.RUNNING, Experiment.Status.CANCELLED)
+        ).update(trials_done=F("trials_done") + 1, strategy_state=strategy_state, heartbeat_at=timezone.now())
+        if not updated:
+            raise LostClaim(f"experiment {experiment_id} is no longer held by {worker}")
+        row = Trial.objects.create(
+            experiment_id=experiment_id, number=trial.number, arch_key=trial.arch_key,
+            arch_display=trial.arch_display, val_acc=trial.val_acc, params=trial.params, flops=trial.flops,
+            train_seconds=trial.train_seconds, estimator=trial.estimator, fidelity=trial.fidelity, curve=trial.curve, weights_path=trial.weights_path or "")
+        Trial.objects.filter(experiment_id=experiment_id).exclude(number__in=kept).exclude(weights_path="").update(
+            weights_path="")
+        best = Trial.objects.filter(experiment_id=experiment_id).order_by("-val_acc", "number").first()
+        Experiment.objects.filter(pk=experiment_id).update(best_val_acc=best.val_acc, best_trial_number=best.number)
+    return row
+
+
+def experiment_load_progress(experiment_id: int) -> tuple[dict[str, Any] | None, list[TrialRecord]]:
+    experiment = Experiment.objects.get(pk=experiment_id)
+    trials = [TrialRecord(t.number, t.arch_key, t.arch_display, t.val_acc, t.params, t.flops, t.train_seconds,
+                          t.fidelity, t.curve, t.weights_path or None, t.estimator)
+              for t in experiment.trials.order_by("number")]
+    return experiment.strategy_state, trials
+
+
+def experiment_finish(experiment_id: int, worker: str, best_number: int, test_acc: float) -> bool:
+    return bool(Experiment.objects.filter(pk=experiment_id, claimed_by=worker, status=Experiment.Status.RUNNING)
+                .update(status=Experiment.Status.SUCCEEDED, test_acc=test_acc, best_trial_number=best_number,
+                        finished_at=timezone.now(), heartbeat_at=timezone.now()))
+
+
+def experiment_fail(experiment_id: int, worker: str, error: str) -> bool:
+    return bool(Experiment.objects.filter(pk=experiment_id, claimed_by=worker, status=Experiment.Status.RUNNING)
+                .update(status=Experiment.Status.FAILED, error=error[:5000], finished_at=timezone.now()))
+
+
+def experiments_recover() -> list[int]:
+    """Queue again every experiment that should be progressing: queued ones (their message may have been lost
+    with a restarted Redis) and running ones (their worker may be dead; the claim waits out the lease)."""
+    ids = list(Experiment.objects.filter(status__in=Experiment.ACTIVE).values_list("pk", flat=True))
+    for pk in ids:
+        experiment_enqueue(pk)
+    return ids

@@ -1,0 +1,13 @@
+from django.urls import path
+
+from webapp.experiments import views
+
+urlpatterns = [
+    path("", views.experiment_list, name="experiment_list"),
+    path("experiments/new/", views.experiment_new, name="experiment_new"),
+    path("experiments/<int:pk>/", views.experiment_detail, name="experiment_detail"),
+    path("experiments/<int:pk>/status.json", views.experiment_status, name="experiment_status"),
+    path("experiments/<int:pk>/cancel/", views.experiment_cancel, name="experiment_cancel"),
+    path("experiments/<int:pk>/resume/", views.experiment_resume, name="experiment_resume"),
+    path("experiments/<int:pk>/trials/<int:number>/", views.trial_detail, name="trial_detail"),
+]

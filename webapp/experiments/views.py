@@ -1,0 +1,90 @@
+"""Pages and the JSON progress endpoint. Views validate and delegate; logic lives in services/selectors."""
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from nasjobs.options import parse_config
+from nasjobs.search import SpecError
+from webapp.experiments import selectors, services
+from webapp.experiments.diagrams import DiagramError, graph_to_svg
+from webapp.experiments.forms import ExperimentForm
+from webapp.experiments.models import Experiment, Trial
+
+
+def _diagram(experiment: Experiment, trial: Trial | None) -> dict[str, str]:
+    if trial is None:
+        return {}
+    try:
+        space = experiment.spec().component_class("space")
+        instance = space(parse_config(space.Config, experiment.options.get("space")))
+        return {"svg": graph_to_svg(instance.describe(instance.from_str(trial.arch_key)))}
+    except (DiagramError, KeyError, ValueError) as exc:
+        return {"error": str(exc)}
+
+
+@login_required
+def experiment_list(request: HttpRequest) -> HttpResponse:
+    return render(request, "experiments/list.html", {"experiments": selectors.experiment_list()})
+
+
+@login_required
+def experiment_new(request: HttpRequest) -> HttpResponse:
+    form = ExperimentForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            experiment = services.experiment_create(user=request.user, name=form.cleaned_data["name"],
+                                                    spec=form.spec)
+        except SpecError as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        else:
+            return redirect("experiment_detail", pk=experiment.pk)
+    return render(request, "experiments/new.html", {"form": form})
+
+
+@login_required
+def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    experiment = get_object_or_404(Experiment, pk=pk)
+    best = selectors.experiment_best_trial(experiment)
+    return render(request, "experiments/detail.html", {
+        "experiment": experiment, "best": best, "diagram": _diagram(experiment, best),
+        "leaderboard": selectors.experiment_leaderboard(experiment)})
+
+
+@login_required
+def experiment_status(request: HttpRequest, pk: int) -> JsonResponse:
+    experiment = get_object_or_404(Experiment, pk=pk)
+    return JsonResponse(selectors.experiment_summary(experiment, leaderboard=None))
+
+
+@login_required
+def trial_detail(request: HttpRequest, pk: int, number: int) -> HttpResponse:
+    experiment = get_object_or_404(Experiment, pk=pk)
+    trial = get_object_or_404(Trial, experiment=experiment, number=number)
+    return render(request, "experiments/trial.html", {
+        "experiment": experiment, "trial": trial, "diagram": _diagram(experiment, trial)})
+
+
+@require_POST
+@login_required
+def experiment_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    experiment = get_object_or_404(Experiment, pk=pk)
+    if services.experiment_cancel(experiment):
+        messages.success(request, "Experiment cancelled; its trials are kept and it can be resumed.")
+    else:
+        messages.error(request, f"Only a queued or running experiment can be cancelled (it is {experiment.status}).")
+    return redirect("experiment_detail", pk=pk)
+
+
+@require_POST
+@login_required
+def experiment_resume(request: HttpRequest, pk: int) -> HttpResponse:
+    experiment = get_object_or_404(Experiment, pk=pk)
+    if services.experiment_resume(experiment):
+        messages.success(request, "Experiment queued again; it continues from its last trial.")
+    else:
+        messages.error(request, f"Only a cancelled or failed experiment can be resumed (it is {experiment.status}).")
+    return redirect("experiment_detail", pk=pk)

@@ -2,10 +2,12 @@
 from nasjobs.registry import Registry
 from nasjobs.spaces.base import ArchParseError, Graph, SearchSpace
 from nasjobs.spaces.chain_cnn import ChainCNN
+from nasjobs.spaces.darts import Darts
 from nasjobs.spaces.nb201 import NB201
 
 SPACES: Registry[type[SearchSpace]] = Registry("search space", "nasjobs.spaces")
 SPACES.register(ChainCNN.name, ChainCNN)
+SPACES.register(Darts.name, Darts)
 SPACES.register(NB201.name, NB201)
 
 __all__ = ["SPACES", "ArchParseError", "Graph", "SearchSpace", "ChainCNN", "NB201"]

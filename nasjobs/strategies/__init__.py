@@ -1,9 +1,18 @@
 """Search strategies, by name."""
 from nasjobs.registry import Registry
 from nasjobs.strategies.base import Strategy
+from nasjobs.strategies.bo import BayesianOptimisation
+from nasjobs.strategies.evolution import RegularizedEvolution
+from nasjobs.strategies.local_search import LocalSearch
 from nasjobs.strategies.random_search import RandomSearch
+from nasjobs.strategies.reinforce import Reinforce
 
 STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "nasjobs.strategies")
 STRATEGIES.register(RandomSearch.name, RandomSearch)
+STRATEGIES.register(RegularizedEvolution.name, RegularizedEvolution)
+STRATEGIES.register(Reinforce.name, Reinforce)
+STRATEGIES.register(BayesianOptimisation.name, BayesianOptimisation)
+STRATEGIES.register(LocalSearch.name, LocalSearch)
 
-__all__ = ["STRATEGIES", "Strategy", "RandomSearch"]
+__all__ = ["STRATEGIES", "Strategy", "BayesianOptimisation", "LocalSearch", "RandomSearch", "RegularizedEvolution",
+           "Reinforce"]

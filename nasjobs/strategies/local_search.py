@@ -1,0 +1,85 @@
+"""Local search: steepest ascent over the space's neighbours, restarting at random from each local optimum."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from nasjobs.options import option
+from nasjobs.rng import rng_state, set_rng_state
+from nasjobs.spaces.base import SearchSpace
+from nasjobs.strategies.base import Strategy
+
+
+@dataclass(frozen=True)
+class LocalSearchConfig:
+    initial: int = option(10, "Random architectures evaluated to pick each (re)start", min=1, max=10_000)
+    max_neighbours: int = option(0, "Neighbours evaluated per step, drawn at random (0: all)", min=0, max=100_000)
+
+
+class LocalSearch(Strategy):
+    """White, Nolen, Ravi & Savani 2020, "Exploring the loss landscape in neural architecture search",
+    Algorithm 1 (local search) with random restarts.
+
+    Start from the best of `initial` random architectures; evaluate all of the current architecture's
+    neighbours (in random order); move to the best of them if it beats the current one (steepest ascent),
+    otherwise the current one is a local optimum and the search restarts from fresh random samples.
+    Neighbours evaluated before are answered from the record without spending budget.
+    """
+
+    name = "local_search"
+    title = "Local search"
+    Config = LocalSearchConfig
+
+    def __init__(self, space: SearchSpace, config: LocalSearchConfig, seed: int) -> None:
+        super().__init__(space, config, seed)
+        self.rng = random.Random(seed)
+        self.values: dict[str, float] = {}  # every observed architecture
+        self.queue: list[str] = []  # architectures still to propose in this phase
+        self.phase = "init"  # "init": random samples; "climb": neighbours of `current`
+        self.phase_keys: list[str] = []  # what this phase proposed, to pick its best when it is done
+        self.current: str | None = None
+
+    def _start_phase(self) -> None:
+        if self.phase == "init" or self.current is None:
+            self.queue = [self.space.to_str(self.space.sample(self.rng)) for _ in range(self.config.initial)]
+        else:
+            neighbours = [self.space.to_str(n) for n in self.space.neighbours(self.space.from_str(self.current))]
+            self.rng.shuffle(neighbours)
+            if self.config.max_neighbours:
+                neighbours = neighbours[:self.config.max_neighbours]
+            self.queue = neighbours
+        self.phase_keys = list(self.queue)
+
+    def _end_phase(self) -> None:
+        scored = [k for k in self.phase_keys if k in self.values]
+        best = max(scored, key=lambda k: self.values[k]) if scored else None
+        if self.phase == "init":
+            self.current, self.phase = best, "climb"
+        elif best is not None and self.current is not None and self.values[best] > self.values[self.current]:
+            self.current = best  # steepest ascent: the best neighbour, if it improves
+        else:  # a local optimum: restart
+            self.current, self.phase = None, "init"
+
+    def propose(self) -> Any:
+        while not self.queue:
+            if self.phase_keys:
+                self._end_phase()
+            self._start_phase()
+        return self.space.from_str(self.queue.pop(0))
+
+    def observe(self, arch: Any, value: float) -> None:
+        self.values[self.space.to_str(arch)] = float(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng_state(self.rng), "values": [[k, v] for k, v in self.values.items()],
+                "queue": list(self.queue), "phase": self.phase, "phase_keys": list(self.phase_keys),
+                "current": self.current}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_rng_state(self.rng, state["rng"])
+        self.values = {k: float(v) for k, v in state["values"]}
+        self.queue = list(state["queue"])
+        self.phase = state["phase"]
+        self.phase_keys = list(state["phase_keys"])
+        self.current = state["current"]

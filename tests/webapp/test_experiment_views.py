@@ -1,0 +1,83 @@
+import pytest
+from django.urls import reverse
+
+from nasjobs.search import ExperimentSpec, TrialRecord
+from webapp.experiments import services
+from webapp.experiments.models import Experiment
+
+pytestmark = pytest.mark.django_db
+SPEC = ExperimentSpec("digits", "chain_cnn", "random", "train", budget=3, epochs=1, seed=0)
+
+
+def make(user, name="exp", status=None, trials=()):
+    experiment = services.experiment_create(user=user, name=name, spec=SPEC, enqueue=False)
+    if trials:
+        assert services.experiment_claim(experiment.pk, "w")
+        for i, (key, acc) in enumerate(trials):
+            services.trial_record(experiment.pk, "w", TrialRecord(i, key, key, acc, 100 + i, 1000, 0.5, {"epochs": 1},
+                                                                  [acc], None, "train"), {"s": i}, [i])
+    if status:
+        Experiment.objects.filter(pk=experiment.pk).update(status=status)
+    experiment.refresh_from_db()
+    return experiment
+
+
+def test_pages_need_a_login(client):
+    for url in (reverse("experiment_list"), reverse("experiment_status", args=[1])):
+        assert client.get(url).status_code == 302
+
+
+def test_the_list_shows_everyones_experiments_newest_first(alice_client, alice, bob):
+    make(alice, "first")
+    make(bob, "second", status="succeeded", trials=[("c16k3", 0.91)])
+    page = alice_client.get(reverse("experiment_list")).content.decode()
+    assert page.index("second") < page.index("first")
+    assert "91.00%" in page and "succeeded" in page and "random" in page
+
+
+def test_the_detail_page_shows_progress_leaderboard_and_best_diagram(alice_client, alice):
+    e = make(alice, trials=[("c16k3", 0.5), ("c32k5p", 0.9)])
+    page = alice_client.get(reverse("experiment_detail", args=[e.pk])).content.decode()
+    assert "2</span> / 3 trials" in page
+    board = page[page.index('id="leaderboard"'):]
+    assert board.index("c32k5p") < board.index("c16k3")  # ranked by validation accuracy
+    assert "<svg" in page and "conv 5x5, 32" in page  # the best architecture, drawn by Graphviz
+    assert 'width: 67%' in page
+
+
+def test_the_status_endpoint_returns_the_summary(alice_client, alice):
+    e = make(alice, trials=[("c16k3", 0.5), ("c32k5p", 0.9)])
+    data = alice_client.get(reverse("experiment_status", args=[e.pk])).json()
+    assert data["id"] == e.pk and data["trials_done"] == 2 and data["budget"] == 3
+    assert data["best"]["arch"] == "c32k5p" and data["best"]["val_acc"] == 0.9
+    assert [row["rank"] for row in data["leaderboard"]] == [1, 2]
+
+
+def test_the_trial_page_draws_the_architecture(alice_client, alice):
+    e = make(alice, trials=[("c16k3p-c32k5", 0.5)])
+    page = alice_client.get(reverse("trial_detail", args=[e.pk, 0])).content.decode()
+    assert "conv 3x3, 16" in page and "max pool 2x2" in page and "<svg" in page
+    assert alice_client.get(reverse("trial_detail", args=[e.pk, 7])).status_code == 404
+
+
+def test_cancel_and_resume(alice_client, alice, django_capture_on_commit_callbacks):
+    e = make(alice)
+    alice_client.post(reverse("experiment_cancel", args=[e.pk]))
+    e.refresh_from_db()
+    assert e.status == "cancelled"
+    response = alice_client.post(reverse("experiment_cancel", args=[e.pk]), follow=True)
+    assert "Only a queued or running experiment can be cancelled" in response.content.decode()
+    with django_capture_on_commit_callbacks() as callbacks:
+        alice_client.post(reverse("experiment_resume", args=[e.pk]))
+    e.refresh_from_db()
+    assert e.status == "queued" and len(callbacks) == 1
+    assert alice_client.get(reverse("experiment_cancel", args=[e.pk])).status_code == 405
+
+
+def test_admin_lists_experiments_and_trials(alice_client, alice):
+    e = make(alice, trials=[("c16k3", 0.5)])
+    for url in ("/admin/experiments/experiment/", "/admin/experiments/trial/",
+                f"/admin/experiments/experiment/{e.pk}/change/", "/admin/experiments/experiment/?status__exact=running"):
+        response = alice_client.get(url)
+        assert response.status_code == 200, url
+    assert "c16k3" in alice_client.get("/admin/experiments/trial/").content.decode()

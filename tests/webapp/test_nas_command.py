@@ -1,0 +1,95 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from webapp.experiments.models import Experiment
+
+pytestmark = pytest.mark.django_db
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def nas(*args, capsys):
+    call_command("nas", *args)
+    return capsys.readouterr().out
+
+
+def test_submit_inline_runs_the_search_and_prints_json(capsys, settings, tmp_path):
+    settings.NAS_ARTIFACTS_DIR = tmp_path
+    out = nas("submit", "--budget", "3", "--epochs", "1", "--seed", "2", "--top-k", "1", "--option", "max_layers=2",
+              "--option", "strategy.no_repeats=true", "--inline", "--json", capsys=capsys)
+    data = json.loads(out)
+    assert data["status"] == "succeeded" and data["trials_done"] == 3 and data["budget"] == 3
+    best = data["best"]
+    assert set(best) >= {"arch", "val_acc", "test_acc", "params"}
+    assert 0 <= best["val_acc"] <= 1 and 0 <= best["test_acc"] <= 1 and best["params"] > 0
+    assert data["options"]["space"]["max_layers"] == 2
+    assert len(list((tmp_path / f"experiment-{data['id']}").iterdir())) == 1
+
+    shown = json.loads(nas("show", str(data["id"]), "--json", capsys=capsys))
+    assert shown["best"] == best
+    text = nas("show", str(data["id"]), capsys=capsys)
+    assert f"experiment {data['id']}" in text and "succeeded" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--budget", "0"], "budget: must be an integer from 1 to 100000"),
+    (["--strategy", "nope"], "strategy: unknown strategy 'nope'"),
+    (["--option", "max_layers=0"], "space.max_layers: must be at least 1"),
+    (["--option", "max_layers"], "expected KEY=VALUE"),
+    (["--option", "wings=2"], "'wings' is not an option"),
+    (["--option", "space.filters=7"], "space.filters: 7 is not one of"),
+    (["--budget", "x"], "invalid int value"),
+])
+def test_bad_arguments_fail_with_one_line_and_create_nothing(args, message):
+    with pytest.raises(CommandError) as err:
+        call_command("nas", "submit", *args)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+    assert Experiment.objects.count() == 0
+
+
+def test_unknown_ids_and_wrong_states_are_errors():
+    with pytest.raises(CommandError, match="no experiment with id 999"):
+        call_command("nas", "show", "999")
+    with pytest.raises(CommandError, match="no experiment"):
+        call_command("nas", "cancel", "999")
+
+
+def test_from_a_shell_a_bad_argument_exits_non_zero_with_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "manage.py", "nas", "submit", "--budget", "nope"], cwd=ROOT,
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "DEBUG": "1",
+                                                               "NAS_VAR_DIR": str(tmp_path)})
+    assert done.returncode != 0
+    assert done.stderr.strip().count("\n") == 0 and "invalid int value: 'nope'" in done.stderr
+
+
+def test_settings_refuse_to_start_without_a_secret_key_when_debug_is_off(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "DEBUG": "0", "NAS_VAR_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", "import webapp.settings"], cwd=ROOT, capture_output=True, text=True,
+                          env=env)
+    assert done.returncode != 0 and "SECRET_KEY is required when DEBUG is off" in done.stderr
+    done = subprocess.run([sys.executable, "-c", "import webapp.settings"], cwd=ROOT, capture_output=True, text=True,
+                          env={**env, "DEBUG": "maybe"})
+    assert done.returncode != 0 and "DEBUG must be one of" in done.stderr
+    done = subprocess.run([sys.executable, "-c", "import webapp.settings"], cwd=ROOT, capture_output=True, text=True,
+                          env={**env, "SECRET_KEY": "s", "DATABASE_URL": "mysql://x/y"})
+    assert done.returncode != 0 and "DATABASE_URL must be sqlite:// or postgres://" in done.stderr
+
+
+def test_demo_user_gets_a_random_password_kept_in_a_local_file(tmp_path, capsys, django_user_model):
+    path = tmp_path / "creds"
+    call_command("demo_user", "--credentials-file", str(path))
+    first = capsys.readouterr().out
+    password = path.read_text().strip()
+    assert len(password) >= 12 and password in first
+    assert oct(path.stat().st_mode)[-3:] == "600"
+    call_command("demo_user", "--credentials-file", str(path))
+    assert path.read_text().strip() == password
+    assert django_user_model.objects.get(username="demo").check_password(password)
+    other = tmp_path / "creds2"
+    call_command("demo_user", "--credentials-file", str(other), "--username", "demo2")
+    assert other.read_text().strip() != password

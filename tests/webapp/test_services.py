@@ -1,0 +1,78 @@
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from nasjobs.search import ExperimentSpec, SpecError, TrialRecord
+from webapp.experiments import services
+from webapp.experiments.models import Experiment, Trial
+
+pytestmark = pytest.mark.django_db
+SPEC = ExperimentSpec("digits", "chain_cnn", "random", "train", budget=3, epochs=1, seed=0)
+
+
+def record(n, key="c16k3", acc=0.5):
+    return TrialRecord(n, key, key, acc, 10, 20, 0.1, {"epochs": 1}, [acc], f"/x/{n}.pt", "train")
+
+
+def test_create_validates_before_writing():
+    with pytest.raises(SpecError) as err:
+        services.experiment_create(user=None, name="x", spec=ExperimentSpec(**{**SPEC.__dict__, "budget": 0}))
+    assert err.value.field == "budget"
+    assert Experiment.objects.count() == 0
+
+
+def test_only_one_worker_can_claim_an_experiment():
+    e = services.experiment_create(user=None, name="x", spec=SPEC, enqueue=False)
+    assert services.experiment_claim(e.pk, "w1")
+    assert not services.experiment_claim(e.pk, "w2")
+    e.refresh_from_db()
+    assert e.status == "running" and e.claimed_by == "w1" and e.started_at is not None
+
+
+def test_a_silent_workers_experiment_is_taken_over_after_the_lease(settings):
+    e = services.experiment_create(user=None, name="x", spec=SPEC, enqueue=False)
+    services.experiment_claim(e.pk, "w1")
+    Experiment.objects.filter(pk=e.pk).update(
+        heartbeat_at=timezone.now() - timedelta(seconds=settings.NAS_LEASE_SECONDS + 1))
+    assert services.experiment_claim(e.pk, "w2")
+    with pytest.raises(services.LostClaim):
+        services.trial_record(e.pk, "w1", record(0), {}, [0])
+    assert Trial.objects.count() == 0
+
+
+def test_recording_a_trial_is_atomic_and_forgets_weights_outside_the_top_k():
+    e = services.experiment_create(user=None, name="x", spec=SPEC, enqueue=False)
+    services.experiment_claim(e.pk, "w")
+    services.trial_record(e.pk, "w", record(0, "c16k3", 0.5), {"step": 0}, [0])
+    services.trial_record(e.pk, "w", record(1, "c32k3", 0.7), {"step": 1}, [1])
+    e.refresh_from_db()
+    assert e.trials_done == 2 and e.strategy_state == {"step": 1}
+    assert e.best_val_acc == 0.7 and e.best_trial_number == 1
+    assert dict(Trial.objects.values_list("number", "weights_path")) == {0: "", 1: "/x/1.pt"}
+    with pytest.raises(Exception):  # the same architecture twice violates the unique key; nothing changes
+        services.trial_record(e.pk, "w", record(2, "c32k3", 0.9), {"step": 2}, [2])
+    e.refresh_from_db()
+    assert e.trials_done == 2 and e.strategy_state == {"step": 1}
+
+
+def test_a_trial_finishing_after_cancel_is_kept_and_the_heartbeat_reports_the_cancel():
+    e = services.experiment_create(user=None, name="x", spec=SPEC, enqueue=False)
+    services.experiment_claim(e.pk, "w")
+    assert services.experiment_cancel(e)
+    services.trial_record(e.pk, "w", record(0), {}, [0])
+    assert services.experiment_heartbeat(e.pk, "w") == "cancelled"
+    assert not services.experiment_finish(e.pk, "w", 0, 0.9)
+    e.refresh_from_db()
+    assert e.status == "cancelled" and e.trials_done == 1
+
+
+def test_resume_only_from_cancelled_or_failed(django_capture_on_commit_callbacks):
+    e = services.experiment_create(user=None, name="x", spec=SPEC, enqueue=False)
+    assert not services.experiment_resume(e)
+    services.experiment_claim(e.pk, "w")
+    services.experiment_fail(e.pk, "w", "boom")
+    with django_capture_on_commit_callbacks() as callbacks:
+        assert services.experiment_resume(e)
+    e.refresh_from_db()
+    assert e.status == "queued" and e.error == "" and len(callbacks) == 1

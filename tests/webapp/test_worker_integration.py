@@ -1,0 +1,84 @@
+"""End to end through a real Celery worker process and the real Redis at REDIS_URL."""
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from django.urls import reverse
+
+from nasjobs.artifacts import ArtifactStore
+from nasjobs.search import MemoryStore, SearchRunner
+from tests.conftest import wait_for
+from tests.webapp.test_experiment_form import VALID
+from webapp.experiments import services
+from webapp.experiments.models import Experiment, Trial
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def status_of(pk: int) -> str:
+    return Experiment.objects.get(pk=pk).status
+
+
+def test_a_form_submission_runs_to_success_on_a_real_worker(alice_client, celery_worker_factory, settings):
+    worker = celery_worker_factory()
+    response = alice_client.post(reverse("experiment_new"), {**VALID, "budget": "4", "epochs": "2", "top_k": "2"})
+    assert response.status_code == 302
+    experiment = Experiment.objects.get()
+    wait_for(lambda: status_of(experiment.pk) not in Experiment.ACTIVE, 180, "the experiment to finish", worker.log)
+    experiment.refresh_from_db()
+    assert experiment.status == "succeeded", experiment.error
+    assert experiment.trials_done == 4 and Trial.objects.filter(experiment=experiment).count() == 4
+    assert 0 < experiment.test_acc <= 1
+    assert experiment.best_trial_number == Trial.objects.order_by("-val_acc", "number").first().number
+    files = sorted(Path(settings.NAS_ARTIFACTS_DIR, f"experiment-{experiment.pk}").iterdir())
+    assert len(files) == 2  # top-k weights only
+    assert set(Trial.objects.exclude(weights_path="").values_list("weights_path", flat=True)) == {str(f) for f in files}
+
+
+def test_it_resumes_after_worker_is_killed(alice, celery_worker_factory):
+    spec = Experiment(dataset="digits", space="chain_cnn", strategy="random", estimator="train", budget=6,
+                      epochs=12, seed=5, top_k=2).spec()
+    experiment = services.experiment_create(user=alice, name="killed", spec=spec)
+    first = celery_worker_factory()
+    wait_for(lambda: Experiment.objects.get(pk=experiment.pk).trials_done >= 2, 180, "two trials", first.log)
+    first.kill()
+    experiment.refresh_from_db()
+    done_at_kill = experiment.trials_done
+    assert experiment.status == "running" and done_at_kill < 6
+
+    second = celery_worker_factory()  # on start it re-queues the orphan and takes it once the lease runs out
+    wait_for(lambda: status_of(experiment.pk) not in Experiment.ACTIVE, 240, "the resumed run to finish", second.log)
+    experiment.refresh_from_db()
+    assert experiment.status == "succeeded", experiment.error
+    numbers = list(Trial.objects.filter(experiment=experiment).order_by("number").values_list("number", flat=True))
+    assert numbers == list(range(6))
+
+    # The architectures are exactly those of an uninterrupted run of the same experiment.
+    reference = MemoryStore()
+    with tempfile.TemporaryDirectory() as tmp:
+        SearchRunner(spec, reference, ArtifactStore(tmp, 0), torch.device("cpu")).run()
+    keys = list(Trial.objects.filter(experiment=experiment).order_by("number").values_list("arch_key", flat=True))
+    assert keys == [t.arch_key for t in reference.trials]
+
+
+def test_a_cancelled_experiment_keeps_its_trials_and_resumes_to_the_end(alice_client, alice, celery_worker_factory):
+    spec = Experiment(dataset="digits", space="chain_cnn", strategy="random", estimator="train", budget=5,
+                      epochs=10, seed=1, top_k=1).spec()
+    experiment = services.experiment_create(user=alice, name="cancel me", spec=spec)
+    worker = celery_worker_factory()
+    wait_for(lambda: Experiment.objects.get(pk=experiment.pk).trials_done >= 1, 180, "a trial", worker.log)
+    alice_client.post(reverse("experiment_cancel", args=[experiment.pk]))
+    assert status_of(experiment.pk) == "cancelled"
+    # The worker notices at its next epoch and stops; whatever it recorded stays.
+    wait_for(lambda: "cancelled" in worker.log(), 60, "the worker to stop", worker.log)
+    experiment.refresh_from_db()
+    kept = experiment.trials_done
+    assert experiment.status == "cancelled" and 1 <= kept < 5
+    assert Trial.objects.filter(experiment=experiment).count() == kept
+
+    alice_client.post(reverse("experiment_resume", args=[experiment.pk]))
+    wait_for(lambda: status_of(experiment.pk) not in Experiment.ACTIVE, 180, "the resumed run", worker.log)
+    experiment.refresh_from_db()
+    assert experiment.status == "succeeded" and experiment.trials_done == 5
+    assert list(Trial.objects.filter(experiment=experiment).values_list("number", flat=True)) == list(range(5))

@@ -58,19 +58,33 @@ class WorkerProcess:
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
+    def _group_alive(self) -> bool:
+        try:
+            os.killpg(self.proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def _signal_and_wait(self, sig: int, timeout: float) -> bool:
+        """Signal the whole group and wait until every process in it (pool children too) has gone."""
+        if self.proc is None or not self._group_alive():
+            return True
+        os.killpg(self.proc.pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.proc.poll()  # reap the leader so it stops counting as alive
+            if not self._group_alive():
+                return True
+            time.sleep(0.1)
+        return False
+
     def kill(self) -> None:
         """SIGKILL the worker and its pool children at once, as a crash or an OOM kill would."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        assert self._signal_and_wait(signal.SIGKILL, 10), "worker survived SIGKILL"
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if not self._signal_and_wait(signal.SIGTERM, 20):
+            self.kill()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]

@@ -1,0 +1,69 @@
+"""The user's path in a real browser: log in, fill the form, watch progress live, find the result in the list."""
+import os
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from webapp.experiments.models import Experiment
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture
+def page():
+    assert os.path.exists(CHROMIUM), "Debian's chromium is needed for browser tests: apt-get install chromium"
+    # Playwright's sync API runs an event loop in this thread; the ORM calls in the test are still synchronous.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        page.set_default_timeout(20_000)
+        yield page
+        browser.close()
+    os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+
+
+def test_a_user_runs_a_search_and_watches_it_finish_without_reloading(page, live_server, alice,
+                                                                        celery_worker_factory):
+    celery_worker_factory()
+    page.goto(live_server.url + "/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", "alice-pass-123")
+    page.click("button[type=submit]")
+    page.click("text=New experiment")
+
+    # A bad budget re-shows the form with a message and creates nothing.
+    page.fill("#id_name", "browser search")
+    page.fill("#id_budget", "0")
+    page.click("text=Start experiment")
+    expect(page.locator("#field-budget .errorlist")).to_contain_text("greater than or equal to 1")
+    assert Experiment.objects.count() == 0
+
+    page.fill("#id_budget", "5")
+    page.fill("#id_epochs", "8")
+    page.click("text=Start experiment")
+    page.wait_for_url("**/experiments/*/")
+    experiment = Experiment.objects.get()
+    page.evaluate("window.__sameDocument = true")
+
+    # The bar and the leaderboard move while the page stays the same document (no reload).
+    page.wait_for_function(
+        "Number(document.getElementById('trials-done').textContent) >= 1 && window.__sameDocument === true",
+        timeout=120_000)
+    assert page.locator("#leaderboard tbody tr").count() >= 1
+    assert page.locator("#progress-bar").get_attribute("style") != "width: 0%"
+
+    # When the run ends the page shows the final state, the best architecture drawn as a diagram.
+    expect(page.locator("#status")).to_have_text("succeeded", timeout=180_000)
+    expect(page.locator("#best-diagram svg")).to_be_visible()
+    expect(page.locator("#leaderboard tbody tr")).to_have_count(5)
+    experiment.refresh_from_db()
+    assert experiment.trials_done == 5 and experiment.test_acc is not None
+
+    page.click("text=Experiments")
+    row = page.locator("#experiments tbody tr", has_text="browser search")
+    expect(row).to_contain_text("succeeded")
+    expect(row).to_contain_text("random")
+    expect(row).to_contain_text(f"{100 * experiment.best_val_acc:.2f}%")

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: run test worker setup system-deps migrate bench clean
+.PHONY: run test worker setup system-deps migrate clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,9 +31,6 @@ test: setup
 	@scripts/system-deps.sh graphviz chromium
 	@redis_pid=$$(scripts/ensure-redis.sh) && rc=0 && $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	  [ -z "$$redis_pid" ] || kill $$redis_pid; exit $$rc
-
-bench: setup
-	$(PY) bench/search_loop.py
 
 clean:
 	rm -rf var/test-db.sqlite3* .pytest_cache .hypothesis

@@ -17,6 +17,8 @@ class SGDSettings:
     momentum: float
     weight_decay: float
     batch_size: int
+    auxiliary_weight: float = 0.4  # weight of an auxiliary head's loss (Szegedy et al. 2015; DARTS uses 0.4)
+    grad_clip: float = 5.0  # gradient-norm clip; 0 turns it off
 
 
 def seeded_init(build: Callable[[], nn.Module], seed: int) -> nn.Module:
@@ -57,8 +59,15 @@ def train_epochs(model: nn.Module, train: Split, val: Split, epochs: int, settin
                 continue
             x, y = train.x[idx].to(device), train.y[idx].to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            out = model(x)
+            if isinstance(out, tuple):  # (logits, auxiliary logits) from a network with an auxiliary head
+                logits, aux = out
+                loss = loss_fn(logits, y) + settings.auxiliary_weight * loss_fn(aux, y)
+            else:
+                loss = loss_fn(out, y)
             loss.backward()
+            if settings.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             optimizer.step()
             scheduler.step()
         curve.append(accuracy(model, val, device))

@@ -19,6 +19,9 @@ class TrainConfig:
     momentum: float = option(0.9, "SGD Nesterov momentum", min=0.0, max=0.999)
     weight_decay: float = option(5e-4, "L2 weight decay", min=0.0, max=1.0)
     batch_size: int = option(64, "Mini-batch size", min=2, max=4096)
+    grad_clip: float = option(5.0, "Clip the gradient norm to this (0: off)", min=0.0, max=1000.0)
+    auxiliary_weight: float = option(0.4, "Loss weight of an auxiliary head, for spaces that have one",
+                                     min=0.0, max=10.0)
 
 
 class TrainEstimator(Estimator):
@@ -30,7 +33,7 @@ class TrainEstimator(Estimator):
 
     def _settings(self) -> SGDSettings:
         c = self.config
-        return SGDSettings(c.lr, c.momentum, c.weight_decay, c.batch_size)
+        return SGDSettings(c.lr, c.momentum, c.weight_decay, c.batch_size, c.auxiliary_weight, c.grad_clip)
 
     def _build(self, arch: Any, seed: int) -> torch.nn.Module:
         ds = self.dataset

@@ -65,3 +65,14 @@ def test_the_hook_can_stop_training():
     except KeyboardInterrupt:
         pass
     assert seen == [1, 2]
+
+
+def test_a_network_with_an_auxiliary_head_trains_with_the_weighted_auxiliary_loss():
+    from nasjobs.options import parse_config
+    from nasjobs.spaces import SPACES
+
+    darts_cls = SPACES.get("darts")
+    space = darts_cls(parse_config(darts_cls.Config, {"init_channels": 4, "layers": 3, "auxiliary": True}))
+    arch = space.sample(__import__("random").Random(0))
+    result = TrainEstimator(space, load_digits(), TrainConfig(), CPU).evaluate(arch, 1, seed=0)
+    assert 0.0 <= result.val_acc <= 1.0 and len(result.curve) == 1

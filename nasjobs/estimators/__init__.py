@@ -1,11 +1,13 @@
 """Performance estimators, by name."""
 from nasjobs.estimators.base import EpochHook, EvalResult, Estimator
 from nasjobs.estimators.benchmark import BenchmarkEstimator
+from nasjobs.estimators.low_fidelity import LowFidelityEstimator
 from nasjobs.estimators.train import TrainEstimator
 from nasjobs.registry import Registry
 
 ESTIMATORS: Registry[type[Estimator]] = Registry("estimator", "nasjobs.estimators")
 ESTIMATORS.register(TrainEstimator.name, TrainEstimator)
 ESTIMATORS.register(BenchmarkEstimator.name, BenchmarkEstimator)
+ESTIMATORS.register(LowFidelityEstimator.name, LowFidelityEstimator)
 
 __all__ = ["ESTIMATORS", "BenchmarkEstimator", "EpochHook", "EvalResult", "Estimator", "TrainEstimator"]

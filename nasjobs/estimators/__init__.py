@@ -2,6 +2,7 @@
 from nasjobs.estimators.base import EpochHook, EvalResult, Estimator
 from nasjobs.estimators.benchmark import BenchmarkEstimator
 from nasjobs.estimators.low_fidelity import LowFidelityEstimator
+from nasjobs.estimators.median_stopping import MedianStoppingEstimator
 from nasjobs.estimators.train import TrainEstimator
 from nasjobs.registry import Registry
 
@@ -9,5 +10,6 @@ ESTIMATORS: Registry[type[Estimator]] = Registry("estimator", "nasjobs.estimator
 ESTIMATORS.register(TrainEstimator.name, TrainEstimator)
 ESTIMATORS.register(BenchmarkEstimator.name, BenchmarkEstimator)
 ESTIMATORS.register(LowFidelityEstimator.name, LowFidelityEstimator)
+ESTIMATORS.register(MedianStoppingEstimator.name, MedianStoppingEstimator)
 
 __all__ = ["ESTIMATORS", "BenchmarkEstimator", "EpochHook", "EvalResult", "Estimator", "TrainEstimator"]

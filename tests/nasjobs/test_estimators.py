@@ -8,6 +8,7 @@ from nasjobs.calibration import rank_correlation
 from nasjobs.datasets import load_digits
 from nasjobs.estimators import ESTIMATORS
 from nasjobs.estimators.low_fidelity import LowFidelityConfig, LowFidelityEstimator, stratified_subset
+from nasjobs.estimators.median_stopping import MedianStoppingConfig, MedianStoppingEstimator
 from nasjobs.options import OptionError, parse_config
 from nasjobs.spaces.chain_cnn import ChainCNN, ChainCNNConfig
 from nasjobs.spaces.nb201 import NB201, NB201Config
@@ -74,3 +75,46 @@ def test_width_multiplier_narrows_each_space_and_is_refused_where_it_means_nothi
         LowFidelityEstimator(OtherSpace(), ds, config, CPU)
     with pytest.raises(OptionError):
         parse_config(LowFidelityConfig, {"data_fraction": 0})
+
+
+# median stopping --------------------------------------------------------------------------------------------------
+def median_stopping(**options):
+    return MedianStoppingEstimator(TINY_CHAIN, load_digits(), MedianStoppingConfig(**options), CPU)
+
+
+def test_the_median_rule_compares_the_best_so_far_with_the_median_of_completed_running_averages():
+    estimator = median_stopping(grace_epochs=2, min_completed=3)
+    estimator.load_history([[0.5, 0.7, 0.9], [0.6, 0.8, 0.9], [0.2, 0.4, 0.6], [0.9]])
+    assert estimator.should_stop([0.9]) is None  # within the grace epochs
+    # running averages at k=2: 0.6, 0.7, 0.3 (the one-epoch curve does not reach k=2) -> median 0.6
+    assert estimator.median_at(2) == pytest.approx(0.6)
+    assert estimator.should_stop([0.1, 0.55]) == pytest.approx(0.6)
+    assert estimator.should_stop([0.65, 0.2]) is None  # its best so far is above the median
+    assert estimator.median_at(4) is None  # no completed curve reaches epoch 4
+    best = median_stopping(grace_epochs=2, statistic="running_best")
+    best.load_history([[0.5, 0.7, 0.9], [0.6, 0.8, 0.9], [0.2, 0.4, 0.6]])
+    assert best.median_at(2) == pytest.approx(0.7) and best.should_stop([0.1, 0.65]) == pytest.approx(0.7)
+    few = median_stopping(min_completed=3)
+    few.load_history([[1.0, 1.0], [1.0, 1.0]])
+    assert few.should_stop([0.1, 0.1]) is None  # two completed trials are too few to judge
+
+
+def test_median_stopping_stops_a_clearly_worse_trial_which_keeps_its_last_figure():
+    estimator = ESTIMATORS.get("median_stopping")(TINY_CHAIN, load_digits(),
+                                                  MedianStoppingConfig(grace_epochs=2, min_completed=3), CPU)
+    estimator.load_history([[1.0] * 6] * 3)  # three perfect completed trials
+    seen = []
+    result = estimator.evaluate(chain_arch(1), 6, seed=0, hook=lambda epoch, acc: seen.append(epoch))
+    assert result.fidelity["stopped_at_epoch"] == 2 and result.fidelity["epochs"] == 2
+    assert result.fidelity["median_at_stop"] == 1.0 and result.fidelity["estimator"] == "median_stopping"
+    assert seen == [1, 2] and len(result.curve) == 2 and result.val_acc == result.curve[-1]
+    assert result.state is not None and len(estimator.history) == 3  # a stopped trial is not "completed"
+    assert 0.0 <= estimator.test_accuracy(chain_arch(1), result.state) <= 1.0
+
+
+def test_a_trial_above_the_median_completes_and_joins_the_history():
+    estimator = median_stopping(grace_epochs=1, min_completed=2)
+    estimator.load_history([[0.0, 0.0], [0.0, 0.0]])
+    result = estimator.evaluate(chain_arch(1), 2, seed=0)
+    assert "stopped_at_epoch" not in result.fidelity and result.fidelity["epochs"] == 2
+    assert estimator.history[-1] == result.curve and len(estimator.history) == 3

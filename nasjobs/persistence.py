@@ -43,8 +43,8 @@ class DjangoStore:
         if status == Experiment.Status.CANCELLED:
             raise SearchCancelled()
 
-    def finish(self, best_number: int, test_acc: float) -> None:
-        services.experiment_finish(self.experiment_id, self.worker, best_number, test_acc)
+    def finish(self, best_number: int, test_acc: float, stop_reason: str) -> None:
+        services.experiment_finish(self.experiment_id, self.worker, best_number, test_acc, stop_reason)
 
 
 def run_experiment_now(experiment_id: int, worker: str) -> str:

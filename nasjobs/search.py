@@ -1,6 +1,7 @@
 """The search loop: a strategy proposes, an estimator evaluates, a store persists each trial as it finishes."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -47,13 +48,16 @@ class ExperimentSpec:
     seed: int
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # component -> option -> value
     top_k: int = 5
+    patience: int = 0  # stop after this many trials without a better best (0: never)
+    max_seconds: int = 0  # stop once the search has run this long, summed over resumptions (0: no limit)
 
     def component_class(self, component: str) -> type:
         registry = {"space": SPACES, "strategy": STRATEGIES, "estimator": ESTIMATORS}[component]
         return registry.get(getattr(self, component))
 
 
-LIMITS = {"budget": (1, 100_000), "epochs": (1, 10_000), "seed": (0, 2**31 - 1), "top_k": (1, 1000)}
+LIMITS = {"budget": (1, 100_000), "epochs": (1, 10_000), "seed": (0, 2**31 - 1), "top_k": (1, 1000),
+          "patience": (0, 100_000), "max_seconds": (0, 30 * 24 * 3600)}
 
 
 def validate_spec(spec: ExperimentSpec) -> ExperimentSpec:
@@ -77,8 +81,7 @@ def validate_spec(spec: ExperimentSpec) -> ExperimentSpec:
         except OptionError as exc:
             raise SpecError(f"{component}.{exc.key}", exc.message) from None
         normalised[component] = config_to_json(config)
-    return ExperimentSpec(spec.dataset, spec.space, spec.strategy, spec.estimator, spec.budget, spec.epochs,
-                          spec.seed, normalised, spec.top_k)
+    return dataclasses.replace(spec, options=normalised)
 
 
 @dataclass
@@ -94,6 +97,9 @@ class TrialRecord:
     curve: list[float]
     weights_path: str | None = None
     estimator: str = ""
+    search_seconds: float = 0.0  # search time when this trial finished, summed over resumptions
+    proposals: int = 0  # proposals made so far, repeats of evaluated architectures included
+    distance_to_incumbent: int | None = None  # edit distance to the best architecture known when proposed
 
 
 class Store(Protocol):
@@ -108,7 +114,7 @@ class Store(Protocol):
     def heartbeat(self) -> None:
         """Signal liveness; raise SearchCancelled if the experiment has been cancelled."""
 
-    def finish(self, best_number: int, test_acc: float) -> None: ...
+    def finish(self, best_number: int, test_acc: float, stop_reason: str) -> None: ...
 
 
 @dataclass
@@ -119,6 +125,7 @@ class MemoryStore:
     trials: list[TrialRecord] = field(default_factory=list)
     cancelled: bool = False
     best: tuple[int, float] | None = None
+    stop_reason: str = ""
     heartbeats: int = 0
 
     def load(self) -> tuple[dict[str, Any] | None, list[TrialRecord]]:
@@ -136,8 +143,9 @@ class MemoryStore:
         if self.cancelled:
             raise SearchCancelled()
 
-    def finish(self, best_number: int, test_acc: float) -> None:
+    def finish(self, best_number: int, test_acc: float, stop_reason: str) -> None:
         self.best = (best_number, test_acc)
+        self.stop_reason = stop_reason
 
 
 def best_trial(trials: list[TrialRecord]) -> TrialRecord:
@@ -176,32 +184,55 @@ class SearchRunner:
     def trial_seed(self, number: int) -> int:
         return derive_seed(self.spec.seed, "trial", number) % (2**31)
 
+    def stop_reason(self, trials: list[TrialRecord], search_seconds: float) -> str | None:
+        """Why the search should stop now (budget, patience or time limit), or None to go on."""
+        if len(trials) >= self.spec.budget:
+            return "budget"
+        if self.spec.patience and trials:
+            best = best_trial(trials)
+            if len(trials) - 1 - best.number >= self.spec.patience:
+                return "patience"
+        if self.spec.max_seconds and search_seconds >= self.spec.max_seconds:
+            return "time_limit"
+        return None
+
     def run(self) -> None:
         state, trials = self.store.load()
         if state is not None:
             self.strategy.load_state_dict(state)
         by_key = {t.arch_key: t for t in trials}
+        # Time and proposals carry over from earlier runs of this experiment, so limits hold across resumptions.
+        previous_seconds = trials[-1].search_seconds if trials else 0.0
+        proposals = trials[-1].proposals if trials else 0
+        session_start = time.monotonic()
+        elapsed = lambda: previous_seconds + time.monotonic() - session_start  # noqa: E731
         repeats = 0
-        while len(trials) < self.spec.budget:
+        while (reason := self.stop_reason(trials, elapsed())) is None:
             self.store.heartbeat()
             arch = self.strategy.propose()
+            proposals += 1
             key = self.space.to_str(arch)
             if key in by_key:  # already evaluated: tell the strategy again, spend no budget
                 self.strategy.observe(arch, by_key[key].val_acc)
                 repeats += 1
                 if repeats >= MAX_REPEATED_PROPOSALS:
                     log.warning("strategy keeps proposing evaluated architectures; stopping at %d trials", len(trials))
+                    reason = "exhausted"
                     break
                 continue
             repeats = 0
+            incumbent = self.space.from_str(best_trial(trials).arch_key) if trials else None
             trial = self._evaluate(len(trials), arch, key)
+            trial.search_seconds = elapsed()
+            trial.proposals = proposals
+            trial.distance_to_incumbent = None if incumbent is None else self.space.distance(arch, incumbent)
             trials.append(trial)
             by_key[key] = trial
             kept = top_k_numbers(trials, self.spec.top_k)
             self.store.record_trial(trial, self.strategy.state_dict(), kept)
             self.artifacts.keep_only(kept)
         if trials:
-            self._finish(trials)
+            self._finish(trials, reason)
 
     def _evaluate(self, number: int, arch: Any, key: str) -> TrialRecord:
         seed = self.trial_seed(number)
@@ -212,7 +243,7 @@ class SearchRunner:
         return TrialRecord(number, key, self.space.display(arch), result.val_acc, result.params, result.flops,
                            result.train_seconds, result.fidelity, result.curve, path, self.spec.estimator)
 
-    def _finish(self, trials: list[TrialRecord]) -> None:
+    def _finish(self, trials: list[TrialRecord], reason: str) -> None:
         best = best_trial(trials)
         arch = self.space.from_str(best.arch_key)
         state = self.artifacts.load(best.number)
@@ -220,4 +251,4 @@ class SearchRunner:
             result = self.estimator.evaluate(arch, self.spec.epochs, seed=self.trial_seed(best.number))
             state = result.state
         test_acc = self.estimator.test_accuracy(arch, state)
-        self.store.finish(best.number, test_acc)
+        self.store.finish(best.number, test_acc, reason)

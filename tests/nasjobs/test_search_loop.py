@@ -98,3 +98,32 @@ def test_the_engine_runs_without_django():
 def test_trial_records_keep_their_estimator():
     record = TrialRecord(0, "c8k3", "3x3·8", 0.5, 10, 20, 0.1, {}, [], None, "train")
     assert record.estimator == "train"
+
+
+def test_patience_stops_a_search_that_stopped_improving(tmp_path):
+    spec = ExperimentSpec(**{**SPEC.__dict__, "budget": 40, "patience": 2})
+    store = run(spec, MemoryStore(), tmp_path)
+    best = max(store.trials, key=lambda t: (t.val_acc, -t.number))
+    assert store.stop_reason == "patience"
+    assert len(store.trials) == best.number + 3 < 40
+
+
+def test_the_time_limit_counts_search_time_across_resumptions(tmp_path):
+    spec = ExperimentSpec(**{**SPEC.__dict__, "budget": 50, "max_seconds": 1})
+    crashed = CrashingStore(crash_after=1)
+    with pytest.raises(SystemExit):
+        run(spec, crashed, tmp_path)
+    crashed.trials[-1].search_seconds = 5.0  # as if the first run had already spent five seconds
+    resumed = MemoryStore(state=crashed.state, trials=list(crashed.trials))
+    run(spec, resumed, tmp_path)
+    assert resumed.stop_reason == "time_limit" and len(resumed.trials) == 1
+
+
+def test_each_trial_records_exploration_figures(tmp_path):
+    store = run(SPEC, MemoryStore(), tmp_path)
+    assert store.stop_reason == "budget"
+    assert store.trials[0].distance_to_incumbent is None
+    assert all(t.distance_to_incumbent >= 1 for t in store.trials[1:])  # every trial is a new architecture
+    assert [t.proposals for t in store.trials] == sorted(t.proposals for t in store.trials)
+    assert store.trials[-1].proposals >= len(store.trials)
+    assert all(b.search_seconds >= a.search_seconds for a, b in zip(store.trials, store.trials[1:]))

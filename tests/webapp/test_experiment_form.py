@@ -58,6 +58,8 @@ def test_a_valid_form_creates_an_experiment_and_queues_it_on_commit(alice_client
     ({"budget": "0"}, "budget", "greater than or equal to 1"),
     ({"budget": "lots"}, "budget", "whole number"),
     ({"epochs": "0"}, "epochs", "greater than or equal to 1"),
+    ({"patience": "-1"}, "patience", "greater than or equal to 0"),
+    ({"max_seconds": "-5"}, "max_seconds", "greater than or equal to 0"),
     ({"strategy": "magic"}, "strategy", "Select a valid choice"),
     ({"space": "nope"}, "space", "Select a valid choice"),
     ({"dataset": "imagenet"}, "dataset", "Select a valid choice"),

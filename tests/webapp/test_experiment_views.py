@@ -43,6 +43,7 @@ def test_the_detail_page_shows_progress_leaderboard_and_best_diagram(alice_clien
     assert board.index("c32k5p") < board.index("c16k3")  # ranked by validation accuracy
     assert "<svg" in page and "conv 5x5, 32" in page  # the best architecture, drawn by Graphviz
     assert 'width: 67%' in page
+    assert 'id="chart-acc"' in page and 'id="chart-dist"' in page and "unique architectures" in page
 
 
 def test_the_status_endpoint_returns_the_summary(alice_client, alice):
@@ -51,6 +52,8 @@ def test_the_status_endpoint_returns_the_summary(alice_client, alice):
     assert data["id"] == e.pk and data["trials_done"] == 2 and data["budget"] == 3
     assert data["best"]["arch"] == "c32k5p" and data["best"]["val_acc"] == 0.9
     assert [row["rank"] for row in data["leaderboard"]] == [1, 2]
+    assert data["exploration"]["unique_architectures"] == 2
+    assert data["patience"] == 0 and data["max_seconds"] == 0 and data["stop_reason"] == ""
 
 
 def test_the_trial_page_draws_the_architecture(alice_client, alice):

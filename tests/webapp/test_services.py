@@ -62,7 +62,7 @@ def test_a_trial_finishing_after_cancel_is_kept_and_the_heartbeat_reports_the_ca
     assert services.experiment_cancel(e)
     services.trial_record(e.pk, "w", record(0), {}, [0])
     assert services.experiment_heartbeat(e.pk, "w") == "cancelled"
-    assert not services.experiment_finish(e.pk, "w", 0, 0.9)
+    assert not services.experiment_finish(e.pk, "w", 0, 0.9, "budget")
     e.refresh_from_db()
     assert e.status == "cancelled" and e.trials_done == 1
 

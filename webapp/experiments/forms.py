@@ -53,6 +53,11 @@ class ExperimentForm(forms.Form):
     epochs = forms.IntegerField(min_value=LIMITS["epochs"][0], max_value=LIMITS["epochs"][1], initial=3,
                                 help_text="Training epochs per trial")
     seed = forms.IntegerField(min_value=LIMITS["seed"][0], max_value=LIMITS["seed"][1], initial=0)
+    patience = forms.IntegerField(min_value=LIMITS["patience"][0], max_value=LIMITS["patience"][1], initial=0,
+                                  help_text="Stop after this many trials without a better result (0: never)")
+    max_seconds = forms.IntegerField(min_value=LIMITS["max_seconds"][0], max_value=LIMITS["max_seconds"][1],
+                                     initial=0, label="Time limit (seconds)",
+                                     help_text="Stop the search after this much running time (0: no limit)")
     top_k = forms.IntegerField(min_value=LIMITS["top_k"][0], max_value=LIMITS["top_k"][1], initial=5,
                                label="Keep weights of top k", help_text="Trained weights kept on disk")
 
@@ -97,7 +102,8 @@ class ExperimentForm(forms.Form):
             return data
         spec = ExperimentSpec(dataset=data["dataset"], space=data["space"], strategy=data["strategy"],
                               estimator=data["estimator"], budget=data["budget"], epochs=data["epochs"],
-                              seed=data["seed"], options=self._options(data), top_k=data["top_k"])
+                              seed=data["seed"], options=self._options(data), top_k=data["top_k"],
+                              patience=data["patience"], max_seconds=data["max_seconds"])
         try:
             self.spec = validate_spec(spec)
         except SpecError as exc:

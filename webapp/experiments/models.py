@@ -26,6 +26,10 @@ class Experiment(models.Model):
     epochs = models.PositiveIntegerField(help_text="Training epochs per trial")
     seed = models.PositiveIntegerField()
     top_k = models.PositiveIntegerField(default=5, help_text="Trials whose trained weights are kept")
+    patience = models.PositiveIntegerField(default=0, help_text="Stop after this many trials without improvement "
+                                                                "(0: never)")
+    max_seconds = models.PositiveIntegerField(default=0, help_text="Wall-clock limit of the search, seconds "
+                                                                   "(0: none)")
     options = models.JSONField(default=dict, blank=True, help_text="Validated options per component")
 
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
@@ -34,6 +38,13 @@ class Experiment(models.Model):
     best_trial_number = models.PositiveIntegerField(null=True, blank=True)
     test_acc = models.FloatField(null=True, blank=True, help_text="Best trial's accuracy on the test split")
     error = models.TextField(blank=True)
+    class StopReason(models.TextChoices):
+        BUDGET = "budget", "its trial budget"
+        PATIENCE = "patience", "patience (no improvement)"
+        TIME_LIMIT = "time_limit", "its time limit"
+        EXHAUSTED = "exhausted", "no new architectures left"
+
+    stop_reason = models.CharField(max_length=20, blank=True, choices=StopReason.choices)
     strategy_state = models.JSONField(null=True, blank=True, editable=False)
 
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
@@ -61,7 +72,8 @@ class Experiment(models.Model):
     def spec(self) -> ExperimentSpec:
         return ExperimentSpec(dataset=self.dataset, space=self.space, strategy=self.strategy,
                               estimator=self.estimator, budget=self.budget, epochs=self.epochs, seed=self.seed,
-                              options=self.options, top_k=self.top_k)
+                              options=self.options, top_k=self.top_k, patience=self.patience,
+                              max_seconds=self.max_seconds)
 
 
 class Trial(models.Model):
@@ -77,6 +89,10 @@ class Trial(models.Model):
     fidelity = models.JSONField(default=dict, blank=True)
     curve = models.JSONField(default=list, blank=True, help_text="Validation accuracy after each epoch")
     weights_path = models.CharField(max_length=500, blank=True)
+    search_seconds = models.FloatField(default=0.0, help_text="Search time when the trial finished")
+    proposals = models.PositiveIntegerField(default=0, help_text="Proposals so far, repeats included")
+    distance_to_incumbent = models.PositiveIntegerField(null=True, blank=True,
+                                                        help_text="Edit distance to the best known when proposed")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

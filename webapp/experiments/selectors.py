@@ -24,6 +24,16 @@ def experiment_best_trial(experiment: Experiment) -> Trial | None:
     return experiment.trials.filter(number=experiment.best_trial_number).first()
 
 
+def experiment_exploration(experiment: Experiment) -> dict[str, Any]:
+    """How the search balanced exploring new architectures against refining the best one."""
+    last = experiment.trials.order_by("-number").first()
+    proposals = last.proposals if last else 0
+    distances = list(experiment.trials.exclude(distance_to_incumbent=None).values_list("distance_to_incumbent",
+                                                                                        flat=True))
+    return {"unique_architectures": experiment.trials_done, "proposals": proposals,
+            "mean_distance_to_incumbent": sum(distances) / len(distances) if distances else None}
+
+
 def experiment_elapsed_seconds(experiment: Experiment) -> float | None:
     if experiment.started_at is None:
         return None
@@ -34,7 +44,9 @@ def experiment_elapsed_seconds(experiment: Experiment) -> float | None:
 def trial_to_json(trial: Trial, rank: int | None = None) -> dict[str, Any]:
     data = {"number": trial.number, "arch": trial.arch_key, "arch_display": trial.arch_display,
             "val_acc": trial.val_acc, "params": trial.params, "flops": trial.flops,
-            "train_seconds": round(trial.train_seconds, 3), "estimator": trial.estimator, "fidelity": trial.fidelity}
+            "train_seconds": round(trial.train_seconds, 3), "estimator": trial.estimator, "fidelity": trial.fidelity,
+            "search_seconds": round(trial.search_seconds, 3), "proposals": trial.proposals,
+            "distance_to_incumbent": trial.distance_to_incumbent}
     if rank is not None:
         data["rank"] = rank
     return data
@@ -48,7 +60,9 @@ def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> d
         "dataset": experiment.dataset, "space": experiment.space, "strategy": experiment.strategy,
         "estimator": experiment.estimator, "budget": experiment.budget, "epochs": experiment.epochs,
         "seed": experiment.seed, "top_k": experiment.top_k, "options": experiment.options,
-        "trials_done": experiment.trials_done,
+        "patience": experiment.patience, "max_seconds": experiment.max_seconds,
+        "stop_reason": experiment.stop_reason, "trials_done": experiment.trials_done,
+        "exploration": experiment_exploration(experiment),
         "best": None if best is None else {
             "number": best.number, "arch": best.arch_key, "arch_display": best.arch_display,
             "val_acc": best.val_acc, "test_acc": experiment.test_acc, "params": best.params, "flops": best.flops},

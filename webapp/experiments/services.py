@@ -43,6 +43,7 @@ def experiment_create(*, user: AbstractBaseUser | None, name: str, spec: Experim
         experiment = Experiment.objects.create(
             name=name, dataset=spec.dataset, space=spec.space, strategy=spec.strategy, estimator=spec.estimator,
             budget=spec.budget, epochs=spec.epochs, seed=spec.seed, top_k=spec.top_k, options=spec.options,
+            patience=spec.patience, max_seconds=spec.max_seconds,
             created_by=user if user is not None and user.is_authenticated else None)
         if enqueue:
             transaction.on_commit(lambda: experiment_enqueue(experiment.pk))
@@ -106,7 +107,9 @@ def trial_record(experiment_id: int, worker: str, trial: TrialRecord, strategy_s
         row = Trial.objects.create(
             experiment_id=experiment_id, number=trial.number, arch_key=trial.arch_key,
             arch_display=trial.arch_display, val_acc=trial.val_acc, params=trial.params, flops=trial.flops,
-            train_seconds=trial.train_seconds, estimator=trial.estimator, fidelity=trial.fidelity, curve=trial.curve, weights_path=trial.weights_path or "")
+            train_seconds=trial.train_seconds, estimator=trial.estimator, fidelity=trial.fidelity, curve=trial.curve,
+            weights_path=trial.weights_path or "", search_seconds=trial.search_seconds, proposals=trial.proposals,
+            distance_to_incumbent=trial.distance_to_incumbent)
         Trial.objects.filter(experiment_id=experiment_id).exclude(number__in=kept).exclude(weights_path="").update(
             weights_path="")
         best = Trial.objects.filter(experiment_id=experiment_id).order_by("-val_acc", "number").first()
@@ -117,14 +120,16 @@ def trial_record(experiment_id: int, worker: str, trial: TrialRecord, strategy_s
 def experiment_load_progress(experiment_id: int) -> tuple[dict[str, Any] | None, list[TrialRecord]]:
     experiment = Experiment.objects.get(pk=experiment_id)
     trials = [TrialRecord(t.number, t.arch_key, t.arch_display, t.val_acc, t.params, t.flops, t.train_seconds,
-                          t.fidelity, t.curve, t.weights_path or None, t.estimator)
+                          t.fidelity, t.curve, t.weights_path or None, t.estimator, t.search_seconds, t.proposals,
+                          t.distance_to_incumbent)
               for t in experiment.trials.order_by("number")]
     return experiment.strategy_state, trials
 
 
-def experiment_finish(experiment_id: int, worker: str, best_number: int, test_acc: float) -> bool:
+def experiment_finish(experiment_id: int, worker: str, best_number: int, test_acc: float, stop_reason: str) -> bool:
     return bool(Experiment.objects.filter(pk=experiment_id, claimed_by=worker, status=Experiment.Status.RUNNING)
                 .update(status=Experiment.Status.SUCCEEDED, test_acc=test_acc, best_trial_number=best_number,
+                        stop_reason=stop_reason,
                         finished_at=timezone.now(), heartbeat_at=timezone.now()))
 
 

@@ -51,6 +51,7 @@ def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     best = selectors.experiment_best_trial(experiment)
     return render(request, "experiments/detail.html", {
         "experiment": experiment, "best": best, "diagram": _diagram(experiment, best),
+        "exploration": selectors.experiment_exploration(experiment),
         "leaderboard": selectors.experiment_leaderboard(experiment)})
 
 

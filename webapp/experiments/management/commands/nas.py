@@ -78,6 +78,8 @@ class Command(BaseCommand):
         submit.add_argument("--epochs", type=int, default=3, help="Training epochs per trial")
         submit.add_argument("--seed", type=int, default=0)
         submit.add_argument("--top-k", type=int, default=5, help="Trials whose weights are kept")
+        submit.add_argument("--patience", type=int, default=0, help="Stop after N trials without improvement")
+        submit.add_argument("--max-seconds", type=int, default=0, help="Wall-clock limit of the search")
         submit.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                             help="An option of the space, strategy or estimator (KEY or component.KEY)")
         submit.add_argument("--wait", action="store_true", help="Wait until the experiment ends")
@@ -106,7 +108,8 @@ class Command(BaseCommand):
     def handle_submit(self, **opts: Any) -> None:
         spec = ExperimentSpec(dataset=opts["dataset"], space=opts["space"], strategy=opts["strategy"],
                               estimator=opts["estimator"], budget=opts["budget"], epochs=opts["epochs"],
-                              seed=opts["seed"], top_k=opts["top_k"])
+                              seed=opts["seed"], top_k=opts["top_k"], patience=opts["patience"],
+                              max_seconds=opts["max_seconds"])
         name = opts["name"] or f"{opts['space']} / {opts['strategy']} / {opts['dataset']}"
         try:
             from nasjobs.search import validate_spec

@@ -4,6 +4,7 @@ from nasjobs.estimators.benchmark import BenchmarkEstimator
 from nasjobs.estimators.low_fidelity import LowFidelityEstimator
 from nasjobs.estimators.median_stopping import MedianStoppingEstimator
 from nasjobs.estimators.train import TrainEstimator
+from nasjobs.estimators.zero_cost import ZeroCostEstimator
 from nasjobs.registry import Registry
 
 ESTIMATORS: Registry[type[Estimator]] = Registry("estimator", "nasjobs.estimators")
@@ -11,5 +12,6 @@ ESTIMATORS.register(TrainEstimator.name, TrainEstimator)
 ESTIMATORS.register(BenchmarkEstimator.name, BenchmarkEstimator)
 ESTIMATORS.register(LowFidelityEstimator.name, LowFidelityEstimator)
 ESTIMATORS.register(MedianStoppingEstimator.name, MedianStoppingEstimator)
+ESTIMATORS.register(ZeroCostEstimator.name, ZeroCostEstimator)
 
 __all__ = ["ESTIMATORS", "BenchmarkEstimator", "EpochHook", "EvalResult", "Estimator", "TrainEstimator"]

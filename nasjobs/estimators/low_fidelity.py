@@ -38,10 +38,20 @@ def _scale_config_field(field: str, least: int) -> WidthScaler:
 
 
 def _scale_chain_filters(space: SearchSpace, arch: Any, multiplier: float) -> tuple[SearchSpace, Any, dict[str, Any]]:
-    """Width of a chain CNN lives in the architecture (each layer's filter count): every layer is narrowed. The
-    narrowed architecture need not be a member of the space; it is only ever built, never stored as a key."""
-    layers = tuple(dataclasses.replace(layer, filters=_scaled(layer.filters, multiplier, 1)) for layer in arch.layers)
-    return space, dataclasses.replace(arch, layers=layers), {"filters": [layer.filters for layer in layers]}
+    """Width of a chain CNN lives in the architecture (each layer's filter count): every layer's count is scaled
+    and snapped to the nearest count the space type allows (`FILTER_CHOICES`, ties to the smaller), and the
+    network is built by a copy of the space that also allows those counts. The narrowed architecture is only
+    ever built, never stored as a key."""
+    from nasjobs.spaces.chain_cnn import FILTER_CHOICES
+
+    def snap(filters: int) -> int:
+        target = filters * multiplier
+        return min(FILTER_CHOICES, key=lambda f: (abs(f - target), f))
+
+    layers = tuple(dataclasses.replace(layer, filters=snap(layer.filters)) for layer in arch.layers)
+    allowed = tuple(f for f in FILTER_CHOICES if f in space.config.filters or any(l.filters == f for l in layers))
+    narrowed = type(space)(dataclasses.replace(space.config, filters=allowed))
+    return narrowed, dataclasses.replace(arch, layers=layers), {"filters": [layer.filters for layer in layers]}
 
 
 WIDTH_SCALERS: dict[str, WidthScaler] = {
@@ -60,7 +70,8 @@ class LowFidelityConfig(TrainConfig):
     data_seed: int = option(0, "Seed of the training subset; one subset for every trial, so candidates are "
                                "compared on the same data", min=0, max=2**31 - 1)
     width_multiplier: float = option(1.0, "Scale network width: nb201 `channels`, darts `init_channels`, each "
-                                          "chain_cnn layer's filters (other spaces: 1 only)", min=0.05, max=1.0)
+                                          "chain_cnn layer's filters (snapped to an allowed count; other "
+                                          "spaces: 1 only)", min=0.05, max=1.0)
 
 
 def stratified_subset(split: Split, fraction: float, seed: int) -> Split:

@@ -9,6 +9,7 @@ from nasjobs.datasets import load_digits
 from nasjobs.estimators import ESTIMATORS
 from nasjobs.estimators.low_fidelity import LowFidelityConfig, LowFidelityEstimator, stratified_subset
 from nasjobs.estimators.median_stopping import MedianStoppingConfig, MedianStoppingEstimator
+from nasjobs.estimators.zero_cost import ZeroCostConfig
 from nasjobs.options import OptionError, parse_config
 from nasjobs.spaces.chain_cnn import ChainCNN, ChainCNNConfig
 from nasjobs.spaces.nb201 import NB201, NB201Config
@@ -16,6 +17,16 @@ from nasjobs.spaces.nb201 import NB201, NB201Config
 CPU = torch.device("cpu")
 TINY_CHAIN = ChainCNN(ChainCNNConfig(max_layers=2, filters=(8, 16), kernels=(3,)))
 TINY_NB201 = NB201(NB201Config(channels=4, cells=1))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Digits nets are tiny: with several threads, synchronisation costs more than the work (100x on a busy
+    machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def chain_arch(seed: int):
@@ -64,9 +75,12 @@ def test_width_multiplier_narrows_each_space_and_is_refused_where_it_means_nothi
     assert nb.fidelity["channels"] == 2 and nb.fidelity["epochs"] == 1
     assert nb.fidelity["trained_params"] < nb.params  # params are the full-width candidate's
     chain = LowFidelityEstimator(TINY_CHAIN, ds, config, CPU)
-    result = chain.evaluate(TINY_CHAIN.from_str("c16k3-c8k3"), 2, seed=0)
-    assert result.fidelity["filters"] == [8, 4]
-    assert 0.0 <= chain.test_accuracy(TINY_CHAIN.from_str("c16k3-c8k3"), result.state) <= 1.0
+    arch = TINY_CHAIN.from_str("c16k3-c16k3")
+    result = chain.evaluate(arch, 2, seed=0)
+    assert result.fidelity["filters"] == [8, 8] and result.fidelity["trained_params"] < result.params
+    assert 0.0 <= chain.test_accuracy(arch, result.state) <= 1.0
+    assert LowFidelityEstimator(TINY_CHAIN, ds, config, CPU).evaluate(TINY_CHAIN.from_str("c8k3"), 2, seed=0) \
+        .fidelity["filters"] == [8]  # 8 is the smallest count a chain CNN layer may have
 
     class OtherSpace(ChainCNN):
         name = "other"
@@ -118,3 +132,30 @@ def test_a_trial_above_the_median_completes_and_joins_the_history():
     result = estimator.evaluate(chain_arch(1), 2, seed=0)
     assert "stopped_at_epoch" not in result.fidelity and result.fidelity["epochs"] == 2
     assert estimator.history[-1] == result.curve and len(estimator.history) == 3
+
+
+# zero cost --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("proxy", ["synflow", "grad_norm", "naswot"])
+@pytest.mark.parametrize("space", [TINY_CHAIN, TINY_NB201], ids=["chain_cnn", "nb201"])
+def test_zero_cost_scores_are_finite_and_deterministic_for_a_seed(proxy, space):
+    estimator = ESTIMATORS.get("zero_cost")(space, load_digits(), ZeroCostConfig(proxy=proxy, batch_size=32), CPU)
+    arch = space.sample(random.Random(3))
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    a = estimator.evaluate(arch, 12, seed=5)
+    assert torch.equal(torch.rand(1), before)  # the global RNG is left alone
+    b = estimator.evaluate(arch, 12, seed=5)
+    assert math.isfinite(a.val_acc) and a.val_acc == b.val_acc and a.fidelity == b.fidelity
+    f = a.fidelity
+    assert f["estimator"] == "zero_cost" and f["proxy"] == proxy and f["epochs"] == 0 and f["batch_size"] == 32
+    assert math.isfinite(f["score"]) and a.state is None and a.train_seconds > 0
+    if proxy != "naswot":
+        assert f["score"] > 0 and a.val_acc == pytest.approx(math.log(f["score"]))
+
+
+def test_zero_cost_scores_differ_between_architectures_and_the_final_network_is_trained():
+    estimator = ESTIMATORS.get("zero_cost")(TINY_CHAIN, load_digits(), ZeroCostConfig(final_epochs=1), CPU)
+    small, large = TINY_CHAIN.from_str("c8k3"), TINY_CHAIN.from_str("c16k3-c16k3")
+    assert estimator.evaluate(large, 4, seed=0).val_acc > estimator.evaluate(small, 4, seed=0).val_acc
+    assert 0.0 <= estimator.test_accuracy(large, None) <= 1.0

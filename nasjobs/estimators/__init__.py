@@ -4,6 +4,7 @@ from nasjobs.estimators.benchmark import BenchmarkEstimator
 from nasjobs.estimators.low_fidelity import LowFidelityEstimator
 from nasjobs.estimators.median_stopping import MedianStoppingEstimator
 from nasjobs.estimators.train import TrainEstimator
+from nasjobs.estimators.weight_sharing import WeightSharingEstimator
 from nasjobs.estimators.zero_cost import ZeroCostEstimator
 from nasjobs.registry import Registry
 
@@ -13,5 +14,6 @@ ESTIMATORS.register(BenchmarkEstimator.name, BenchmarkEstimator)
 ESTIMATORS.register(LowFidelityEstimator.name, LowFidelityEstimator)
 ESTIMATORS.register(MedianStoppingEstimator.name, MedianStoppingEstimator)
 ESTIMATORS.register(ZeroCostEstimator.name, ZeroCostEstimator)
+ESTIMATORS.register(WeightSharingEstimator.name, WeightSharingEstimator)
 
 __all__ = ["ESTIMATORS", "BenchmarkEstimator", "EpochHook", "EvalResult", "Estimator", "TrainEstimator"]

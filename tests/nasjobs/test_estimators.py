@@ -6,9 +6,11 @@ import torch
 
 from nasjobs.calibration import rank_correlation
 from nasjobs.datasets import load_digits
+from nasjobs.metrics import count_params
 from nasjobs.estimators import ESTIMATORS
 from nasjobs.estimators.low_fidelity import LowFidelityConfig, LowFidelityEstimator, stratified_subset
 from nasjobs.estimators.median_stopping import MedianStoppingConfig, MedianStoppingEstimator
+from nasjobs.estimators.weight_sharing import WeightSharingConfig, WeightSharingEstimator, path_state
 from nasjobs.estimators.zero_cost import ZeroCostConfig
 from nasjobs.options import OptionError, parse_config
 from nasjobs.spaces.chain_cnn import ChainCNN, ChainCNNConfig
@@ -159,3 +161,43 @@ def test_zero_cost_scores_differ_between_architectures_and_the_final_network_is_
     small, large = TINY_CHAIN.from_str("c8k3"), TINY_CHAIN.from_str("c16k3-c16k3")
     assert estimator.evaluate(large, 4, seed=0).val_acc > estimator.evaluate(small, 4, seed=0).val_acc
     assert 0.0 <= estimator.test_accuracy(large, None) <= 1.0
+
+
+# weight sharing ---------------------------------------------------------------------------------------------------
+def test_weight_sharing_trains_one_supernet_reuses_it_and_a_restart_loads_it(tmp_path):
+    ds, config = load_digits(), WeightSharingConfig(supernet_epochs=2, calibration_batches=2)
+    estimator = ESTIMATORS.get("weight_sharing")(TINY_NB201, ds, config, CPU, checkpoint_dir=tmp_path)
+    rng = random.Random(0)
+    a, b = TINY_NB201.sample(rng), TINY_NB201.sample(rng)
+    heartbeats = []
+    first = estimator.evaluate(a, 12, seed=0, hook=lambda epoch, acc: heartbeats.append(epoch))
+    assert heartbeats == [1, 2, 0]  # the supernet's epochs, then the candidate's score
+    second = estimator.evaluate(b, 12, seed=1)
+    assert estimator.supernet_trainings == 1  # the second candidate did not retrain it
+    f = first.fidelity
+    assert f["estimator"] == "weight_sharing" and f["one_shot"] is True and f["supernet_epochs"] == 2
+    assert f["supernet_loaded"] is False and f["supernet_checkpoint"].startswith(str(tmp_path))
+    assert 0.0 <= first.val_acc <= 1.0 and 0.0 <= second.val_acc <= 1.0
+    assert first.params == count_params(TINY_NB201.build(a, ds.input_shape, ds.num_classes))
+
+    restarted = WeightSharingEstimator(TINY_NB201, ds, config, CPU, checkpoint_dir=tmp_path)
+    again = restarted.evaluate(a, 12, seed=5)
+    assert restarted.supernet_trainings == 0 and again.fidelity["supernet_loaded"] is True
+    assert again.val_acc == first.val_acc  # same supernet, same calibration batches: the same figure
+    assert estimator.test_accuracy(a, first.state) == restarted.test_accuracy(a, again.state)
+    other = WeightSharingEstimator(TINY_NB201, ds, WeightSharingConfig(supernet_epochs=1), CPU,
+                                   checkpoint_dir=tmp_path)
+    assert other.checkpoint_path() != estimator.checkpoint_path()  # other options: another supernet
+
+
+def test_a_path_inherits_exactly_its_ops_weights():
+    ds = load_digits()
+    estimator = WeightSharingEstimator(TINY_NB201, ds, WeightSharingConfig(supernet_epochs=1), CPU)
+    supernet = estimator._new_supernet()
+    arch = ("nor_conv_3x3", "skip_connect", "nor_conv_1x1", "none", "avg_pool_3x3", "nor_conv_3x3")
+    state = path_state(supernet.state_dict(), arch)
+    model = TINY_NB201.build(arch, ds.input_shape, ds.num_classes)
+    model.load_state_dict(state)  # strict: every key of the standalone network, nothing else
+    assert torch.equal(state["cells.0.ops.0.1.weight"], supernet.state_dict()["cells.0.ops.0.nor_conv_3x3.1.weight"])
+    with pytest.raises(ValueError, match="weight sharing"):
+        WeightSharingEstimator(TINY_CHAIN, ds, WeightSharingConfig(), CPU)

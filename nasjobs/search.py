@@ -74,13 +74,19 @@ def validate_spec(spec: ExperimentSpec) -> ExperimentSpec:
     unknown = set(spec.options) - set(COMPONENTS)
     if unknown:
         raise SpecError("options", f"unknown option group {sorted(unknown)[0]!r}")
-    normalised = {}
+    normalised, configs = {}, {}
     for component in COMPONENTS:
         try:
             config = parse_config(spec.component_class(component).Config, spec.options.get(component))
         except OptionError as exc:
             raise SpecError(f"{component}.{exc.key}", exc.message) from None
         normalised[component] = config_to_json(config)
+        configs[component] = config
+    space = spec.component_class("space")(configs["space"])
+    try:
+        spec.component_class("estimator").check_space(space)
+    except ValueError as exc:
+        raise SpecError("estimator", str(exc)) from None
     return dataclasses.replace(spec, options=normalised)
 
 

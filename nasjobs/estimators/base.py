@@ -36,6 +36,13 @@ class Estimator(ABC):
         self.config = config
         self.device = device
 
+    @classmethod
+    def check_space(cls, space: SearchSpace) -> None:
+        """Raise ValueError with a readable reason if this estimator cannot judge `space`'s architectures.
+
+        Called when an experiment is submitted, so an impossible combination is a form error, not a failed run.
+        """
+
     @abstractmethod
     def evaluate(self, arch: Any, budget: int, *, seed: int, hook: EpochHook | None = None) -> EvalResult:
         """Estimate `arch`'s validation accuracy, spending `budget` (epochs for training estimators)."""

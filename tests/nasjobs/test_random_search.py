@@ -28,7 +28,7 @@ def test_state_dict_round_trips_through_json_and_resumes_the_same_proposals():
 
 
 def test_it_never_repeats_until_the_space_is_exhausted():
-    size = SPACE.size()  # 4 + 16 = 20
+    size = SPACE.size()
     strategy = RandomSearch(SPACE, RandomSearchConfig(no_repeats=True), seed=0)
     proposals = [SPACE.to_str(strategy.propose()) for _ in range(size)]
     assert len(set(proposals)) == size

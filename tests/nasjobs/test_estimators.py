@@ -1,18 +1,24 @@
+import importlib.util
+import json
 import math
 import random
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from nasjobs.artifacts import ArtifactStore
 from nasjobs.calibration import rank_correlation
 from nasjobs.datasets import load_digits
-from nasjobs.metrics import count_params
 from nasjobs.estimators import ESTIMATORS
 from nasjobs.estimators.low_fidelity import LowFidelityConfig, LowFidelityEstimator, stratified_subset
 from nasjobs.estimators.median_stopping import MedianStoppingConfig, MedianStoppingEstimator
 from nasjobs.estimators.weight_sharing import WeightSharingConfig, WeightSharingEstimator, path_state
 from nasjobs.estimators.zero_cost import ZeroCostConfig
+from nasjobs.metrics import count_params
 from nasjobs.options import OptionError, parse_config
+from nasjobs.search import ExperimentSpec, MemoryStore, SearchRunner
 from nasjobs.spaces.chain_cnn import ChainCNN, ChainCNNConfig
 from nasjobs.spaces.nb201 import NB201, NB201Config
 
@@ -201,3 +207,36 @@ def test_a_path_inherits_exactly_its_ops_weights():
     assert torch.equal(state["cells.0.ops.0.1.weight"], supernet.state_dict()["cells.0.ops.0.nor_conv_3x3.1.weight"])
     with pytest.raises(ValueError, match="weight sharing"):
         WeightSharingEstimator(TINY_CHAIN, ds, WeightSharingConfig(), CPU)
+
+
+# in the search loop -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("space,estimator,options", [
+    ("chain_cnn", "low_fidelity", {"epoch_fraction": 0.5, "data_fraction": 0.5}),
+    ("chain_cnn", "median_stopping", {"grace_epochs": 1, "min_completed": 1}),
+    ("chain_cnn", "zero_cost", {"proxy": "naswot"}),
+    ("nb201", "weight_sharing", {"supernet_epochs": 1, "calibration_batches": 1}),
+])
+def test_each_estimator_runs_a_search_to_its_final_test_figure(tmp_path, space, estimator, options):
+    space_options = {"max_layers": 2, "filters": "8,16"} if space == "chain_cnn" else {"channels": 4, "cells": 1}
+    spec = ExperimentSpec("digits", space, "random", estimator, budget=3, epochs=2, seed=1, top_k=1,
+                          options={"space": space_options, "estimator": options})
+    store = MemoryStore()
+    SearchRunner(spec, store, ArtifactStore(tmp_path, 1), CPU).run()
+    assert len(store.trials) == 3 and all(t.fidelity["estimator"] == estimator for t in store.trials)
+    assert store.best is not None and 0.0 <= store.best[1] <= 1.0
+
+
+def test_the_estimator_bench_prints_the_documented_json(capsys, monkeypatch):
+    path = Path(__file__).resolve().parents[2] / "bench" / "estimators.py"
+    spec = importlib.util.spec_from_file_location("bench_estimators", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    assert bench.main(["--k", "3", "--epochs", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["reference"] == "train" and report["k"] == 3
+    names = [r["estimator"] for r in report["results"]]
+    assert names[0].startswith("low_fidelity") and "zero_cost:synflow" in names and "median_stopping" in names
+    for r in report["results"]:
+        assert set(r) >= {"kendall_tau", "spearman_rho", "seconds_per_candidate"}
+        assert -1.0 <= r["kendall_tau"] <= 1.0 and r["seconds_per_candidate"] > 0

@@ -152,15 +152,19 @@ class WeightSharingEstimator(TrainEstimator):
 
     def __init__(self, space: SearchSpace, dataset: Dataset, config: WeightSharingConfig, device: torch.device,
                  checkpoint_dir: str | Path | None = None) -> None:
-        if space.name not in SUPERNETS:
-            raise ValueError(f"weight sharing has a supernet for the {', '.join(sorted(SUPERNETS))} space(s), "
-                             f"not for {space.name!r}")
+        self.check_space(space)
         super().__init__(space, dataset, config, device)
         folder = checkpoint_dir if checkpoint_dir is not None else config.checkpoint_dir
         self.checkpoint_dir = Path(folder) if folder else None
         self.supernet: nn.Module | None = None
         self.supernet_info: dict[str, Any] = {}
         self.supernet_trainings = 0  # how often this instance trained a supernet: 0 or 1
+
+    @classmethod
+    def check_space(cls, space: SearchSpace) -> None:
+        if space.name not in SUPERNETS:
+            raise ValueError(f"weight sharing has a supernet for the {', '.join(sorted(SUPERNETS))} space(s) only, "
+                             f"not for {space.name!r}")
 
     # the supernet, trained once -----------------------------------------------------------------------------
     def supernet_key(self) -> str:

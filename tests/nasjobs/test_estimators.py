@@ -18,7 +18,7 @@ from nasjobs.estimators.weight_sharing import WeightSharingConfig, WeightSharing
 from nasjobs.estimators.zero_cost import ZeroCostConfig
 from nasjobs.metrics import count_params
 from nasjobs.options import OptionError, parse_config
-from nasjobs.search import ExperimentSpec, MemoryStore, SearchRunner
+from nasjobs.search import ExperimentSpec, MemoryStore, SearchRunner, SpecError, validate_spec
 from nasjobs.spaces.chain_cnn import ChainCNN, ChainCNNConfig
 from nasjobs.spaces.nb201 import NB201, NB201Config
 
@@ -207,6 +207,8 @@ def test_a_path_inherits_exactly_its_ops_weights():
     assert torch.equal(state["cells.0.ops.0.1.weight"], supernet.state_dict()["cells.0.ops.0.nor_conv_3x3.1.weight"])
     with pytest.raises(ValueError, match="weight sharing"):
         WeightSharingEstimator(TINY_CHAIN, ds, WeightSharingConfig(), CPU)
+    with pytest.raises(SpecError, match="nb201"):  # refused when the experiment is submitted
+        validate_spec(ExperimentSpec("digits", "chain_cnn", "random", "weight_sharing", budget=1, epochs=1, seed=0))
 
 
 # in the search loop -----------------------------------------------------------------------------------------------

@@ -112,7 +112,8 @@ def table(report: dict[str, Any]) -> str:
              f"{report['reference_val_acc_range'][0]:.3f}..{report['reference_val_acc_range'][1]:.3f}, "
              f"{report['reference_seconds_per_candidate']:.3f} s per candidate per run",
              f"reference seed 1 vs seed 2: tau {report['reference_seed_agreement']['kendall_tau']:.3f}, "
-             f"rho {report['reference_seed_agreement']['spearman_rho']:.3f} (how far full training agrees with itself)", "",
+             f"rho {report['reference_seed_agreement']['spearman_rho']:.3f} "
+             "(how far full training agrees with itself)", "",
              f"{'estimator':<26}{'kendall tau':>12}{'spearman rho':>14}{'s/candidate':>13}{'cost vs train':>15}"]
     for r in report["results"]:
         lines.append(f"{r['estimator']:<26}{r['kendall_tau']:>12.3f}{r['spearman_rho']:>14.3f}"

@@ -177,7 +177,9 @@ class WeightSharingEstimator(TrainEstimator):
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def checkpoint_path(self) -> Path | None:
-        return self.checkpoint_dir / f"supernet-{self.space.name}-{self.supernet_key()}.pt" if self.checkpoint_dir else None
+        if self.checkpoint_dir is None:
+            return None
+        return self.checkpoint_dir / f"supernet-{self.space.name}-{self.supernet_key()}.pt"
 
     def _new_supernet(self) -> nn.Module:
         ds = self.dataset
@@ -229,7 +231,8 @@ class WeightSharingEstimator(TrainEstimator):
         c, train = self.config, self.dataset.train
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(c.supernet_seed))
         starts = range(0, min(len(train), c.calibration_batches * c.batch_size), c.batch_size)
-        return [train.x[order[s:s + c.batch_size]].to(self.device) for s in starts if len(order[s:s + c.batch_size]) > 1]
+        batches = [order[s:s + c.batch_size] for s in starts]
+        return [train.x[idx].to(self.device) for idx in batches if len(idx) > 1]  # BN needs two samples
 
     def evaluate(self, arch: Any, budget: int, *, seed: int, hook: EpochHook | None = None) -> EvalResult:
         """Score `arch` with inherited weights; `budget` is not spent (the supernet's epochs are an option) and

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 
@@ -29,10 +29,26 @@ class ArtifactStore:
         return torch.load(path, map_location="cpu", weights_only=True)
 
     def keep_only(self, numbers: Iterable[int]) -> None:
-        """Delete every file of this experiment except those of `numbers` (idempotent)."""
+        """Delete every trial's weights except those of `numbers` (idempotent)."""
         keep = {self.path(n).name for n in numbers}
         if not self.dir.exists():
             return
-        for f in self.dir.iterdir():
+        for f in self.dir.glob("trial-*"):
             if f.name not in keep:
                 f.unlink(missing_ok=True)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / "search-checkpoint.pt"
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """A differentiable search's resume point (weights, alphas, optimizers, RNG states), replaced atomically."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.checkpoint_path)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        if not self.checkpoint_path.exists():
+            return None
+        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)

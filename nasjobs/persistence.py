@@ -43,7 +43,11 @@ class DjangoStore:
         if status == Experiment.Status.CANCELLED:
             raise SearchCancelled()
 
-    def finish(self, best_number: int, test_acc: float, stop_reason: str) -> None:
+    def record_epoch(self, record: dict[str, Any]) -> None:
+        services.search_epoch_record(self.experiment_id, self.worker, record)
+        self._last_beat = time.monotonic()
+
+    def finish(self, best_number: int, test_acc: float | None, stop_reason: str) -> None:
         services.experiment_finish(self.experiment_id, self.worker, best_number, test_acc, stop_reason)
 
 

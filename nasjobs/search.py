@@ -12,6 +12,7 @@ import torch
 from nasjobs.artifacts import ArtifactStore
 from nasjobs.datasets import DATASETS
 from nasjobs.estimators import ESTIMATORS
+from nasjobs.metrics import count_macs, count_params
 from nasjobs.options import OptionError, config_to_json, parse_config
 from nasjobs.rng import derive_seed
 from nasjobs.spaces import SPACES
@@ -82,6 +83,8 @@ def validate_spec(spec: ExperimentSpec) -> ExperimentSpec:
             raise SpecError(f"{component}.{exc.key}", exc.message) from None
         normalised[component] = config_to_json(config)
         configs[component] = config
+    if getattr(spec.component_class("strategy"), "differentiable", False):
+        spec = dataclasses.replace(spec, budget=1)  # one search; `epochs` counts its epochs
     space = spec.component_class("space")(configs["space"])
     try:
         spec.component_class("estimator").check_space(space)
@@ -120,7 +123,10 @@ class Store(Protocol):
     def heartbeat(self) -> None:
         """Signal liveness; raise SearchCancelled if the experiment has been cancelled."""
 
-    def finish(self, best_number: int, test_acc: float, stop_reason: str) -> None: ...
+    def record_epoch(self, record: dict[str, Any]) -> None:
+        """Store (or replace) one epoch of a differentiable search: losses, accuracies, alphas, genotype."""
+
+    def finish(self, best_number: int, test_acc: float | None, stop_reason: str) -> None: ...
 
 
 @dataclass
@@ -129,8 +135,9 @@ class MemoryStore:
 
     state: dict[str, Any] | None = None
     trials: list[TrialRecord] = field(default_factory=list)
+    epochs: dict[int, dict[str, Any]] = field(default_factory=dict)
     cancelled: bool = False
-    best: tuple[int, float] | None = None
+    best: tuple[int, float | None] | None = None
     stop_reason: str = ""
     heartbeats: int = 0
 
@@ -149,7 +156,10 @@ class MemoryStore:
         if self.cancelled:
             raise SearchCancelled()
 
-    def finish(self, best_number: int, test_acc: float, stop_reason: str) -> None:
+    def record_epoch(self, record: dict[str, Any]) -> None:
+        self.epochs[record["epoch"]] = record
+
+    def finish(self, best_number: int, test_acc: float | None, stop_reason: str) -> None:
         self.best = (best_number, test_acc)
         self.stop_reason = stop_reason
 
@@ -203,6 +213,8 @@ class SearchRunner:
         return None
 
     def run(self) -> None:
+        if getattr(self.strategy, "differentiable", False):
+            return self._run_differentiable()
         state, trials = self.store.load()
         if state is not None:
             self.strategy.load_state_dict(state)
@@ -249,10 +261,51 @@ class SearchRunner:
         return TrialRecord(number, key, self.space.display(arch), result.val_acc, result.params, result.flops,
                            result.train_seconds, result.fidelity, result.curve, path, self.spec.estimator)
 
+    def _run_differentiable(self) -> None:
+        """A gradient-based search (DARTS): one supernet search of `epochs` epochs, checkpointed after each, then
+        the derived architecture trained from scratch by the experiment's estimator as its single trial."""
+        _, trials = self.store.load()
+        if not trials:
+            last: dict[str, Any] = {}
+            started = time.monotonic()
+
+            def on_epoch(record: Any, checkpoint: dict[str, Any]) -> None:
+                # The row first, then the checkpoint: a crash in between repeats the epoch, whose row is replaced.
+                row = dataclasses.asdict(record)
+                self.store.record_epoch(row)
+                self.artifacts.save_checkpoint(checkpoint)
+                last.update(row)
+
+            arch = self.strategy.search(self.dataset, self.spec.epochs, self.device, self.artifacts.load_checkpoint(),
+                                        on_epoch, hook=self.store.heartbeat)
+            key = self.space.to_str(arch)
+            config = self.strategy.config
+            supernet = {"supernet_val_acc": last.get("val_acc"), "search_epochs": last.get("epoch")}
+            if config.final_train:
+                result = self.estimator.evaluate(arch, config.final_epochs, seed=self.trial_seed(0),
+                                                 hook=lambda epoch, acc: self.store.heartbeat())
+                path = self.artifacts.save(0, result.state) if result.state is not None else None
+                trial = TrialRecord(0, key, self.space.display(arch), result.val_acc, result.params, result.flops,
+                                    result.train_seconds, {**result.fidelity, **supernet}, result.curve, path,
+                                    self.spec.estimator)
+            else:  # the supernet's own figure, clearly labelled as such
+                model = self.space.build(arch, self.dataset.input_shape, self.dataset.num_classes)
+                trial = TrialRecord(0, key, self.space.display(arch), float(last.get("val_acc") or 0.0),
+                                    count_params(model), count_macs(model, self.dataset.input_shape), 0.0,
+                                    {"estimator": "supernet", **supernet}, [], None, "supernet")
+            trial.search_seconds = time.monotonic() - started
+            trial.proposals = 1
+            trials = [trial]
+            self.store.record_trial(trial, {"search_done": True}, [0])
+        self._finish(trials, "budget")
+
     def _finish(self, trials: list[TrialRecord], reason: str) -> None:
         best = best_trial(trials)
         arch = self.space.from_str(best.arch_key)
         state = self.artifacts.load(best.number)
+        if best.estimator == "supernet":  # no network was trained from scratch, so there is nothing to test
+            self.store.finish(best.number, None, reason)
+            return
         if state is None:  # weights lost (artifact folder wiped): retrain with the trial's own seed
             result = self.estimator.evaluate(arch, self.spec.epochs, seed=self.trial_seed(best.number))
             state = result.state

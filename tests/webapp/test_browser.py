@@ -20,8 +20,12 @@ def page():
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page()
         page.set_default_timeout(20_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
         yield page
         browser.close()
+        assert errors == [], f"JavaScript errors on the pages: {errors}"
     os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
 
 

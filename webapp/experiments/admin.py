@@ -1,7 +1,7 @@
 """Admin: review experiments and their trials."""
 from django.contrib import admin
 
-from webapp.experiments.models import Experiment, Trial
+from webapp.experiments.models import Experiment, SearchEpoch, Trial
 
 
 class TrialInline(admin.TabularInline):
@@ -32,4 +32,11 @@ class TrialAdmin(admin.ModelAdmin):
                     "estimator")
     list_filter = ("estimator", "experiment__space", "experiment__strategy")
     search_fields = ("arch_key", "experiment__name")
+    list_select_related = ("experiment",)
+
+
+@admin.register(SearchEpoch)
+class SearchEpochAdmin(admin.ModelAdmin):
+    list_display = ("experiment", "epoch", "train_loss", "val_loss", "val_acc", "param_free_fraction", "genotype")
+    list_filter = ("stopped_early",)
     list_select_related = ("experiment",)

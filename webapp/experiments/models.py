@@ -104,3 +104,28 @@ class Trial(models.Model):
 
     def __str__(self) -> str:
         return f"{self.experiment_id}/{self.number} {self.arch_key}"
+
+
+class SearchEpoch(models.Model):
+    """One epoch of a differentiable (DARTS) search: the supernet's figures and the architecture weights."""
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="search_epochs")
+    epoch = models.PositiveIntegerField()
+    train_loss = models.FloatField()
+    train_acc = models.FloatField()
+    val_loss = models.FloatField()
+    val_acc = models.FloatField()
+    alphas = models.JSONField(help_text="Softmaxed architecture weights per cell type: rows edges, columns ops")
+    ops = models.JSONField(default=list)
+    edges = models.JSONField(default=dict)
+    genotype = models.TextField(help_text="Architecture derived after this epoch")
+    param_free_fraction = models.FloatField(help_text="Share of parameter-free operations in the derived cells")
+    stopped_early = models.BooleanField(default=False)
+    seconds = models.FloatField(default=0.0)
+
+    class Meta:
+        ordering = ["experiment", "epoch"]
+        constraints = [models.UniqueConstraint(fields=["experiment", "epoch"], name="unique_epoch_per_experiment")]
+
+    def __str__(self) -> str:
+        return f"{self.experiment_id}/epoch {self.epoch}"

@@ -6,7 +6,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from webapp.experiments.models import Experiment, Trial
+from webapp.experiments.models import Experiment, SearchEpoch, Trial
 
 
 def experiment_list() -> QuerySet[Experiment]:
@@ -52,6 +52,13 @@ def trial_to_json(trial: Trial, rank: int | None = None) -> dict[str, Any]:
     return data
 
 
+def epoch_to_json(epoch: SearchEpoch) -> dict[str, Any]:
+    return {"epoch": epoch.epoch, "train_loss": epoch.train_loss, "train_acc": epoch.train_acc,
+            "val_loss": epoch.val_loss, "val_acc": epoch.val_acc, "alphas": epoch.alphas, "ops": epoch.ops,
+            "edges": epoch.edges, "genotype": epoch.genotype, "param_free_fraction": epoch.param_free_fraction,
+            "stopped_early": epoch.stopped_early, "seconds": epoch.seconds}
+
+
 def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> dict[str, Any]:
     """The experiment as one JSON object; `leaderboard` rows included (None: all, 0: none)."""
     best = experiment_best_trial(experiment)
@@ -75,4 +82,5 @@ def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> d
     if leaderboard != 0:
         rows = experiment_leaderboard(experiment, leaderboard)
         data["leaderboard"] = [trial_to_json(t, rank) for rank, t in enumerate(rows, start=1)]
+        data["search_epochs"] = [epoch_to_json(e) for e in experiment.search_epochs.order_by("epoch")]
     return data

@@ -12,7 +12,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from nasjobs.search import ExperimentSpec, SpecError, TrialRecord, validate_spec
-from webapp.experiments.models import Experiment, Trial
+from webapp.experiments.models import Experiment, SearchEpoch, Trial
 
 log = logging.getLogger(__name__)
 NAME_MAX_LENGTH = Experiment._meta.get_field("name").max_length
@@ -117,6 +117,23 @@ def trial_record(experiment_id: int, worker: str, trial: TrialRecord, strategy_s
     return row
 
 
+EPOCH_FIELDS = ("train_loss", "train_acc", "val_loss", "val_acc", "alphas", "ops", "edges", "genotype",
+                "param_free_fraction", "stopped_early", "seconds")
+
+
+def search_epoch_record(experiment_id: int, worker: str, record: dict[str, Any]) -> SearchEpoch:
+    """Store one search epoch; a repeated epoch (after a resume) replaces its earlier row."""
+    with transaction.atomic():
+        held = Experiment.objects.filter(pk=experiment_id, claimed_by=worker,
+                                         status__in=(Experiment.Status.RUNNING, Experiment.Status.CANCELLED))
+        if not held.update(heartbeat_at=timezone.now()):
+            raise LostClaim(f"experiment {experiment_id} is no longer held by {worker}")
+        row, _ = SearchEpoch.objects.update_or_create(
+            experiment_id=experiment_id, epoch=record["epoch"],
+            defaults={k: record[k] for k in EPOCH_FIELDS if k in record})
+    return row
+
+
 def experiment_load_progress(experiment_id: int) -> tuple[dict[str, Any] | None, list[TrialRecord]]:
     experiment = Experiment.objects.get(pk=experiment_id)
     trials = [TrialRecord(t.number, t.arch_key, t.arch_display, t.val_acc, t.params, t.flops, t.train_seconds,
@@ -126,7 +143,8 @@ def experiment_load_progress(experiment_id: int) -> tuple[dict[str, Any] | None,
     return experiment.strategy_state, trials
 
 
-def experiment_finish(experiment_id: int, worker: str, best_number: int, test_acc: float, stop_reason: str) -> bool:
+def experiment_finish(experiment_id: int, worker: str, best_number: int, test_acc: float | None,
+                      stop_reason: str) -> bool:
     return bool(Experiment.objects.filter(pk=experiment_id, claimed_by=worker, status=Experiment.Status.RUNNING)
                 .update(status=Experiment.Status.SUCCEEDED, test_acc=test_acc, best_trial_number=best_number,
                         stop_reason=stop_reason,

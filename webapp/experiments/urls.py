@@ -10,4 +10,6 @@ urlpatterns = [
     path("experiments/<int:pk>/cancel/", views.experiment_cancel, name="experiment_cancel"),
     path("experiments/<int:pk>/resume/", views.experiment_resume, name="experiment_resume"),
     path("experiments/<int:pk>/trials/<int:number>/", views.trial_detail, name="trial_detail"),
+    path("experiments/<int:pk>/epochs/<int:epoch>/diagram.svg", views.search_epoch_diagram,
+         name="search_epoch_diagram"),
 ]

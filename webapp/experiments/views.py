@@ -12,18 +12,20 @@ from nasjobs.search import SpecError
 from webapp.experiments import selectors, services
 from webapp.experiments.diagrams import DiagramError, graph_to_svg
 from webapp.experiments.forms import ExperimentForm
-from webapp.experiments.models import Experiment, Trial
+from webapp.experiments.models import Experiment, SearchEpoch, Trial
 
 
-def _diagram(experiment: Experiment, trial: Trial | None) -> dict[str, str]:
-    if trial is None:
-        return {}
+def _arch_svg(experiment: Experiment, arch_key: str) -> dict[str, str]:
     try:
         space = experiment.spec().component_class("space")
         instance = space(parse_config(space.Config, experiment.options.get("space")))
-        return {"svg": graph_to_svg(instance.describe(instance.from_str(trial.arch_key)))}
+        return {"svg": graph_to_svg(instance.describe(instance.from_str(arch_key)))}
     except (DiagramError, KeyError, ValueError) as exc:
         return {"error": str(exc)}
+
+
+def _diagram(experiment: Experiment, trial: Trial | None) -> dict[str, str]:
+    return {} if trial is None else _arch_svg(experiment, trial.arch_key)
 
 
 @login_required
@@ -52,6 +54,8 @@ def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "experiments/detail.html", {
         "experiment": experiment, "best": best, "diagram": _diagram(experiment, best),
         "exploration": selectors.experiment_exploration(experiment),
+        "has_search_epochs": experiment.search_epochs.exists() or getattr(
+            experiment.spec().component_class("strategy"), "differentiable", False),
         "leaderboard": selectors.experiment_leaderboard(experiment)})
 
 
@@ -67,6 +71,16 @@ def trial_detail(request: HttpRequest, pk: int, number: int) -> HttpResponse:
     trial = get_object_or_404(Trial, experiment=experiment, number=number)
     return render(request, "experiments/trial.html", {
         "experiment": experiment, "trial": trial, "diagram": _diagram(experiment, trial)})
+
+
+@login_required
+def search_epoch_diagram(request: HttpRequest, pk: int, epoch: int) -> HttpResponse:
+    experiment = get_object_or_404(Experiment, pk=pk)
+    row = get_object_or_404(SearchEpoch, experiment=experiment, epoch=epoch)
+    diagram = _arch_svg(experiment, row.genotype)
+    if "svg" not in diagram:
+        return HttpResponse(diagram["error"], status=500, content_type="text/plain")
+    return HttpResponse(diagram["svg"], content_type="image/svg+xml")
 
 
 @require_POST

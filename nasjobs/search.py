@@ -196,6 +196,7 @@ class SearchRunner:
         self.dataset = DATASETS.get(self.spec.dataset)()
         self.estimator = self.spec.component_class("estimator")(self.space, self.dataset, configs["estimator"],
                                                                 device)
+        self.estimator.workdir = artifacts.dir / "estimator"
 
     def trial_seed(self, number: int) -> int:
         return derive_seed(self.spec.seed, "trial", number) % (2**31)
@@ -218,6 +219,8 @@ class SearchRunner:
         state, trials = self.store.load()
         if state is not None:
             self.strategy.load_state_dict(state)
+        if trials and hasattr(self.estimator, "load_history"):  # estimators that compare a trial with earlier ones
+            self.estimator.load_history([t.curve for t in trials if "stopped_at_epoch" not in t.fidelity])
         by_key = {t.arch_key: t for t in trials}
         # Time and proposals carry over from earlier runs of this experiment, so limits hold across resumptions.
         previous_seconds = trials[-1].search_seconds if trials else 0.0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -29,6 +30,9 @@ class Estimator(ABC):
     name: ClassVar[str]
     title: ClassVar[str]
     Config: ClassVar[type]
+    # A folder private to the experiment for files an estimator keeps between trials and restarts (a trained
+    # supernet, say); set by the search loop, None when the estimator runs alone.
+    workdir: Path | None = None
 
     def __init__(self, space: SearchSpace, dataset: Dataset, config: Any, device: torch.device) -> None:
         self.space = space

@@ -33,8 +33,6 @@ class WeightSharingConfig(TrainConfig):
                                 min=0, max=2**31 - 1)
     calibration_batches: int = option(10, "Training batches used to recompute a candidate's batch-norm "
                                           "statistics before it is scored", min=1, max=10_000)
-    checkpoint_dir: str = option("", "Folder for the trained supernet, reused by later trials and restarts "
-                                     "(empty: keep it in memory only)")
 
 
 # supernet ---------------------------------------------------------------------------------------------------
@@ -140,7 +138,7 @@ class WeightSharingEstimator(TrainEstimator):
     such inherited-weight accuracies rank architectures. Supported spaces: nb201 (every op on every edge).
 
     The supernet is built and trained on the first `evaluate` of this instance, then reused by every trial; with
-    a `checkpoint_dir` (option or constructor argument) it is saved there, under a name fixed by the space,
+    a `checkpoint_dir` (constructor argument, else the experiment's work folder) it is saved there, under a name fixed by the space,
     dataset and supernet options, and a later instance (a restarted worker) loads it instead of training. The
     figure is one-shot (`fidelity["one_shot"]`); `state` is the candidate's inherited, recalibrated weights, in
     the layout of `space.build(arch)`.
@@ -154,8 +152,7 @@ class WeightSharingEstimator(TrainEstimator):
                  checkpoint_dir: str | Path | None = None) -> None:
         self.check_space(space)
         super().__init__(space, dataset, config, device)
-        folder = checkpoint_dir if checkpoint_dir is not None else config.checkpoint_dir
-        self.checkpoint_dir = Path(folder) if folder else None
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.supernet: nn.Module | None = None
         self.supernet_info: dict[str, Any] = {}
         self.supernet_trainings = 0  # how often this instance trained a supernet: 0 or 1
@@ -177,9 +174,10 @@ class WeightSharingEstimator(TrainEstimator):
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def checkpoint_path(self) -> Path | None:
-        if self.checkpoint_dir is None:
+        folder = self.checkpoint_dir or self.workdir  # the platform gives each experiment a work folder
+        if folder is None:
             return None
-        return self.checkpoint_dir / f"supernet-{self.space.name}-{self.supernet_key()}.pt"
+        return folder / f"supernet-{self.space.name}-{self.supernet_key()}.pt"
 
     def _new_supernet(self) -> nn.Module:
         ds = self.dataset

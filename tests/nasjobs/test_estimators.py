@@ -242,3 +242,32 @@ def test_the_estimator_bench_prints_the_documented_json(capsys, monkeypatch):
     for r in report["results"]:
         assert set(r) >= {"kendall_tau", "spearman_rho", "seconds_per_candidate"}
         assert -1.0 <= r["kendall_tau"] <= 1.0 and r["seconds_per_candidate"] > 0
+
+
+def test_the_loop_keeps_the_supernet_in_the_experiments_folder_and_a_restart_reuses_it(tmp_path):
+    spec = ExperimentSpec("digits", "nb201", "random", "weight_sharing", budget=2, epochs=1, seed=1, top_k=1,
+                          options={"space": {"channels": 4, "cells": 1},
+                                   "estimator": {"supernet_epochs": 1, "calibration_batches": 1}})
+    runner = SearchRunner(spec, MemoryStore(), ArtifactStore(tmp_path, 1), CPU)
+    runner.run()
+    files = list((tmp_path / "experiment-1" / "estimator").glob("supernet-*.pt"))
+    assert len(files) == 1 and runner.estimator.supernet_trainings == 1
+    restarted = SearchRunner(ExperimentSpec(**{**spec.__dict__, "budget": 3}), MemoryStore(),
+                             ArtifactStore(tmp_path, 1), CPU)
+    restarted.run()
+    assert restarted.estimator.supernet_trainings == 0  # loaded, not trained again
+
+
+def test_median_stopping_compares_a_resumed_trial_with_the_curves_already_recorded(tmp_path):
+    spec = ExperimentSpec("digits", "chain_cnn", "random", "median_stopping", budget=3, epochs=2, seed=1, top_k=1,
+                          options={"space": {"max_layers": 2, "filters": "8,16"},
+                                   "estimator": {"grace_epochs": 1, "min_completed": 1}})
+    first = MemoryStore()
+    SearchRunner(ExperimentSpec(**{**spec.__dict__, "budget": 2}), first, ArtifactStore(tmp_path, 1), CPU).run()
+    resumed = SearchRunner(spec, MemoryStore(state=first.state, trials=list(first.trials)),
+                           ArtifactStore(tmp_path, 1), CPU)
+    seen = []
+    original = resumed.estimator.load_history
+    resumed.estimator.load_history = lambda curves: (seen.append(list(curves)), original(curves))[1]
+    resumed.run()
+    assert seen == [[t.curve for t in first.trials if "stopped_at_epoch" not in t.fidelity]]

@@ -109,6 +109,11 @@ class TrialRecord:
     search_seconds: float = 0.0  # search time when this trial finished, summed over resumptions
     proposals: int = 0  # proposals made so far, repeats of evaluated architectures included
     distance_to_incumbent: int | None = None  # edit distance to the best architecture known when proposed
+    evaluations: list[float] = field(default_factory=list)  # every observed value; val_acc is their mean
+
+    def __post_init__(self) -> None:
+        if not self.evaluations:
+            self.evaluations = [self.val_acc]
 
 
 class Store(Protocol):
@@ -118,7 +123,8 @@ class Store(Protocol):
         """The strategy state after the last recorded trial (None if none) and every recorded trial."""
 
     def record_trial(self, trial: TrialRecord, strategy_state: dict[str, Any], kept: list[int]) -> None:
-        """Atomically add `trial`, save the strategy state, and forget the weights of trials not in `kept`."""
+        """Atomically add `trial` (or update it, when its number exists: a re-evaluation), save the strategy
+        state, and forget the weights of trials not in `kept`."""
 
     def heartbeat(self) -> None:
         """Signal liveness; raise SearchCancelled if the experiment has been cancelled."""
@@ -145,7 +151,10 @@ class MemoryStore:
         return self.state, list(self.trials)
 
     def record_trial(self, trial: TrialRecord, strategy_state: dict[str, Any], kept: list[int]) -> None:
-        self.trials.append(trial)
+        if trial.number < len(self.trials):  # a re-evaluation updates its trial
+            self.trials[trial.number] = trial
+        else:
+            self.trials.append(trial)
         self.state = strategy_state
         for t in self.trials:
             if t.number not in kept:
@@ -167,6 +176,11 @@ class MemoryStore:
 def best_trial(trials: list[TrialRecord]) -> TrialRecord:
     """Highest validation accuracy; the earlier trial wins a tie."""
     return max(trials, key=lambda t: (t.val_acc, -t.number))
+
+
+def evaluations_done(trials: list[TrialRecord]) -> int:
+    """Budget spent: each evaluation counts, re-evaluations of an architecture included."""
+    return sum(len(t.evaluations) for t in trials)
 
 
 def top_k_numbers(trials: list[TrialRecord], k: int) -> list[int]:
@@ -203,7 +217,7 @@ class SearchRunner:
 
     def stop_reason(self, trials: list[TrialRecord], search_seconds: float) -> str | None:
         """Why the search should stop now (budget, patience or time limit), or None to go on."""
-        if len(trials) >= self.spec.budget:
+        if evaluations_done(trials) >= self.spec.budget:
             return "budget"
         if self.spec.patience and trials:
             best = best_trial(trials)
@@ -223,8 +237,9 @@ class SearchRunner:
             self.estimator.load_history([t.curve for t in trials if "stopped_at_epoch" not in t.fidelity])
         by_key = {t.arch_key: t for t in trials}
         # Time and proposals carry over from earlier runs of this experiment, so limits hold across resumptions.
-        previous_seconds = trials[-1].search_seconds if trials else 0.0
-        proposals = trials[-1].proposals if trials else 0
+        previous_seconds = max((t.search_seconds for t in trials), default=0.0)
+        proposals = max((t.proposals for t in trials), default=0)
+        reevaluates = getattr(self.strategy, "reevaluates", False)
         session_start = time.monotonic()
         elapsed = lambda: previous_seconds + time.monotonic() - session_start  # noqa: E731
         repeats = 0
@@ -233,6 +248,12 @@ class SearchRunner:
             arch = self.strategy.propose()
             proposals += 1
             key = self.space.to_str(arch)
+            if key in by_key and reevaluates:  # measured again with a fresh seed; costs one evaluation
+                repeats = 0
+                trial = self._reevaluate(by_key[key], arch)
+                trial.search_seconds, trial.proposals = elapsed(), proposals
+                self.store.record_trial(trial, self.strategy.state_dict(), top_k_numbers(trials, self.spec.top_k))
+                continue
             if key in by_key:  # already evaluated: tell the strategy again, spend no budget
                 self.strategy.observe(arch, by_key[key].val_acc)
                 repeats += 1
@@ -263,6 +284,20 @@ class SearchRunner:
         log.info("trial %d %s val_acc=%.4f", number, key, result.val_acc)
         return TrialRecord(number, key, self.space.display(arch), result.val_acc, result.params, result.flops,
                            result.train_seconds, result.fidelity, result.curve, path, self.spec.estimator)
+
+    def _reevaluate(self, trial: TrialRecord, arch: Any) -> TrialRecord:
+        """Evaluate an architecture once more (a new training seed, or a new benchmark seed) and average.
+
+        The weights kept are those of the first evaluation; the strategy observes the new single value."""
+        seed = derive_seed(self.spec.seed, "trial", trial.number, "repeat", len(trial.evaluations)) % (2**31)
+        result = self.estimator.evaluate(arch, self.spec.epochs, seed=seed, hook=lambda epoch, acc: self.store.heartbeat())
+        self.strategy.observe(arch, result.val_acc)
+        trial.evaluations.append(result.val_acc)
+        trial.val_acc = sum(trial.evaluations) / len(trial.evaluations)
+        trial.train_seconds += result.train_seconds
+        log.info("trial %d %s re-evaluated: %.4f (mean of %d: %.4f)", trial.number, trial.arch_key, result.val_acc,
+                 len(trial.evaluations), trial.val_acc)
+        return trial
 
     def _run_differentiable(self) -> None:
         """A gradient-based search (DARTS): one supernet search of `epochs` epochs, checkpointed after each, then

@@ -18,6 +18,10 @@ class Strategy(ABC):
     name: ClassVar[str]
     title: ClassVar[str]
     Config: ClassVar[type]
+    # False: proposing an evaluated architecture again costs nothing and `observe` gets its recorded mean.
+    # True: it is evaluated again (a fresh seed), costs one evaluation of the budget, `observe` gets the new value,
+    # and the trial's figure becomes the mean of its evaluations (an honest figure for a noisy estimate).
+    reevaluates: ClassVar[bool] = False
 
     def __init__(self, space: SearchSpace, config: Any, seed: int) -> None:
         self.space = space

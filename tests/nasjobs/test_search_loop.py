@@ -127,3 +127,43 @@ def test_each_trial_records_exploration_figures(tmp_path):
     assert [t.proposals for t in store.trials] == sorted(t.proposals for t in store.trials)
     assert store.trials[-1].proposals >= len(store.trials)
     assert all(b.search_seconds >= a.search_seconds for a, b in zip(store.trials, store.trials[1:]))
+
+
+class ReevaluateFirst:
+    """A strategy that measures its first architecture again every other proposal."""
+
+    reevaluates = True
+
+    def __init__(self, space, seed):
+        import random as _random
+
+        self.space, self.rng, self.first, self.observed, self.turn = space, _random.Random(seed), None, [], 0
+
+    def propose(self):
+        self.turn += 1
+        if self.first is not None and self.turn % 2 == 0:
+            return self.first
+        arch = self.space.sample(self.rng)
+        self.first = self.first or arch
+        return arch
+
+    def observe(self, arch, value):
+        self.observed.append((self.space.to_str(arch), value))
+
+    def state_dict(self):
+        return {}
+
+
+def test_a_reevaluating_strategy_spends_budget_and_the_trial_reports_the_mean(tmp_path):
+    spec = ExperimentSpec("digits", "nb201", "random", "benchmark", budget=6, epochs=1, seed=3, top_k=1)
+    store = MemoryStore()
+    runner = SearchRunner(spec, store, ArtifactStore(tmp_path, 1), CPU)
+    runner.strategy = ReevaluateFirst(runner.space, 0)
+    runner.run()
+    first = store.trials[0]
+    assert len(first.evaluations) == 4  # proposal 1, then 2, 4 and 6 measured it again
+    assert sum(len(t.evaluations) for t in store.trials) == 6 and len(store.trials) == 3
+    assert first.val_acc == pytest.approx(sum(first.evaluations) / 4)
+    observed_first = [v for key, v in runner.strategy.observed if key == first.arch_key]
+    assert observed_first == first.evaluations  # the strategy sees each single value, not the mean
+    assert len(set(first.evaluations)) > 1  # each evaluation draws its own benchmark seed

@@ -76,3 +76,18 @@ def test_resume_only_from_cancelled_or_failed(django_capture_on_commit_callbacks
         assert services.experiment_resume(e)
     e.refresh_from_db()
     assert e.status == "queued" and e.error == "" and len(callbacks) == 1
+
+
+def test_a_reevaluation_updates_its_trial_and_counts_as_an_evaluation():
+    e = services.experiment_create(user=None, name="x", spec=SPEC, enqueue=False)
+    services.experiment_claim(e.pk, "w")
+    services.trial_record(e.pk, "w", record(0, "c16k3", 0.5), {}, [0])
+    again = record(0, "c16k3", 0.6)
+    again.evaluations = [0.5, 0.7]
+    services.trial_record(e.pk, "w", again, {"step": 1}, [0])
+    e.refresh_from_db()
+    trial = Trial.objects.get()
+    assert trial.evaluations == [0.5, 0.7] and trial.val_acc == 0.6
+    assert e.trials_done == 2 and e.best_val_acc == 0.6
+    with pytest.raises(ValueError):  # the same evaluation twice is refused
+        services.trial_record(e.pk, "w", again, {}, [0])

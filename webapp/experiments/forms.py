@@ -49,7 +49,8 @@ class ExperimentForm(forms.Form):
     strategy = forms.ChoiceField(choices=())
     estimator = forms.ChoiceField(choices=(), label="Performance estimator")
     budget = forms.IntegerField(min_value=LIMITS["budget"][0], max_value=LIMITS["budget"][1], initial=10,
-                                help_text="Number of trials (architectures evaluated)")
+                                help_text="Number of evaluations (a strategy's re-evaluation of an architecture "
+                                          "counts as one)")
     epochs = forms.IntegerField(min_value=LIMITS["epochs"][0], max_value=LIMITS["epochs"][1], initial=3,
                                 help_text="Training epochs per trial")
     seed = forms.IntegerField(min_value=LIMITS["seed"][0], max_value=LIMITS["seed"][1], initial=0)

@@ -33,7 +33,7 @@ class Experiment(models.Model):
     options = models.JSONField(default=dict, blank=True, help_text="Validated options per component")
 
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
-    trials_done = models.PositiveIntegerField(default=0)
+    trials_done = models.PositiveIntegerField(default=0, help_text="Evaluations done (re-evaluations included)")
     best_val_acc = models.FloatField(null=True, blank=True)
     best_trial_number = models.PositiveIntegerField(null=True, blank=True)
     test_acc = models.FloatField(null=True, blank=True, help_text="Best trial's accuracy on the test split")
@@ -93,6 +93,8 @@ class Trial(models.Model):
     proposals = models.PositiveIntegerField(default=0, help_text="Proposals so far, repeats included")
     distance_to_incumbent = models.PositiveIntegerField(null=True, blank=True,
                                                         help_text="Edit distance to the best known when proposed")
+    evaluations = models.JSONField(default=list, blank=True,
+                                   help_text="Every observed value; val_acc is their mean")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -46,7 +46,7 @@ def trial_to_json(trial: Trial, rank: int | None = None) -> dict[str, Any]:
             "val_acc": trial.val_acc, "params": trial.params, "flops": trial.flops,
             "train_seconds": round(trial.train_seconds, 3), "estimator": trial.estimator, "fidelity": trial.fidelity,
             "search_seconds": round(trial.search_seconds, 3), "proposals": trial.proposals,
-            "distance_to_incumbent": trial.distance_to_incumbent}
+            "distance_to_incumbent": trial.distance_to_incumbent, "evaluations": trial.evaluations}
     if rank is not None:
         data["rank"] = rank
     return data

@@ -94,7 +94,8 @@ def experiment_heartbeat(experiment_id: int, worker: str) -> str | None:
 
 def trial_record(experiment_id: int, worker: str, trial: TrialRecord, strategy_state: dict[str, Any],
                  kept: list[int]) -> Trial:
-    """Store a finished trial with the strategy state that follows it, in one transaction.
+    """Store a finished evaluation with the strategy state that follows it, in one transaction: a new trial, or
+    a re-evaluation that updates its trial's mean.
 
     A trial that finishes just after a cancel is still kept: its result cost real compute.
     """
@@ -104,12 +105,24 @@ def trial_record(experiment_id: int, worker: str, trial: TrialRecord, strategy_s
         ).update(trials_done=F("trials_done") + 1, strategy_state=strategy_state, heartbeat_at=timezone.now())
         if not updated:
             raise LostClaim(f"experiment {experiment_id} is no longer held by {worker}")
-        row = Trial.objects.create(
-            experiment_id=experiment_id, number=trial.number, arch_key=trial.arch_key,
-            arch_display=trial.arch_display, val_acc=trial.val_acc, params=trial.params, flops=trial.flops,
-            train_seconds=trial.train_seconds, estimator=trial.estimator, fidelity=trial.fidelity, curve=trial.curve,
-            weights_path=trial.weights_path or "", search_seconds=trial.search_seconds, proposals=trial.proposals,
-            distance_to_incumbent=trial.distance_to_incumbent)
+        values = dict(
+            arch_key=trial.arch_key, arch_display=trial.arch_display, val_acc=trial.val_acc, params=trial.params,
+            flops=trial.flops, train_seconds=trial.train_seconds, estimator=trial.estimator, fidelity=trial.fidelity,
+            curve=trial.curve, weights_path=trial.weights_path or "", search_seconds=trial.search_seconds,
+            proposals=trial.proposals, distance_to_incumbent=trial.distance_to_incumbent,
+            evaluations=trial.evaluations)
+        existing = Trial.objects.filter(experiment_id=experiment_id, number=trial.number).first()
+        if existing is None:
+            row = Trial.objects.create(experiment_id=experiment_id, number=trial.number, **values)
+        else:
+            if existing.arch_key != trial.arch_key:
+                raise ValueError(f"trial {trial.number} is {existing.arch_key}, not {trial.arch_key}")
+            if len(existing.evaluations) >= len(trial.evaluations):
+                raise ValueError(f"trial {trial.number} already has {len(existing.evaluations)} evaluations")
+            for name, value in values.items():
+                setattr(existing, name, value)
+            existing.save()
+            row = existing
         Trial.objects.filter(experiment_id=experiment_id).exclude(number__in=kept).exclude(weights_path="").update(
             weights_path="")
         best = Trial.objects.filter(experiment_id=experiment_id).order_by("-val_acc", "number").first()
@@ -138,7 +151,7 @@ def experiment_load_progress(experiment_id: int) -> tuple[dict[str, Any] | None,
     experiment = Experiment.objects.get(pk=experiment_id)
     trials = [TrialRecord(t.number, t.arch_key, t.arch_display, t.val_acc, t.params, t.flops, t.train_seconds,
                           t.fidelity, t.curve, t.weights_path or None, t.estimator, t.search_seconds, t.proposals,
-                          t.distance_to_incumbent)
+                          t.distance_to_incumbent, list(t.evaluations))
               for t in experiment.trials.order_by("number")]
     return experiment.strategy_state, trials
 

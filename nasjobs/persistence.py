@@ -9,6 +9,7 @@ from typing import Any
 from django.conf import settings
 
 from nasjobs.artifacts import ArtifactStore
+from nasjobs.datasets import DATASETS
 from nasjobs.search import SearchCancelled, SearchRunner, TrialRecord, resolve_device
 from webapp.experiments import services
 from webapp.experiments.models import Experiment
@@ -74,4 +75,33 @@ def run_experiment_now(experiment_id: int, worker: str) -> str:
         log.exception("experiment %s failed", experiment_id)
         services.experiment_fail(experiment_id, worker, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
         return "done"
+    return "done"
+
+
+def run_calibration_now(calibration_id: int, worker: str) -> str:
+    """Claim and run a calibration in this process; "done" or "finished" (already taken or done)."""
+    from nasjobs.calibration import calibrate
+    from nasjobs.options import parse_config
+    from webapp.experiments.models import Calibration
+
+    if not services.calibration_claim(calibration_id, worker):
+        return "finished"
+    calibration = Calibration.objects.select_related("experiment").get(pk=calibration_id)
+    experiment = calibration.experiment
+    try:
+        spec = experiment.spec()
+        space_cls, estimator_cls = spec.component_class("space"), spec.component_class("estimator")
+        space = space_cls(parse_config(space_cls.Config, experiment.options.get("space")))
+        dataset = DATASETS.get(experiment.dataset)()
+        device = resolve_device(settings.NAS_DEVICE)
+        estimator = estimator_cls(space, dataset, parse_config(estimator_cls.Config, experiment.options.get("estimator")),
+                                  device)
+        _, trials = services.experiment_load_progress(experiment.pk)
+        result = calibrate(space, dataset, estimator, trials, calibration.k, calibration.epochs, calibration.seed,
+                           device)
+    except Exception as exc:  # a readable reason on the page; the worker lives on
+        log.exception("calibration %s failed", calibration_id)
+        services.calibration_fail(calibration_id, worker, f"{type(exc).__name__}: {exc}")
+        return "done"
+    services.calibration_finish(calibration_id, worker, result)
     return "done"

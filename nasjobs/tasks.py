@@ -26,6 +26,14 @@ def run_experiment(self, experiment_id: int) -> str:
     return outcome
 
 
+@shared_task(name="nasjobs.run_calibration", acks_late=True, reject_on_worker_lost=True)
+def run_calibration(calibration_id: int) -> str:
+    """Train K of an experiment's candidates fully and store how well its estimator ranked them."""
+    from nasjobs.persistence import run_calibration_now
+
+    return run_calibration_now(calibration_id, f"{socket.gethostname()}:{os.getpid()}:calibration")
+
+
 @worker_ready.connect
 def _recover_on_start(sender=None, **kwargs) -> None:
     """A starting worker re-queues experiments that should be progressing, so a killed worker or a restarted

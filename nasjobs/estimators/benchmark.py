@@ -79,6 +79,13 @@ class BenchmarkEstimator(Estimator):
         return EvalResult(val_acc=val_acc, params=round(float(t.params_m[i]) * 1e6), flops=flops,
                           train_seconds=seconds, fidelity=fidelity, curve=[val_acc], state=None)
 
+    def reference_accuracy(self, arch: Any) -> float:
+        """Ground truth for calibrating this estimator: the table's 200-epoch validation accuracy, mean over the
+        training seeds (fraction)."""
+        i = self.space.index(arch)
+        count = int(self.table.val200_count[i])
+        return float(self.table.val200[i, :count].mean()) / 100.0
+
     def test_accuracy(self, arch: Any, state: dict[str, torch.Tensor] | None = None) -> float:
         """The table's 200-epoch test accuracy (fraction, mean over seeds); `state` is ignored, since a lookup
         has no weights (the search loop passes None)."""

@@ -84,3 +84,25 @@ def test_admin_lists_experiments_and_trials(alice_client, alice):
         response = alice_client.get(url)
         assert response.status_code == 200, url
     assert "c16k3" in alice_client.get("/admin/experiments/trial/").content.decode()
+
+
+def test_the_calibrate_button_queues_a_calibration_and_the_page_shows_trust(alice_client, alice,
+                                                                           django_capture_on_commit_callbacks):
+    from webapp.experiments.models import Calibration
+
+    lonely = make(alice, trials=[("c16k3", 0.5)])
+    response = alice_client.post(reverse("experiment_calibrate", args=[lonely.pk]), {"k": 2, "epochs": 1}, follow=True)
+    assert "at least two evaluated trials" in response.content.decode()
+    e = make(alice, trials=[("c16k3", 0.5), ("c32k5p", 0.9)])
+    assert "Not measured yet" in alice_client.get(reverse("experiment_detail", args=[e.pk])).content.decode()
+    response = alice_client.post(reverse("experiment_calibrate", args=[e.pk]), {"k": 1, "epochs": 1}, follow=True)
+    assert "greater than or equal to 2" in response.content.decode() and not Calibration.objects.exists()
+    with django_capture_on_commit_callbacks() as callbacks:
+        alice_client.post(reverse("experiment_calibrate", args=[e.pk]), {"k": 2, "epochs": 3})
+    assert len(callbacks) == 1
+    calibration = Calibration.objects.get()
+    assert (calibration.k, calibration.epochs, calibration.status) == (2, 3, "queued")
+    Calibration.objects.filter(pk=calibration.pk).update(status="succeeded", kendall_tau=0.75, spearman_rho=0.8,
+                                                         reference="train 3 epochs", seconds=1.0)
+    page = alice_client.get(reverse("experiment_detail", args=[e.pk])).content.decode()
+    assert "Kendall τ <strong id=\"kendall-tau\">0.750</strong>" in page and "train 3 epochs" in page

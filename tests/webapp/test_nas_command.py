@@ -93,3 +93,17 @@ def test_demo_user_gets_a_random_password_kept_in_a_local_file(tmp_path, capsys,
     other = tmp_path / "creds2"
     call_command("demo_user", "--credentials-file", str(other), "--username", "demo2")
     assert other.read_text().strip() != password
+
+
+def test_calibrate_measures_the_estimators_trust(capsys, settings, tmp_path):
+    settings.NAS_ARTIFACTS_DIR = tmp_path
+    data = json.loads(nas("submit", "--budget", "4", "--epochs", "1", "--estimator", "low_fidelity", "--option",
+                          "max_layers=2", "--inline", "--json", capsys=capsys))
+    report = json.loads(nas("calibrate", str(data["id"]), "--k", "3", "--epochs", "2", "--inline", "--json",
+                            capsys=capsys))
+    assert report["status"] == "succeeded" and report["k"] == 3 and len(report["pairs"]) == 3
+    assert -1 <= report["kendall_tau"] <= 1 and report["reference"] == "train 2 epochs"
+    shown = json.loads(nas("show", str(data["id"]), "--json", capsys=capsys))
+    assert shown["trust"]["kendall_tau"] == report["kendall_tau"]
+    with pytest.raises(CommandError, match="k: measure between 2 and 1000"):
+        call_command("nas", "calibrate", str(data["id"]), "--k", "1")

@@ -35,6 +35,15 @@ def test_a_form_submission_runs_to_success_on_a_real_worker(alice_client, celery
     assert len(files) == 2  # top-k weights only
     assert set(Trial.objects.exclude(weights_path="").values_list("weights_path", flat=True)) == {str(f) for f in files}
 
+    # The "Calibrate" button: the worker trains K candidates in full and stores the estimator's trust.
+    alice_client.post(reverse("experiment_calibrate", args=[experiment.pk]), {"k": "3", "epochs": "2"})
+    calibration = experiment.calibrations.get()
+    wait_for(lambda: experiment.calibrations.get().status not in ("queued", "running"), 120, "the calibration",
+             worker.log)
+    calibration.refresh_from_db()
+    assert calibration.status == "succeeded", calibration.error
+    assert len(calibration.pairs) == 3 and -1 <= calibration.kendall_tau <= 1
+
 
 def test_it_resumes_after_worker_is_killed(alice, celery_worker_factory):
     spec = Experiment(dataset="digits", space="chain_cnn", strategy="random", estimator="train", budget=6,

@@ -1,7 +1,7 @@
 """Admin: review experiments and their trials."""
 from django.contrib import admin
 
-from webapp.experiments.models import Experiment, SearchEpoch, Trial
+from webapp.experiments.models import Calibration, Experiment, SearchEpoch, Trial
 
 
 class TrialInline(admin.TabularInline):
@@ -39,4 +39,11 @@ class TrialAdmin(admin.ModelAdmin):
 class SearchEpochAdmin(admin.ModelAdmin):
     list_display = ("experiment", "epoch", "train_loss", "val_loss", "val_acc", "param_free_fraction", "genotype")
     list_filter = ("stopped_early",)
+    list_select_related = ("experiment",)
+
+
+@admin.register(Calibration)
+class CalibrationAdmin(admin.ModelAdmin):
+    list_display = ("experiment", "status", "k", "epochs", "reference", "kendall_tau", "spearman_rho", "created_at")
+    list_filter = ("status",)
     list_select_related = ("experiment",)

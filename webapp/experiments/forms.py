@@ -117,3 +117,14 @@ class ExperimentForm(forms.Form):
             name = option_field_name(component, data[component], option)
             return name if name in self.fields else None
         return spec_field if spec_field in self.fields else None
+
+
+class CalibrationForm(forms.Form):
+    k = forms.IntegerField(min_value=2, max_value=1000, label="Candidates (K)",
+                           help_text="How many of the experiment's trials to train in full")
+    epochs = forms.IntegerField(min_value=1, max_value=10_000, label="Reference epochs",
+                                help_text="Epochs of the full training the estimates are compared with")
+
+    @staticmethod
+    def defaults(experiment) -> dict[str, int]:
+        return {"k": max(2, min(10, experiment.trials_done)), "epochs": 2 * experiment.epochs}

@@ -131,3 +131,34 @@ class SearchEpoch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.experiment_id}/epoch {self.epoch}"
+
+
+class Calibration(models.Model):
+    """How far an experiment's estimator can be trusted: its figures rank-correlated with full results."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="calibrations")
+    k = models.PositiveIntegerField(help_text="Candidates measured in full")
+    epochs = models.PositiveIntegerField(help_text="Epochs of the full training used as reference")
+    seed = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    reference = models.CharField(max_length=100, blank=True)
+    kendall_tau = models.FloatField(null=True, blank=True)
+    spearman_rho = models.FloatField(null=True, blank=True)
+    pairs = models.JSONField(default=list, blank=True)
+    seconds = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    claimed_by = models.CharField(max_length=200, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"calibration {self.pk} of {self.experiment_id}"

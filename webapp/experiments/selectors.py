@@ -6,7 +6,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from webapp.experiments.models import Experiment, SearchEpoch, Trial
+from webapp.experiments.models import Calibration, Experiment, SearchEpoch, Trial
 
 
 def experiment_list() -> QuerySet[Experiment]:
@@ -52,6 +52,15 @@ def trial_to_json(trial: Trial, rank: int | None = None) -> dict[str, Any]:
     return data
 
 
+def calibration_to_json(calibration: Calibration | None) -> dict[str, Any] | None:
+    if calibration is None:
+        return None
+    return {"id": calibration.pk, "status": calibration.status, "k": calibration.k, "epochs": calibration.epochs,
+            "reference": calibration.reference, "kendall_tau": calibration.kendall_tau,
+            "spearman_rho": calibration.spearman_rho, "pairs": calibration.pairs, "seconds": calibration.seconds,
+            "error": calibration.error}
+
+
 def epoch_to_json(epoch: SearchEpoch) -> dict[str, Any]:
     return {"epoch": epoch.epoch, "train_loss": epoch.train_loss, "train_acc": epoch.train_acc,
             "val_loss": epoch.val_loss, "val_acc": epoch.val_acc, "alphas": epoch.alphas, "ops": epoch.ops,
@@ -70,6 +79,7 @@ def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> d
         "patience": experiment.patience, "max_seconds": experiment.max_seconds,
         "stop_reason": experiment.stop_reason, "trials_done": experiment.trials_done,
         "exploration": experiment_exploration(experiment),
+        "trust": calibration_to_json(experiment.calibrations.first()),
         "best": None if best is None else {
             "number": best.number, "arch": best.arch_key, "arch_display": best.arch_display,
             "val_acc": best.val_acc, "test_acc": experiment.test_acc, "params": best.params, "flops": best.flops},

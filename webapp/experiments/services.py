@@ -12,7 +12,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from nasjobs.search import ExperimentSpec, SpecError, TrialRecord, validate_spec
-from webapp.experiments.models import Experiment, SearchEpoch, Trial
+from webapp.experiments.models import Calibration, Experiment, SearchEpoch, Trial
 
 log = logging.getLogger(__name__)
 NAME_MAX_LENGTH = Experiment._meta.get_field("name").max_length
@@ -176,3 +176,44 @@ def experiments_recover() -> list[int]:
     for pk in ids:
         experiment_enqueue(pk)
     return ids
+
+
+def calibration_create(*, experiment: Experiment, user: AbstractBaseUser | None, k: int, epochs: int,
+                       seed: int = 0, enqueue: bool = True) -> Calibration:
+    """Queue a calibration of the experiment's estimator against full training of K of its candidates."""
+    if not 2 <= k <= 1000:
+        raise SpecError("k", "measure between 2 and 1000 candidates")
+    if not 1 <= epochs <= 10_000:
+        raise SpecError("epochs", "must be an integer from 1 to 10000")
+    if experiment.trials.count() < 2:
+        raise SpecError("k", "the experiment needs at least two evaluated trials first")
+    with transaction.atomic():
+        calibration = Calibration.objects.create(
+            experiment=experiment, k=k, epochs=epochs, seed=seed,
+            created_by=user if user is not None and user.is_authenticated else None)
+        if enqueue:
+            transaction.on_commit(lambda: calibration_enqueue(calibration.pk))
+    return calibration
+
+
+def calibration_enqueue(calibration_id: int) -> None:
+    from nasjobs.tasks import run_calibration
+
+    run_calibration.apply_async((calibration_id,), queue=settings.NAS_QUEUE)
+
+
+def calibration_claim(calibration_id: int, worker: str) -> bool:
+    return bool(Calibration.objects.filter(pk=calibration_id, status=Calibration.Status.QUEUED).update(
+        status=Calibration.Status.RUNNING, claimed_by=worker))
+
+
+def calibration_finish(calibration_id: int, worker: str, result: Any) -> bool:
+    return bool(Calibration.objects.filter(pk=calibration_id, claimed_by=worker).update(
+        status=Calibration.Status.SUCCEEDED, reference=result.reference, k=result.k,
+        kendall_tau=result.kendall_tau, spearman_rho=result.spearman_rho, pairs=result.pairs,
+        seconds=result.seconds))
+
+
+def calibration_fail(calibration_id: int, worker: str, error: str) -> bool:
+    return bool(Calibration.objects.filter(pk=calibration_id, claimed_by=worker).update(
+        status=Calibration.Status.FAILED, error=error[:5000]))

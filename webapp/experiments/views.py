@@ -11,7 +11,7 @@ from nasjobs.options import parse_config
 from nasjobs.search import SpecError
 from webapp.experiments import selectors, services
 from webapp.experiments.diagrams import DiagramError, graph_to_svg
-from webapp.experiments.forms import ExperimentForm
+from webapp.experiments.forms import CalibrationForm, ExperimentForm
 from webapp.experiments.models import Experiment, SearchEpoch, Trial
 
 
@@ -54,6 +54,8 @@ def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "experiments/detail.html", {
         "experiment": experiment, "best": best, "diagram": _diagram(experiment, best),
         "exploration": selectors.experiment_exploration(experiment),
+        "calibration": experiment.calibrations.first(),
+        "calibration_form": CalibrationForm(initial=CalibrationForm.defaults(experiment)),
         "has_search_epochs": experiment.search_epochs.exists() or getattr(
             experiment.spec().component_class("strategy"), "differentiable", False),
         "leaderboard": selectors.experiment_leaderboard(experiment)})
@@ -91,6 +93,24 @@ def experiment_cancel(request: HttpRequest, pk: int) -> HttpResponse:
         messages.success(request, "Experiment cancelled; its trials are kept and it can be resumed.")
     else:
         messages.error(request, f"Only a queued or running experiment can be cancelled (it is {experiment.status}).")
+    return redirect("experiment_detail", pk=pk)
+
+
+@require_POST
+@login_required
+def experiment_calibrate(request: HttpRequest, pk: int) -> HttpResponse:
+    experiment = get_object_or_404(Experiment, pk=pk)
+    form = CalibrationForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Calibration not started: " + "; ".join(
+            f"{form.fields[f].label}: {' '.join(e)}" for f, e in form.errors.items()))
+        return redirect("experiment_detail", pk=pk)
+    try:
+        services.calibration_create(experiment=experiment, user=request.user, **form.cleaned_data)
+    except SpecError as exc:
+        messages.error(request, f"Calibration not started: {exc.message}")
+    else:
+        messages.success(request, "Calibration queued: a worker trains the candidates and reports the trust.")
     return redirect("experiment_detail", pk=pk)
 
 

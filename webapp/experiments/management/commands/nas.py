@@ -95,6 +95,14 @@ class Command(BaseCommand):
             p = sub.add_parser(name, help=help_text)
             p.add_argument("id", type=int)
         sub.add_parser("recover", help="Queue again every queued or running experiment (after losing Redis)")
+        cal = sub.add_parser("calibrate", help="Measure how well the experiment's estimator ranks candidates")
+        cal.add_argument("id", type=int)
+        cal.add_argument("--k", type=int, default=10, help="Candidates trained in full")
+        cal.add_argument("--epochs", type=int, default=None, help="Reference epochs (default: 2x the experiment's)")
+        cal.add_argument("--seed", type=int, default=0)
+        cal.add_argument("--inline", action="store_true", help="Run here instead of on a worker (implies --wait)")
+        cal.add_argument("--wait", action="store_true")
+        cal.add_argument("--json", action="store_true")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         getattr(self, f"handle_{opts['action']}")(**opts)
@@ -145,6 +153,34 @@ class Command(BaseCommand):
             raise CommandError(f"experiment {experiment.pk} is {experiment.status}; only cancelled or failed "
                                "ones can be resumed")
         self.stdout.write(f"experiment {experiment.pk} queued again")
+
+    def handle_calibrate(self, **opts: Any) -> None:
+        experiment = self._get(opts["id"])
+        epochs = opts["epochs"] if opts["epochs"] is not None else 2 * experiment.epochs
+        try:
+            calibration = services.calibration_create(experiment=experiment, user=None, k=opts["k"], epochs=epochs,
+                                                      seed=opts["seed"], enqueue=not opts["inline"])
+        except SpecError as exc:
+            raise CommandError(f"{exc.field}: {exc.message}") from None
+        if opts["inline"]:
+            from nasjobs.persistence import run_calibration_now
+
+            run_calibration_now(calibration.pk, f"inline:{os.getpid()}")
+        while (opts["wait"] or opts["inline"]) and calibration.status in ("queued", "running"):
+            time.sleep(0.5)
+            calibration.refresh_from_db()
+        calibration.refresh_from_db()
+        data = selectors.calibration_to_json(calibration)
+        if opts["json"]:
+            self.stdout.write(json.dumps(data))
+        elif calibration.status == "succeeded":
+            self.stdout.write(f"estimator trust of experiment {experiment.pk} ({experiment.estimator} vs "
+                              f"{calibration.reference}, k={calibration.k}): Kendall tau {calibration.kendall_tau:.3f}, "
+                              f"Spearman rho {calibration.spearman_rho:.3f}")
+        else:
+            self.stdout.write(f"calibration {calibration.pk} {calibration.status}")
+        if calibration.status == "failed":
+            raise CommandError(f"calibration failed: {calibration.error}")
 
     def handle_recover(self, **opts: Any) -> None:
         ids = services.experiments_recover()

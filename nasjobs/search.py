@@ -230,6 +230,8 @@ class SearchRunner:
     def run(self) -> None:
         if getattr(self.strategy, "differentiable", False):
             return self._run_differentiable()
+        if getattr(self.estimator, "multi_fidelity", False):
+            return self._run_brackets()
         state, trials = self.store.load()
         if state is not None:
             self.strategy.load_state_dict(state)
@@ -284,6 +286,100 @@ class SearchRunner:
         log.info("trial %d %s val_acc=%.4f", number, key, result.val_acc)
         return TrialRecord(number, key, self.space.display(arch), result.val_acc, result.params, result.flops,
                            result.train_seconds, result.fidelity, result.curve, path, self.spec.estimator)
+
+    def _run_brackets(self) -> None:
+        """Successive-halving brackets (Jamieson & Talwalkar 2016; Hyperband, Li et al. 2018, Algorithm 1).
+
+        A bracket is filled with new architectures from the strategy, each trained to the lowest rung; then rung by
+        rung the best floor(n/eta) continue from their checkpoints and the rest are told to the strategy with their
+        last figure. Which trials survive each rung is derived from the recorded rungs, so a resumed run redoes
+        exactly the missing work; the strategy's state is saved together with the set of trials it has been told.
+        """
+        state, trials = self.store.load()
+        loop: dict[str, Any] = {"bracket": 0, "members": [], "observed": []}
+        if state is not None:
+            self.strategy.load_state_dict(state["strategy"])
+            loop = state["loop"]
+        by_key = {t.arch_key: t for t in trials}
+        previous_seconds = max((t.search_seconds for t in trials), default=0.0)
+        proposals = max((t.proposals for t in trials), default=0)
+        session_start = time.monotonic()
+        elapsed = lambda: previous_seconds + time.monotonic() - session_start  # noqa: E731
+        eta, top = self.estimator.config.eta, self.spec.epochs
+
+        def save(trial: TrialRecord) -> None:
+            kept = top_k_numbers(trials, self.spec.top_k)
+            self.store.record_trial(trial, {"strategy": self.strategy.state_dict(), "loop": loop}, kept)
+            self.artifacts.keep_only(kept)
+
+        def train(trial: TrialRecord, epochs: int) -> None:
+            arch = self.space.from_str(trial.arch_key)
+            result = self.estimator.train_to(arch, trial.number, epochs, top, self.trial_seed(trial.number),
+                                             hook=lambda epoch, acc: self.store.heartbeat())
+            rungs = trial.fidelity.get("rungs", []) + [{"epochs": epochs, "val_acc": result.val_acc}]
+            trial.fidelity = {**result.fidelity, "bracket": loop["bracket"], "rungs": rungs}
+            trial.val_acc, trial.evaluations, trial.curve = result.val_acc, [result.val_acc], result.curve
+            trial.params, trial.flops = result.params, result.flops
+            trial.train_seconds += result.train_seconds
+            trial.search_seconds = elapsed()
+            if result.state is not None:
+                trial.weights_path = self.artifacts.save(trial.number, result.state)
+
+        def tell(number: int) -> None:
+            if number not in loop["observed"]:
+                trial = trials[number]
+                self.strategy.observe(self.space.from_str(trial.arch_key), trial.val_acc)
+                loop["observed"].append(number)
+                self.estimator.forget(number)
+
+        reason = None
+        while True:
+            size, rungs = self.estimator.bracket(loop["bracket"], top)
+            members: list[int] = loop["members"]
+            repeats = 0
+            while len(members) < size and (reason := self.stop_reason(trials, elapsed())) is None:
+                self.store.heartbeat()
+                arch = self.strategy.propose()
+                proposals += 1
+                key = self.space.to_str(arch)
+                if key in by_key:
+                    self.strategy.observe(arch, by_key[key].val_acc)
+                    repeats += 1
+                    if repeats >= MAX_REPEATED_PROPOSALS:
+                        reason = "exhausted"
+                        break
+                    continue
+                repeats = 0
+                incumbent = self.space.from_str(best_trial(trials).arch_key) if trials else None
+                trial = TrialRecord(len(trials), key, self.space.display(arch), 0.0, 0, 0, 0.0, {}, [], None,
+                                    self.spec.estimator, proposals=proposals,
+                                    distance_to_incumbent=None if incumbent is None else self.space.distance(arch, incumbent))
+                train(trial, rungs[0])
+                trials.append(trial)
+                by_key[key] = trial
+                members.append(trial.number)
+                save(trial)
+            if reason == "time_limit" or not members:
+                break
+            cohort = list(members)
+            for rung, epochs in enumerate(rungs[1:], start=1):
+                ranked = sorted(cohort, key=lambda n: (-trials[n].fidelity["rungs"][rung - 1]["val_acc"], n))
+                survivors = ranked[:max(1, len(cohort) // eta)]
+                for number in ranked[len(survivors):]:
+                    tell(number)
+                for number in survivors:
+                    if len(trials[number].fidelity["rungs"]) <= rung:
+                        self.store.heartbeat()
+                        train(trials[number], epochs)
+                        save(trials[number])
+                cohort = survivors
+            for number in cohort:
+                tell(number)
+            loop = {"bracket": loop["bracket"] + 1, "members": [], "observed": []}
+            if reason is not None or (reason := self.stop_reason(trials, elapsed())) is not None:
+                break
+        if trials:
+            self._finish(trials, reason or "budget")
 
     def _reevaluate(self, trial: TrialRecord, arch: Any) -> TrialRecord:
         """Evaluate an architecture once more (a new training seed, or a new benchmark seed) and average.

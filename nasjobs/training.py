@@ -39,38 +39,73 @@ def accuracy(model: nn.Module, split: Split, device: torch.device, batch_size: i
     return correct / max(1, len(split))
 
 
+class Trainer:
+    """SGD with Nesterov momentum and a cosine learning-rate schedule over `total_epochs`, resumable between
+    epochs: `state_dict()` holds the weights, the optimizer, the schedule, the data-order generator and the
+    learning curve, so training stopped at epoch k and continued later is the same as training straight through.
+    """
+
+    def __init__(self, model: nn.Module, train: Split, val: Split, settings: SGDSettings, total_epochs: int,
+                 seed: int, device: torch.device) -> None:
+        self.model = model.to(device)
+        self.train, self.val, self.settings, self.device = train, val, settings, device
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                                         weight_decay=settings.weight_decay, nesterov=settings.momentum > 0)
+        steps_per_epoch = math.ceil(len(train) / settings.batch_size)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=max(1, total_epochs * steps_per_epoch))
+        self.generator = torch.Generator().manual_seed(seed)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.epoch = 0
+        self.curve: list[float] = []
+
+    def _step(self, idx: torch.Tensor) -> None:
+        settings = self.settings
+        x, y = self.train.x[idx].to(self.device), self.train.y[idx].to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.model(x)
+        if isinstance(out, tuple):  # (logits, auxiliary logits) from a network with an auxiliary head
+            logits, aux = out
+            loss = self.loss_fn(logits, y) + settings.auxiliary_weight * self.loss_fn(aux, y)
+        else:
+            loss = self.loss_fn(out, y)
+        loss.backward()
+        if settings.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+
+    def run(self, until_epoch: int, on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
+        """Train up to epoch `until_epoch` (counted from the start); returns the whole learning curve."""
+        while self.epoch < until_epoch:
+            self.model.train()
+            order = torch.randperm(len(self.train), generator=self.generator)
+            for start in range(0, len(self.train), self.settings.batch_size):
+                idx = order[start:start + self.settings.batch_size]
+                if len(idx) < 2:  # batch norm cannot normalise a single sample
+                    continue
+                self._step(idx)
+            self.epoch += 1
+            self.curve.append(accuracy(self.model, self.val, self.device))
+            if on_epoch is not None:
+                on_epoch(self.epoch, self.curve[-1])
+        return list(self.curve)
+
+    def state_dict(self) -> dict:
+        return {"model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "generator": self.generator.get_state(), "epoch": self.epoch, "curve": list(self.curve)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.epoch = int(state["epoch"])
+        self.curve = [float(v) for v in state["curve"]]
+
+
 def train_epochs(model: nn.Module, train: Split, val: Split, epochs: int, settings: SGDSettings, seed: int,
                  device: torch.device, on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
-    """SGD with Nesterov momentum and a cosine learning-rate schedule; returns validation accuracy per epoch."""
-    model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
-                                weight_decay=settings.weight_decay, nesterov=settings.momentum > 0)
-    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps_per_epoch))
-    generator = torch.Generator().manual_seed(seed)
-    loss_fn = nn.CrossEntropyLoss()
-    curve = []
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(train), generator=generator)
-        for start in range(0, len(train), settings.batch_size):
-            idx = order[start:start + settings.batch_size]
-            if len(idx) < 2:  # batch norm cannot normalise a single sample
-                continue
-            x, y = train.x[idx].to(device), train.y[idx].to(device)
-            optimizer.zero_grad(set_to_none=True)
-            out = model(x)
-            if isinstance(out, tuple):  # (logits, auxiliary logits) from a network with an auxiliary head
-                logits, aux = out
-                loss = loss_fn(logits, y) + settings.auxiliary_weight * loss_fn(aux, y)
-            else:
-                loss = loss_fn(out, y)
-            loss.backward()
-            if settings.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            optimizer.step()
-            scheduler.step()
-        curve.append(accuracy(model, val, device))
-        if on_epoch is not None:
-            on_epoch(epoch + 1, curve[-1])
-    return curve
+    """Train for `epochs` epochs (the schedule spans them); returns validation accuracy per epoch."""
+    return Trainer(model, train, val, settings, epochs, seed, device).run(epochs, on_epoch)

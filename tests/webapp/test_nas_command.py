@@ -107,3 +107,16 @@ def test_calibrate_measures_the_estimators_trust(capsys, settings, tmp_path):
     assert shown["trust"]["kendall_tau"] == report["kendall_tau"]
     with pytest.raises(CommandError, match="k: measure between 2 and 1000"):
         call_command("nas", "calibrate", str(data["id"]), "--k", "1")
+
+
+def test_successive_halving_records_every_rung_and_counts_trials_not_promotions(capsys, settings, tmp_path):
+    settings.NAS_ARTIFACTS_DIR = tmp_path
+    data = json.loads(nas("submit", "--budget", "4", "--epochs", "3", "--estimator", "successive_halving",
+                          "--option", "max_layers=2", "--option", "bracket_size=3", "--option", "min_epochs=1",
+                          "--inline", "--json", capsys=capsys))
+    assert data["status"] == "succeeded" and data["trials_done"] == 4
+    rungs = sorted(len(row["fidelity"]["rungs"]) for row in data["leaderboard"])
+    # A bracket of 3 promotes its best to 3 epochs; the budget leaves one trial for the next, which is promoted too.
+    assert rungs == [1, 1, 2, 2]
+    for row in data["leaderboard"]:
+        assert [r["epochs"] for r in row["fidelity"]["rungs"]] in ([1], [1, 3])

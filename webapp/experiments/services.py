@@ -94,15 +94,18 @@ def experiment_heartbeat(experiment_id: int, worker: str) -> str | None:
 
 def trial_record(experiment_id: int, worker: str, trial: TrialRecord, strategy_state: dict[str, Any],
                  kept: list[int]) -> Trial:
-    """Store a finished evaluation with the strategy state that follows it, in one transaction: a new trial, or
-    a re-evaluation that updates its trial's mean.
+    """Store a finished evaluation with the strategy state that follows it, in one transaction: a new trial, a
+    re-evaluation that updates its trial's mean, or a promotion to a higher rung (successive halving).
 
     A trial that finishes just after a cancel is still kept: its result cost real compute.
     """
     with transaction.atomic():
+        existing = Trial.objects.select_for_update().filter(experiment_id=experiment_id, number=trial.number).first()
+        new_evaluations = len(trial.evaluations) - (len(existing.evaluations) if existing else 0)
         updated = Experiment.objects.filter(
             pk=experiment_id, claimed_by=worker, status__in=(Experiment.Status.RUNNING, Experiment.Status.CANCELLED)
-        ).update(trials_done=F("trials_done") + 1, strategy_state=strategy_state, heartbeat_at=timezone.now())
+        ).update(trials_done=F("trials_done") + new_evaluations, strategy_state=strategy_state,
+                 heartbeat_at=timezone.now())
         if not updated:
             raise LostClaim(f"experiment {experiment_id} is no longer held by {worker}")
         values = dict(
@@ -111,14 +114,15 @@ def trial_record(experiment_id: int, worker: str, trial: TrialRecord, strategy_s
             curve=trial.curve, weights_path=trial.weights_path or "", search_seconds=trial.search_seconds,
             proposals=trial.proposals, distance_to_incumbent=trial.distance_to_incumbent,
             evaluations=trial.evaluations)
-        existing = Trial.objects.filter(experiment_id=experiment_id, number=trial.number).first()
         if existing is None:
             row = Trial.objects.create(experiment_id=experiment_id, number=trial.number, **values)
         else:
             if existing.arch_key != trial.arch_key:
                 raise ValueError(f"trial {trial.number} is {existing.arch_key}, not {trial.arch_key}")
-            if len(existing.evaluations) >= len(trial.evaluations):
-                raise ValueError(f"trial {trial.number} already has {len(existing.evaluations)} evaluations")
+            # A re-evaluation adds a value; a promotion (successive halving) adds a rung. Anything else is a replay.
+            progress = lambda t: (len(t.evaluations), len(t.fidelity.get("rungs", [])))  # noqa: E731
+            if progress(trial) <= progress(existing):
+                raise ValueError(f"trial {trial.number} already has this evaluation")
             for name, value in values.items():
                 setattr(existing, name, value)
             existing.save()

@@ -12,7 +12,8 @@ cleanup() {
   wait 2>/dev/null || true
   echo "nasboard stopped."
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'cleanup; exit 0' INT TERM  # Ctrl-C is the normal way to stop
 
 redis_pid=$(scripts/ensure-redis.sh)
 [ -n "$redis_pid" ] && { pids+=("$redis_pid"); echo "Started a local redis-server for this session ($REDIS_URL)."; }

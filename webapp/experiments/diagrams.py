@@ -1,7 +1,6 @@
 """Architecture diagrams: a space's `describe()` graph rendered to SVG by Graphviz's `dot`."""
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from functools import lru_cache
@@ -55,4 +54,5 @@ def _render(dot_source: str) -> str:
 
 def graph_to_svg(graph: Graph, title: str = "") -> str:
     svg = _render(graph_to_dot(graph, title))
-    return re.sub(r'<svg width="[^"]*" height="[^"]*"', '<svg class="arch-diagram"', svg, count=1)
+    # Keep Graphviz's natural size (CSS shrinks it to fit narrow screens).
+    return svg.replace("<svg ", '<svg class="arch-diagram" ', 1)

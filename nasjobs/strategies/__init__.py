@@ -2,6 +2,7 @@
 from nasjobs.registry import Registry
 from nasjobs.strategies.base import Strategy
 from nasjobs.strategies.bo import BayesianOptimisation
+from nasjobs.strategies.darts import DartsSearch
 from nasjobs.strategies.evolution import RegularizedEvolution
 from nasjobs.strategies.local_search import LocalSearch
 from nasjobs.strategies.random_search import RandomSearch
@@ -13,6 +14,7 @@ STRATEGIES.register(RegularizedEvolution.name, RegularizedEvolution)
 STRATEGIES.register(Reinforce.name, Reinforce)
 STRATEGIES.register(BayesianOptimisation.name, BayesianOptimisation)
 STRATEGIES.register(LocalSearch.name, LocalSearch)
+STRATEGIES.register(DartsSearch.name, DartsSearch)
 
 __all__ = ["STRATEGIES", "Strategy", "BayesianOptimisation", "LocalSearch", "RandomSearch", "RegularizedEvolution",
            "Reinforce"]

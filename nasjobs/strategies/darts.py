@@ -245,11 +245,17 @@ class Searcher:
 
     @torch.no_grad()
     def evaluate(self, split: Split, batch_size: int = 256) -> tuple[float, float]:
-        self.net.eval()
+        """Loss and accuracy of the supernet, normalising with each batch's statistics (and leaving the running
+        ones alone), as NAS-Bench-201 does for weight-sharing searches: running statistics of a network whose
+        weights and mixture move every step lag far behind, badly so when an epoch has few steps."""
+        self.net.train()
         total, correct = 0.0, 0
-        for start in range(0, len(split), batch_size):
-            x, y = split.x[start:start + batch_size].to(self.device), split.y[start:start + batch_size].to(self.device)
-            logits = self.model.logits(x)
+        bounds = list(range(0, len(split), batch_size)) + [len(split)]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:  # no batch of one: batch norm needs two samples
+            del bounds[-2]
+        for start, end in zip(bounds, bounds[1:]):
+            x, y = split.x[start:end].to(self.device), split.y[start:end].to(self.device)
+            logits = self.model.logits(x, update_stats=False)
             total += F.cross_entropy(logits, y, reduction="sum").item()
             correct += int((logits.argmax(1) == y).sum().item())
         n = max(1, len(split))

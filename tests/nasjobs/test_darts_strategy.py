@@ -332,3 +332,12 @@ def test_supernets_take_inputs_of_any_size(space: Any, shape: tuple[int, int, in
     x, y = torch.randn(2, *shape), torch.tensor([0, 2])
     searcher.step((x, y), (x, y))
     assert searcher.model.logits(x).shape == (2, 3)
+
+
+def test_the_supernet_is_scored_with_batch_statistics_without_moving_the_running_ones() -> None:
+    searcher = Searcher.for_space(NB201(), config(**TINY), 0, (1, 8, 8), 10, CPU, epochs=1)
+    before = {n: b.clone() for n, b in searcher.net.named_buffers()}
+    split = Split(torch.randn(257, 1, 8, 8), torch.randint(0, 10, (257,)))  # 256 + a batch of one, merged
+    loss, acc = searcher.evaluate(split)
+    assert loss > 0 and 0 <= acc <= 1
+    assert all(torch.equal(b, before[n]) for n, b in searcher.net.named_buffers())

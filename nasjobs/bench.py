@@ -4,19 +4,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
+
+import torch
 
 from nasjobs import nb201_table
-from nasjobs.estimators.benchmark import BenchmarkConfig, BenchmarkEstimator
+from nasjobs.artifacts import ArtifactStore
 from nasjobs.options import parse_config
 from nasjobs.rng import derive_seed
-from nasjobs.search import MAX_REPEATED_PROPOSALS
-from nasjobs.spaces import SPACES, SearchSpace
+from nasjobs.search import ExperimentSpec, MemoryStore, SearchRunner, TrialRecord, best_trial
+from nasjobs.spaces import SearchSpace
 from nasjobs.strategies import STRATEGIES, Strategy
 
 REPORT_BUDGETS = (25, 50, 100)
@@ -51,56 +53,72 @@ class OptunaTPE(Strategy):
         if trials:
             self.study.tell(trials.pop(0), value)
 
-    def state_dict(self) -> dict[str, Any]:  # pragma: no cover - the benchmark never checkpoints
-        raise NotImplementedError("optuna_tpe is a benchmark peer and is not checkpointed")
+    def state_dict(self) -> dict[str, Any]:
+        """A summary only: the loop records one after every trial, but the peer is never resumed."""
+        return {"trials": len(self.study.trials)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:  # pragma: no cover
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # pragma: no cover - the benchmark never resumes
         raise NotImplementedError("optuna_tpe is a benchmark peer and is not checkpointed")
 
 
 @dataclass
-class RunResult:
-    """What one run named as its best after each trial (benchmark indices), with the observed values."""
+class RecordingStore(MemoryStore):
+    """A MemoryStore that notes, after every evaluation (re-evaluations included), the architecture the experiment
+    names as its best at that moment: the trial with the highest mean (`nasjobs.search.best_trial`)."""
 
-    reported: list[int] = field(default_factory=list)  # after trial n (1-based): reported[n - 1]
+    reported: list[str] = field(default_factory=list)  # after evaluation n (1-based): reported[n - 1]
+    unique: list[int] = field(default_factory=list)  # architectures evaluated after evaluation n
+
+    def record_trial(self, trial: TrialRecord, strategy_state: dict[str, Any], kept: list[int]) -> None:
+        super().record_trial(trial, strategy_state, kept)
+        self.reported.append(best_trial(self.trials).arch_key)
+        self.unique.append(len(self.trials))
+
+
+@dataclass
+class RunResult:
+    """What one run named as its best after each evaluation (benchmark indices), and its trials."""
+
+    reported: list[int] = field(default_factory=list)  # after evaluation n (1-based): reported[n - 1]
+    unique: list[int] = field(default_factory=list)  # architectures evaluated after evaluation n
+    trials: list[TrialRecord] = field(default_factory=list)
+    best_number: int = -1  # the trial the finished experiment named best
+    stop_reason: str = ""
     seconds: float = 0.0
 
 
-def run_search(strategy: Strategy, space: SearchSpace, estimator: BenchmarkEstimator, budget: int,
-               run_rng: random.Random, pick: Callable[[Strategy], Any] | None = None,
-               pick_at: Sequence[int] = ()) -> RunResult:
-    """The platform loop's semantics (nasjobs.search.SearchRunner) without Django or artifacts: an architecture
-    already evaluated is answered with its stored value and spends no budget; after MAX_REPEATED_PROPOSALS
-    repeats in a row the run stops. The reported architecture is the best observed value (the earlier trial
-    wins a tie), or `pick(strategy)` at the budgets in `pick_at`."""
+def bench_spec(strategy: str, dataset: str, budget: int, seed: int,
+               options: dict[str, Any] | None = None) -> ExperimentSpec:
+    """The experiment a benchmark run is: the `benchmark` estimator on `dataset`'s table, one 200-epoch
+    validation seed per evaluation, drawn from the trial's seed (as the platform draws it)."""
+    return ExperimentSpec("digits", "nb201", strategy, "benchmark", budget=budget, epochs=200, seed=seed,
+                          options={"strategy": dict(options or {}),
+                                   "estimator": {"table": dataset, "fidelity": "200", "count_flops": False}},
+                          top_k=1)
+
+
+def run_search(strategy: str, dataset: str, budget: int, seed: int,
+               options: dict[str, Any] | None = None) -> RunResult:
+    """One run of the platform's own loop (`SearchRunner` with a `MemoryStore`): budget, repeats, re-evaluations
+    and the reported best are exactly an experiment's. The dataset `digits` is only the spec's formality (loaded
+    once, cached); the benchmark estimator never touches it. The peer `optuna_tpe`, not a registered strategy,
+    takes the place of the runner's strategy with the seed the runner would have given it."""
     started = time.perf_counter()
-    observed: dict[str, float] = {}
-    result = RunResult()
-    best_key, best_value = None, float("-inf")
-    repeats = 0
-    while len(observed) < budget:
-        arch = strategy.propose()
-        key = space.to_str(arch)
-        if key in observed:
-            strategy.observe(arch, observed[key])
-            repeats += 1
-            if repeats >= MAX_REPEATED_PROPOSALS:
-                break
-            continue
-        repeats = 0
-        value = estimator.evaluate(arch, 200, seed=run_rng.randrange(2**31)).val_acc
-        observed[key] = value
-        strategy.observe(arch, value)
-        if value > best_value:
-            best_key, best_value = key, value
-        reported = best_key
-        if pick is not None and len(observed) in pick_at:
-            reported = space.to_str(pick(strategy))
-        result.reported.append(space.index(space.from_str(reported)))
-    while len(result.reported) < budget:  # the space ran out: the last pick stands
-        result.reported.append(result.reported[-1])
-    result.seconds = time.perf_counter() - started
-    return result
+    store = RecordingStore()
+    with tempfile.TemporaryDirectory() as root:  # stays empty: a table lookup has no weights
+        peer = strategy == OptunaTPE.name
+        runner = SearchRunner(bench_spec("random" if peer else strategy, dataset, budget, seed, options), store,
+                              ArtifactStore(root, seed), torch.device("cpu"))
+        if peer:
+            runner.strategy = OptunaTPE(runner.space, None, derive_seed(runner.spec.seed, "strategy"))
+        runner.run()
+    reported = [runner.space.index(runner.space.from_str(key)) for key in store.reported]
+    unique = list(store.unique)
+    while len(reported) < budget:  # the space ran out ("exhausted"): the last pick stands
+        reported.append(reported[-1])
+        unique.append(unique[-1])
+    best_number = store.best[0] if store.best else -1
+    return RunResult(reported, unique, store.trials, best_number, store.stop_reason, time.perf_counter() - started)
 
 
 def make_strategy(name: str, space: SearchSpace, seed: int, options: dict[str, Any] | None = None) -> Strategy:
@@ -111,35 +129,37 @@ def make_strategy(name: str, space: SearchSpace, seed: int, options: dict[str, A
 
 
 def bench_strategies(space_name: str, dataset: str, budget: int, runs: int, strategies: list[str],
-                     model_pick: bool = False, progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
-    space = SPACES.get(space_name)()
-    estimator = BenchmarkEstimator(space, None, BenchmarkConfig(table=dataset, fidelity="200", count_flops=False))
+                     options: dict[str, dict[str, Any]] | None = None,
+                     progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    """Each strategy's figure at each reported budget n: the mean over `runs` of the 200-epoch test accuracy of
+    the trial with the best mean after n evaluations. Run r has the same experiment seed for every strategy, so
+    all see the same validation-seed draws for the same trial number (common random numbers)."""
+    if space_name != "nb201":
+        raise ValueError("the strategy bench runs on the nb201 table only")
     table = nb201_table.load(dataset)
     budgets = [b for b in REPORT_BUDGETS if b <= budget] + ([budget] if budget not in REPORT_BUDGETS else [])
     results = []
     for name in strategies:
-        variants = [(name, None)]
-        if model_pick and hasattr(STRATEGIES.get(name) if name in STRATEGIES else None, "recommend"):
-            variants.append((f"{name}:model_pick", lambda s: s.recommend()))
-        for label, pick in variants:
-            started = time.perf_counter()
-            figures: dict[int, list[float]] = {b: [] for b in budgets}
-            for run in range(runs):
-                strategy = make_strategy(name, space, derive_seed("bench", run, name) % 2**31)
-                # The same run seed across strategies: every strategy sees the same draws of validation seeds.
-                outcome = run_search(strategy, space, estimator, budget, random.Random(derive_seed("bench", run)),
-                                     pick, budgets)
-                for b in budgets:
-                    figures[b].append(float(table.test200[outcome.reported[b - 1]]))
-            seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        figures: dict[int, list[float]] = {b: [] for b in budgets}
+        unique: dict[int, list[int]] = {b: [] for b in budgets}
+        strategy = name.split("@")[0]  # "bo@reeval": strategy bo with the options given for "bo@reeval"
+        for run in range(runs):
+            outcome = run_search(strategy, dataset, budget, derive_seed("bench", run) % 2**31,
+                                 (options or {}).get(name))
             for b in budgets:
-                values = figures[b]
-                results.append({"strategy": label, "budget": b, "mean": round(statistics.fmean(values), 3),
-                                "std": round(statistics.pstdev(values), 3), "seconds": round(seconds, 1)})
-            progress(f"{label}: " + ", ".join(f"{b}: {statistics.fmean(figures[b]):.2f}" for b in budgets)
-                     + f" ({seconds:.0f} s)")
+                figures[b].append(float(table.test200[outcome.reported[b - 1]]))
+                unique[b].append(outcome.unique[b - 1])
+        seconds = time.perf_counter() - started
+        for b in budgets:
+            values = figures[b]
+            results.append({"strategy": name, "budget": b, "mean": round(statistics.fmean(values), 3),
+                            "std": round(statistics.pstdev(values), 3),
+                            "architectures": round(statistics.fmean(unique[b]), 1), "seconds": round(seconds, 1)})
+        progress(f"{name}: " + ", ".join(f"{b}: {statistics.fmean(figures[b]):.2f}" for b in budgets)
+                 + f" ({seconds:.0f} s)")
     return {"space": space_name, "dataset": dataset, "runs": runs, "optimum": round(table.optimum_test200(), 2),
-            "results": results}
+            "options": options or {}, "results": results}
 
 
 def format_table(report: dict[str, Any], seconds: float) -> str:
@@ -165,20 +185,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=int, default=100)
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--strategies", default=None,
-                   help="comma-separated (default: every registered strategy and optuna_tpe)")
-    p.add_argument("--model-pick", action="store_true",
-                   help="also report, for strategies with recommend(), the architecture their model names best")
+                   help="comma-separated (default: every registered strategy and optuna_tpe); NAME@LABEL runs NAME "
+                        "with the --options given for NAME@LABEL, a variant beside the default")
+    p.add_argument("--options", type=json.loads, default=None,
+                   help='strategy options as JSON, e.g. \'{"bo": {"incumbent_evaluations": 1}}\' (default: each '
+                        'strategy\'s defaults)')
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
     if args.budget < 1 or args.runs < 1:
         parser.error("--budget and --runs must be positive")
     names = args.strategies.split(",") if args.strategies else STRATEGIES.names() + [OptunaTPE.name]
-    for name in names:
+    for name in (n.split("@")[0] for n in names):
         if name != OptunaTPE.name and name not in STRATEGIES:
             parser.error(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES.names() + [OptunaTPE.name])}")
     logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)  # many small runs: threads only contend
     started = time.perf_counter()
-    report = bench_strategies(args.space, args.dataset, args.budget, args.runs, names, args.model_pick,
+    report = bench_strategies(args.space, args.dataset, args.budget, args.runs, names, args.options,
                               progress=lambda line: print(line, file=sys.stderr, flush=True))
     seconds = time.perf_counter() - started
     report["seconds"] = round(seconds, 1)

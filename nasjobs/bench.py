@@ -194,10 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.budget < 1 or args.runs < 1:
         parser.error("--budget and --runs must be positive")
-    names = args.strategies.split(",") if args.strategies else STRATEGIES.names() + [OptunaTPE.name]
+    # Differentiable strategies (DARTS) train a supernet instead of proposing: the table protocol does not apply.
+    discrete = [n for n in STRATEGIES.names() if not getattr(STRATEGIES.get(n), "differentiable", False)]
+    names = args.strategies.split(",") if args.strategies else discrete + [OptunaTPE.name]
     for name in (n.split("@")[0] for n in names):
-        if name != OptunaTPE.name and name not in STRATEGIES:
-            parser.error(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES.names() + [OptunaTPE.name])}")
+        if name != OptunaTPE.name and name not in discrete:
+            parser.error(f"unknown or differentiable strategy {name!r}; choose from "
+                         f"{', '.join(discrete + [OptunaTPE.name])}")
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)  # many small runs: threads only contend
     started = time.perf_counter()

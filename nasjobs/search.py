@@ -441,7 +441,9 @@ class SearchRunner:
             self.store.finish(best.number, None, reason)
             return
         if state is None:  # weights lost (artifact folder wiped): retrain with the trial's own seed
-            result = self.estimator.evaluate(arch, self.spec.epochs, seed=self.trial_seed(best.number))
+            epochs = self.strategy.config.final_epochs if getattr(self.strategy, "differentiable", False) \
+                else self.spec.epochs
+            result = self.estimator.evaluate(arch, epochs, seed=self.trial_seed(best.number))
             state = result.state
         test_acc = self.estimator.test_accuracy(arch, state)
         self.store.finish(best.number, test_acc, reason)

@@ -192,3 +192,14 @@ def test_the_controller_learns_the_rewarded_token() -> None:
     after = strategy.probabilities()[1]
     assert after > before[0] + 0.2
     assert strategy.probabilities(prefix=[1, 1])[1] > 0.5
+
+
+def test_the_bench_cli_runs_the_discrete_strategies_and_refuses_differentiable_ones(capsys) -> None:
+    from nasjobs.bench import main
+    assert main(["strategies", "--budget", "3", "--runs", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    names = {row["strategy"] for row in report["results"]}
+    assert "darts" not in names and {"random", "evolution", "optuna_tpe"} <= names
+    with pytest.raises(SystemExit) as exc:
+        main(["strategies", "--strategies", "darts", "--budget", "3", "--runs", "1"])
+    assert exc.value.code == 2 and "differentiable" in capsys.readouterr().err

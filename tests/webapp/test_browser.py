@@ -71,3 +71,27 @@ def test_a_user_runs_a_search_and_watches_it_finish_without_reloading(page, live
     expect(row).to_contain_text("succeeded")
     expect(row).to_contain_text("random")
     expect(row).to_contain_text(f"{100 * experiment.best_val_acc:.2f}%")
+
+
+def test_a_darts_search_shows_alpha_charts_and_the_derived_cell_per_epoch(page, live_server, alice, settings,
+                                                                          tmp_path):
+    from nasjobs.persistence import run_experiment_now
+    from tests.webapp.test_darts_platform import tiny_spec
+    from webapp.experiments import services
+
+    settings.NAS_ARTIFACTS_DIR = str(tmp_path)
+    experiment = services.experiment_create(user=alice, name="darts in the browser", spec=tiny_spec(epochs=2),
+                                            enqueue=False)
+    assert run_experiment_now(experiment.pk, "test") == "done"
+    page.goto(live_server.url + "/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", "alice-pass-123")
+    page.click("button[type=submit]")
+    page.goto(f"{live_server.url}/experiments/{experiment.pk}/")
+    expect(page.locator("#search-epochs tbody tr")).to_have_count(2)
+    # One chart per edge of the nb201 cell, one line per operation.
+    expect(page.locator("#alpha-charts svg")).to_have_count(6)
+    expect(page.locator("#alpha-charts svg").first.locator("polyline")).to_have_count(5)
+    expect(page.locator("#alpha-legend")).to_contain_text("nor_conv_3x3")
+    expect(page.locator("#epoch-diagram svg")).to_be_visible()
+    expect(page.locator("#best-diagram svg")).to_be_visible()

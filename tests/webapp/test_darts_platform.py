@@ -1,0 +1,90 @@
+"""DARTS on the platform: `nas submit` runs one search, each epoch is a SearchEpoch row, the page shows the alphas
+and the derived cell per epoch, and a worker killed mid-search resumes from its checkpoint to the genotype of an
+uninterrupted run."""
+import json
+import tempfile
+
+import pytest
+import torch
+from django.core.management import call_command
+from django.urls import reverse
+
+from nasjobs.artifacts import ArtifactStore
+from nasjobs.persistence import run_experiment_now
+from nasjobs.search import ExperimentSpec, MemoryStore, SearchRunner, validate_spec
+from tests.conftest import wait_for
+from webapp.experiments import services
+from webapp.experiments.models import Experiment, SearchEpoch, Trial
+
+TINY = ["--option", "space.channels=4", "--option", "space.cells=1", "--option", "strategy.init_channels=4",
+        "--option", "strategy.layers=1", "--option", "strategy.final_epochs=2"]
+
+
+def tiny_spec(epochs: int, seed: int = 0) -> ExperimentSpec:
+    return validate_spec(ExperimentSpec(
+        "digits", "nb201", "darts", "train", budget=1, epochs=epochs, seed=seed, top_k=1,
+        options={"space": {"channels": 4, "cells": 1},
+                 "strategy": {"init_channels": 4, "layers": 1, "final_epochs": 2}}))
+
+
+@pytest.mark.django_db
+def test_nas_submit_runs_a_two_epoch_search_and_reports_the_derived_cell(capsys, settings, tmp_path):
+    settings.NAS_ARTIFACTS_DIR = str(tmp_path)
+    call_command("nas", "submit", "--space", "nb201", "--strategy", "darts", "--dataset", "digits", "--epochs", "2",
+                 *TINY, "--inline", "--json")
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "succeeded" and out["budget"] == 1 and out["trials_done"] == 1
+    epochs = out["search_epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert out["best"]["arch"] == epochs[-1]["genotype"]  # the architecture derived after the last epoch
+    assert 0 <= out["best"]["val_acc"] <= 1 and 0 <= out["best"]["test_acc"] <= 1
+    trial = Trial.objects.get(experiment_id=out["id"])
+    assert trial.fidelity["supernet_val_acc"] == epochs[-1]["val_acc"] and trial.fidelity["epochs"] == 2
+    rows = SearchEpoch.objects.filter(experiment_id=out["id"]).order_by("epoch")
+    assert [r.epoch for r in rows] == [1, 2]
+    assert len(rows[0].alphas["cell"]) == 6 and all(abs(sum(p) - 1) < 1e-5 for p in rows[1].alphas["cell"])
+
+
+@pytest.mark.django_db
+def test_the_page_shows_the_search_epochs_and_draws_each_derived_cell(alice_client, alice, settings, tmp_path):
+    settings.NAS_ARTIFACTS_DIR = str(tmp_path)
+    experiment = services.experiment_create(user=alice, name="darts page", spec=tiny_spec(epochs=2), enqueue=False)
+    assert run_experiment_now(experiment.pk, "test") == "done"
+    page = alice_client.get(reverse("experiment_detail", args=[experiment.pk])).content.decode()
+    assert 'id="search-epochs"' in page and 'id="alpha-charts"' in page and "Param-free ops" in page
+    svg = alice_client.get(reverse("search_epoch_diagram", args=[experiment.pk, 2]))
+    assert svg.status_code == 200 and svg["Content-Type"] == "image/svg+xml" and b"<svg" in svg.content
+    assert alice_client.get(reverse("search_epoch_diagram", args=[experiment.pk, 3])).status_code == 404
+    data = alice_client.get(reverse("experiment_status", args=[experiment.pk])).json()
+    assert [e["epoch"] for e in data["search_epochs"]] == [1, 2]
+    assert 0 <= data["search_epochs"][1]["param_free_fraction"] <= 1
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_killed_worker_resumes_the_search_from_its_last_epoch(alice, celery_worker_factory):
+    spec = tiny_spec(epochs=8, seed=2)
+    experiment = services.experiment_create(user=alice, name="darts killed", spec=spec)
+    first = celery_worker_factory()
+    wait_for(lambda: SearchEpoch.objects.filter(experiment=experiment).count() >= 2, 180, "two search epochs",
+             first.log)
+    first.kill()
+    done_at_kill = SearchEpoch.objects.filter(experiment=experiment).count()
+    assert done_at_kill < 8 and Experiment.objects.get(pk=experiment.pk).status == "running"
+
+    second = celery_worker_factory()
+    wait_for(lambda: Experiment.objects.get(pk=experiment.pk).status not in Experiment.ACTIVE, 240,
+             "the resumed search to finish", second.log)
+    experiment.refresh_from_db()
+    assert experiment.status == "succeeded", experiment.error
+    assert list(SearchEpoch.objects.filter(experiment=experiment).order_by("epoch")
+                .values_list("epoch", flat=True)) == list(range(1, 9))
+
+    reference = MemoryStore()
+    with tempfile.TemporaryDirectory() as tmp:
+        SearchRunner(spec, reference, ArtifactStore(tmp, 0), torch.device("cpu")).run()
+    assert Trial.objects.get(experiment=experiment).arch_key == reference.trials[0].arch_key
+    rows = {r.epoch: r for r in SearchEpoch.objects.filter(experiment=experiment)}
+    for epoch, record in reference.epochs.items():
+        assert rows[epoch].genotype == record["genotype"]
+        assert rows[epoch].alphas == json.loads(json.dumps(record["alphas"]))  # bit-exact after the resume

@@ -30,4 +30,7 @@ echo "==========================================================================
 echo " nasboard is running at http://127.0.0.1:8000/  (Ctrl-C stops everything)"
 echo " $login"
 echo "============================================================================"
-wait -n "${pids[@]}"
+status=0
+wait -n "${pids[@]}" || status=$?  # a Ctrl-C runs the INT trap right here and ends with status 0
+echo "A process of nasboard stopped on its own (exit status $status); stopping the rest." >&2
+exit "$status"

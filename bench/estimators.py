@@ -36,19 +36,22 @@ REFERENCE_SEEDS = 2  # full training is itself noisy; averaging two seeds tames 
 @dataclass(frozen=True)
 class Contender:
     name: str
-    make: Callable[[SearchSpace, Dataset], Estimator]  # may raise ValueError: not available for this space
+    make: Callable[[SearchSpace, Dataset, int], Estimator]  # (space, data, reference epochs); may raise ValueError
 
 
 CONTENDERS = (
     Contender("low_fidelity:epochs=1/4",
-              lambda s, d: LowFidelityEstimator(s, d, LowFidelityConfig(epoch_fraction=0.25), CPU)),
+              lambda s, d, e: LowFidelityEstimator(s, d, LowFidelityConfig(epoch_fraction=0.25), CPU)),
     Contender("low_fidelity:data=1/2",
-              lambda s, d: LowFidelityEstimator(s, d, LowFidelityConfig(epoch_fraction=1.0, data_fraction=0.5), CPU)),
-    Contender("median_stopping", lambda s, d: MedianStoppingEstimator(s, d, MedianStoppingConfig(), CPU)),
-    Contender("zero_cost:synflow", lambda s, d: ZeroCostEstimator(s, d, ZeroCostConfig(proxy="synflow"), CPU)),
-    Contender("zero_cost:grad_norm", lambda s, d: ZeroCostEstimator(s, d, ZeroCostConfig(proxy="grad_norm"), CPU)),
-    Contender("zero_cost:naswot", lambda s, d: ZeroCostEstimator(s, d, ZeroCostConfig(proxy="naswot"), CPU)),
-    Contender("weight_sharing", lambda s, d: WeightSharingEstimator(s, d, WeightSharingConfig(), CPU)),
+              lambda s, d, e: LowFidelityEstimator(s, d, LowFidelityConfig(epoch_fraction=1.0, data_fraction=0.5), CPU)),
+    Contender("median_stopping", lambda s, d, e: MedianStoppingEstimator(s, d, MedianStoppingConfig(), CPU)),
+    Contender("zero_cost:synflow", lambda s, d, e: ZeroCostEstimator(s, d, ZeroCostConfig(proxy="synflow"), CPU)),
+    Contender("zero_cost:grad_norm", lambda s, d, e: ZeroCostEstimator(s, d, ZeroCostConfig(proxy="grad_norm"), CPU)),
+    Contender("zero_cost:naswot", lambda s, d, e: ZeroCostEstimator(s, d, ZeroCostConfig(proxy="naswot"), CPU)),
+    # SPOS trains the supernet longer than one network, since each path sees a share of the steps: here 8 times the
+    # reference's epochs, once for all K candidates (its cost is spread over them).
+    Contender("weight_sharing", lambda s, d, e: WeightSharingEstimator(s, d, WeightSharingConfig(supernet_epochs=8 * e),
+                                                                      CPU)),
 )
 
 
@@ -90,7 +93,7 @@ def run(k: int, epochs: int, seed: int) -> dict[str, Any]:
     results, skipped = [], []
     for contender in CONTENDERS:
         try:
-            estimator = contender.make(space, dataset)
+            estimator = contender.make(space, dataset, epochs)
         except ValueError as exc:
             skipped.append({"estimator": contender.name, "reason": str(exc)})
             continue

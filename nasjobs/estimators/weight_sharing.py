@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from nasjobs.chain_supernet import ChainSuperNet
 from nasjobs.datasets import Dataset
 from nasjobs.estimators.base import EpochHook, EvalResult
 from nasjobs.estimators.train import TrainConfig, TrainEstimator
@@ -28,7 +29,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WeightSharingConfig(TrainConfig):
-    supernet_epochs: int = option(30, "Epochs of supernet training, once per experiment", min=1, max=10_000)
+    supernet_epochs: int = option(100, "Epochs of supernet training, once per experiment (each sampled path sees "
+                                       "a share of the steps, so several times one network's epochs)",
+                                  min=1, max=10_000)
     supernet_seed: int = option(0, "Seed of the supernet's initial weights and of its sampled paths",
                                 min=0, max=2**31 - 1)
     calibration_batches: int = option(10, "Training batches used to recompute a candidate's batch-norm "
@@ -79,6 +82,9 @@ class NB201SuperNet(nn.Module):
             x = layer(x, arch) if isinstance(layer, SuperCell) else layer(x)
         return self.classifier(self.pool(self.lastact(x)).flatten(1))
 
+    def path_state(self, state: dict[str, torch.Tensor], arch: NB201Arch, model: nn.Module) -> dict[str, torch.Tensor]:
+        return path_state(state, arch)
+
 
 _OP_KEY = re.compile(r"^(cells\.\d+\.ops\.(\d+))\.([a-z0-9_]+)\.(.+)$")
 
@@ -124,7 +130,9 @@ def recalibrate_batch_norm(model: nn.Module, batches: list[torch.Tensor]) -> Non
 
 
 # estimator --------------------------------------------------------------------------------------------------
-SUPERNETS: dict[str, type[nn.Module]] = {"nb201": NB201SuperNet}
+# A supernet runs `forward(x, arch)` on one architecture and cuts its weights out with
+# `path_state(state, arch, model)`, keyed as `model = space.build(arch, ...)` names them.
+SUPERNETS: dict[str, type[nn.Module]] = {"nb201": NB201SuperNet, "chain_cnn": ChainSuperNet}
 
 
 class WeightSharingEstimator(TrainEstimator):
@@ -135,7 +143,8 @@ class WeightSharingEstimator(TrainEstimator):
     Gamma the uniform distribution over single paths, one path per mini-batch; a candidate a is then scored as
     ACC_val(N(a, W_A(a))) after its batch-norm statistics are recomputed on a few training batches, as in
     Bender et al. 2018 ("Understanding and simplifying one-shot architecture search", ICML), who showed that
-    such inherited-weight accuracies rank architectures. Supported spaces: nb201 (every op on every edge).
+    such inherited-weight accuracies rank architectures. Supported spaces: nb201 (every op on every edge) and
+    chain_cnn (`ChainSuperNet`: every architecture a slice of the largest layers).
 
     The supernet is built and trained on the first `evaluate` of this instance, then reused by every trial; with
     a `checkpoint_dir` (constructor argument, else the experiment's work folder) it is saved there, under a name fixed by the space,
@@ -238,7 +247,7 @@ class WeightSharingEstimator(TrainEstimator):
         supernet = self.ensure_supernet(hook)
         started = time.perf_counter()
         model = self._build(arch, seed)
-        model.load_state_dict(path_state(supernet.state_dict(), arch))
+        model.load_state_dict(supernet.path_state(supernet.state_dict(), arch, model))
         model.to(self.device)
         recalibrate_batch_norm(model, self._calibration_batches())
         val_acc = accuracy(model, self.dataset.val, self.device)

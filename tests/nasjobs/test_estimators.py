@@ -10,6 +10,7 @@ import torch
 
 from nasjobs.artifacts import ArtifactStore
 from nasjobs.calibration import rank_correlation
+from nasjobs.chain_supernet import ChainSuperNet
 from nasjobs.datasets import load_digits
 from nasjobs.estimators import ESTIMATORS
 from nasjobs.estimators.low_fidelity import LowFidelityConfig, LowFidelityEstimator, stratified_subset
@@ -20,6 +21,7 @@ from nasjobs.metrics import count_params
 from nasjobs.options import OptionError, parse_config
 from nasjobs.search import ExperimentSpec, MemoryStore, SearchRunner, SpecError, validate_spec
 from nasjobs.spaces.chain_cnn import ChainCNN, ChainCNNConfig
+from nasjobs.spaces.darts import Darts
 from nasjobs.spaces.nb201 import NB201, NB201Config
 
 CPU = torch.device("cpu")
@@ -205,10 +207,45 @@ def test_a_path_inherits_exactly_its_ops_weights():
     model = TINY_NB201.build(arch, ds.input_shape, ds.num_classes)
     model.load_state_dict(state)  # strict: every key of the standalone network, nothing else
     assert torch.equal(state["cells.0.ops.0.1.weight"], supernet.state_dict()["cells.0.ops.0.nor_conv_3x3.1.weight"])
-    with pytest.raises(ValueError, match="weight sharing"):
-        WeightSharingEstimator(TINY_CHAIN, ds, WeightSharingConfig(), CPU)
-    with pytest.raises(SpecError, match="nb201"):  # refused when the experiment is submitted
-        validate_spec(ExperimentSpec("digits", "chain_cnn", "random", "weight_sharing", budget=1, epochs=1, seed=0))
+    with pytest.raises(ValueError, match="weight sharing has a supernet for the chain_cnn, nb201"):
+        WeightSharingEstimator(Darts(), ds, WeightSharingConfig(), CPU)
+    with pytest.raises(SpecError, match="chain_cnn, nb201"):  # refused when the experiment is submitted
+        validate_spec(ExperimentSpec("digits", "darts", "random", "weight_sharing", budget=1, epochs=1, seed=0))
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32), (3, 5, 7)])
+def test_every_chain_cnn_inherits_exactly_the_supernets_function(shape):
+    """The standalone network loaded with `path_state` computes what the supernet computes on that path."""
+    space = ChainCNN(ChainCNNConfig(max_layers=4, filters=(8, 16, 32), kernels=(1, 3, 5), strides=(1, 2)))
+    supernet = ChainSuperNet(space, shape[0], 10)
+    with torch.no_grad():  # batch-norm state that is not the identity, so a wrong slice shows
+        for i, bn in enumerate(supernet.norms):
+            gen = torch.Generator().manual_seed(i)
+            bn.running_mean.copy_(torch.rand(bn.num_features, generator=gen) - 0.5)
+            bn.running_var.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
+            bn.weight.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
+    supernet.eval()
+    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(0))
+    rng = random.Random(0)
+    for _ in range(30):
+        arch = space.sample(rng)
+        model = space.build(arch, shape, 10)
+        model.load_state_dict(supernet.path_state(supernet.state_dict(), arch, model))  # strict
+        model.eval()
+        assert torch.allclose(model(x), supernet(x, arch), atol=1e-5), space.to_str(arch)
+
+
+def test_chain_cnn_paths_share_their_common_slices():
+    space = ChainCNN(ChainCNNConfig(max_layers=2, filters=(8, 16), kernels=(1, 3)))
+    supernet = ChainSuperNet(space, 1, 10)
+    small, large = space.from_str("c8k1-c8k3"), space.from_str("c16k3-c8k3")
+    s_model, l_model = (space.build(a, (1, 8, 8), 10) for a in (small, large))
+    s_state = supernet.path_state(supernet.state_dict(), small, s_model)
+    l_state = supernet.path_state(supernet.state_dict(), large, l_model)
+    # Layer 1: the 1x1 kernel is the centre of the 3x3 one, the 8 filters the first of the 16.
+    assert torch.equal(s_state["0.weight"], l_state["0.weight"][:8, :, 1:2, 1:2])
+    # Layer 2 reads layer 1's first 8 channels in both.
+    assert torch.equal(s_state["3.weight"], l_state["3.weight"][:, :8])
 
 
 # in the search loop -----------------------------------------------------------------------------------------------
@@ -217,6 +254,7 @@ def test_a_path_inherits_exactly_its_ops_weights():
     ("chain_cnn", "median_stopping", {"grace_epochs": 1, "min_completed": 1}),
     ("chain_cnn", "zero_cost", {"proxy": "naswot"}),
     ("nb201", "weight_sharing", {"supernet_epochs": 1, "calibration_batches": 1}),
+    ("chain_cnn", "weight_sharing", {"supernet_epochs": 2, "calibration_batches": 1}),
 ])
 def test_each_estimator_runs_a_search_to_its_final_test_figure(tmp_path, space, estimator, options):
     space_options = {"max_layers": 2, "filters": "8,16"} if space == "chain_cnn" else {"channels": 4, "cells": 1}

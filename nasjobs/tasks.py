@@ -1,4 +1,7 @@
-"""Celery tasks: thin, idempotent wrappers that take primary keys and call the persistence adapter."""
+"""Celery tasks: thin, idempotent wrappers that take primary keys and call the persistence adapter.
+
+Recovery (queueing again what the database says is unfinished) runs whenever a worker connects to the broker:
+see `RecoverOnConnect` in `webapp/celery.py`."""
 from __future__ import annotations
 
 import logging
@@ -6,7 +9,6 @@ import os
 import socket
 
 from celery import shared_task
-from celery.signals import worker_ready
 from django.conf import settings
 
 log = logging.getLogger(__name__)
@@ -32,14 +34,3 @@ def run_calibration(calibration_id: int) -> str:
     from nasjobs.persistence import run_calibration_now
 
     return run_calibration_now(calibration_id, f"{socket.gethostname()}:{os.getpid()}:calibration")
-
-
-@worker_ready.connect
-def _recover_on_start(sender=None, **kwargs) -> None:
-    """A starting worker re-queues experiments that should be progressing, so a killed worker or a restarted
-    Redis loses nothing: the database says what is unfinished."""
-    from webapp.experiments.services import experiments_recover
-
-    ids = experiments_recover()
-    if ids:
-        log.info("re-queued unfinished experiments %s", ids)

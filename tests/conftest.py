@@ -91,7 +91,7 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def celery_worker_factory(settings, tmp_path) -> Iterator[Callable[[], WorkerProcess]]:
+def celery_worker_factory(settings, tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start real workers that share this test's database and a queue of their own on the real Redis."""
     queue = f"nasboard-test-{uuid.uuid4().hex[:10]}"
     settings.NAS_QUEUE = queue
@@ -101,8 +101,8 @@ def celery_worker_factory(settings, tmp_path) -> Iterator[Callable[[], WorkerPro
                LOG_LEVEL="INFO", PYTHONPATH=str(ROOT))
     workers: list[WorkerProcess] = []
 
-    def start() -> WorkerProcess:
-        worker = WorkerProcess(env, queue, tmp_path / f"worker-{len(workers)}.log").start()
+    def start(**overrides: str) -> WorkerProcess:
+        worker = WorkerProcess({**env, **overrides}, queue, tmp_path / f"worker-{len(workers)}.log").start()
         workers.append(worker)
         return worker
 

@@ -1,10 +1,30 @@
 """The Celery application: configured from Django settings (CELERY_*), tasks found in `nasjobs.tasks`."""
+import logging
 import os
 
-from celery import Celery
+from celery import Celery, bootsteps
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 
 app = Celery("nasboard")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(lambda: ["nasjobs"])
+
+
+class RecoverOnConnect(bootsteps.StartStopStep):
+    """Each time the worker's consumer (re)connects to the broker, queue again every experiment the database says
+    is unfinished. A restarted Redis (which may keep nothing on disk) loses the queued messages; the database
+    does not, so nothing waits forever. Duplicates are harmless: a worker claims an experiment with a
+    conditional UPDATE, and a message for a finished one is a no-op."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def start(self, consumer) -> None:
+        from webapp.experiments.services import experiments_recover
+
+        ids = experiments_recover()
+        if ids:
+            logging.getLogger("nasjobs.tasks").info("re-queued unfinished experiments %s", ids)
+
+
+app.steps["consumer"].add(RecoverOnConnect)

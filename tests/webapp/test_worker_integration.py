@@ -92,3 +92,69 @@ def test_a_cancelled_experiment_keeps_its_trials_and_resumes_to_the_end(alice_cl
     experiment.refresh_from_db()
     assert experiment.status == "succeeded" and experiment.trials_done == 4
     assert list(Trial.objects.filter(experiment=experiment).values_list("number", flat=True)) == list(range(4))
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A redis-server of this test's own on a free port, which the test can kill and start again (empty)."""
+    import shutil
+    import socket
+    import subprocess
+
+    server = shutil.which("redis-server")
+    assert server, "redis-server is needed for this test (apt-get install redis-server)"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    class Redis:
+        url = f"redis://127.0.0.1:{port}/0"
+        proc: subprocess.Popen | None = None
+
+        def start(self) -> None:
+            import redis
+
+            self.proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                          "--appendonly", "no", "--dir", str(tmp_path)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for(lambda: _pings(redis, self.url), 20, "the private redis-server to answer")
+
+        def kill(self) -> None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    r = Redis()
+    r.start()
+    yield r
+    r.kill()
+
+
+def _pings(redis_module, url: str) -> bool:
+    try:
+        return bool(redis_module.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except Exception:
+        return False
+
+
+def test_a_restarted_redis_loses_no_experiment(alice, celery_worker_factory, private_redis):
+    """Redis keeps nothing on disk here: a restart drops every queued message. The worker's trials go straight to
+    the database, and on reconnecting it queues again what the database says is unfinished."""
+    long = Experiment(dataset="digits", space="chain_cnn", strategy="random", estimator="train", budget=3,
+                      epochs=60, seed=2, top_k=1).spec()
+    short = Experiment(dataset="digits", space="chain_cnn", strategy="random", estimator="train", budget=2,
+                       epochs=2, seed=3, top_k=1).spec()
+    second = services.experiment_create(user=alice, name="queued behind it", spec=short, enqueue=False)
+    first = services.experiment_create(user=alice, name="running through the restart", spec=long, enqueue=False)
+    worker = celery_worker_factory(REDIS_URL=private_redis.url)  # on start it queues both, newest first
+    wait_for(lambda: Experiment.objects.get(pk=first.pk).trials_done >= 1, 180, "a trial of the first", worker.log)
+    assert status_of(second.pk) == "queued"
+
+    private_redis.kill()  # every queued message is gone with it
+    private_redis.start()
+    for experiment in (first, second):
+        wait_for(lambda: status_of(experiment.pk) not in Experiment.ACTIVE, 240, f"{experiment.name} to finish",
+                 worker.log)
+        experiment.refresh_from_db()
+        assert experiment.status == "succeeded", experiment.error
+        assert list(Trial.objects.filter(experiment=experiment).values_list("number", flat=True)) == \
+            list(range(experiment.budget))

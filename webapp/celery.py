@@ -20,11 +20,19 @@ class RecoverOnConnect(bootsteps.StartStopStep):
     requires = {"celery.worker.consumer.tasks:Tasks"}
 
     def start(self, consumer) -> None:
+        from django.db import close_old_connections
+
         from webapp.experiments.services import experiments_recover
 
-        ids = experiments_recover()
+        log = logging.getLogger("nasjobs.tasks")
+        try:
+            close_old_connections()  # this process lives long; its connection may have gone stale meanwhile
+            ids = experiments_recover()
+        except Exception:  # the worker must still consume; `nas recover` or the next reconnect will do it
+            log.exception("could not re-queue unfinished experiments")
+            return
         if ids:
-            logging.getLogger("nasjobs.tasks").info("re-queued unfinished experiments %s", ids)
+            log.info("re-queued unfinished experiments %s", ids)
 
 
 app.steps["consumer"].add(RecoverOnConnect)

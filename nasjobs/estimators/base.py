@@ -51,6 +51,14 @@ class Estimator(ABC):
     def evaluate(self, arch: Any, budget: int, *, seed: int, hook: EpochHook | None = None) -> EvalResult:
         """Estimate `arch`'s validation accuracy, spending `budget` (epochs for training estimators)."""
 
+    def network(self, arch: Any, seed: int = 0) -> torch.nn.Module:
+        """The network whose weights `evaluate` returns as `state` (freshly initialised with `seed`): the space's
+        own network unless the estimator trains a proxy of it (fewer channels, say)."""
+        from nasjobs.training import seeded_init
+
+        ds = self.dataset
+        return seeded_init(lambda: self.space.build(arch, ds.input_shape, ds.num_classes), seed)
+
     @abstractmethod
     def test_accuracy(self, arch: Any, state: dict[str, torch.Tensor]) -> float:
         """Accuracy on the held-out test split of a network trained by `evaluate`."""

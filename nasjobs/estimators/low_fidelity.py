@@ -138,9 +138,12 @@ class LowFidelityEstimator(TrainEstimator):
                           params=params, flops=flops, train_seconds=seconds, fidelity=fidelity, curve=curve,
                           state=state)
 
+    def network(self, arch: Any, seed: int = 0) -> torch.nn.Module:
+        return self._build_proxy(arch, seed)[0]  # the proxy `evaluate` trains (same width)
+
     def test_accuracy(self, arch: Any, state: dict[str, torch.Tensor]) -> float:
         """Test accuracy of the proxy network `evaluate` trained (same width)."""
-        model, _ = self._build_proxy(arch, 0)
+        model = self.network(arch)
         model.load_state_dict(state)
         model.to(self.device)
         return accuracy(model, self.dataset.test, self.device)

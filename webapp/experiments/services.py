@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -221,3 +222,19 @@ def calibration_finish(calibration_id: int, worker: str, result: Any) -> bool:
 def calibration_fail(calibration_id: int, worker: str, error: str) -> bool:
     return bool(Calibration.objects.filter(pk=calibration_id, claimed_by=worker).update(
         status=Calibration.Status.FAILED, error=error[:5000]))
+
+
+def trial_export(experiment: Experiment, trial: Trial) -> bytes:
+    """The trial as a runnable PyTorch model (see `nasjobs.export`): trained weights when they were kept."""
+    import torch
+
+    from nasjobs.export import export_archive
+
+    state = None
+    if trial.weights_path and Path(trial.weights_path).exists():
+        state = torch.load(trial.weights_path, map_location="cpu", weights_only=True)
+    meta = {"title": f"{experiment.name}: trial {trial.number} of experiment {experiment.pk}",
+            "experiment": experiment.pk, "trial": trial.number, "val_acc": trial.val_acc,
+            "test_acc": experiment.test_acc if experiment.best_trial_number == trial.number else None,
+            "params": trial.params, "flops": trial.flops}
+    return export_archive(experiment.spec(), trial.arch_key, state, meta)

@@ -11,6 +11,7 @@ urlpatterns = [
     path("experiments/<int:pk>/resume/", views.experiment_resume, name="experiment_resume"),
     path("experiments/<int:pk>/calibrate/", views.experiment_calibrate, name="experiment_calibrate"),
     path("experiments/<int:pk>/trials/<int:number>/", views.trial_detail, name="trial_detail"),
+    path("experiments/<int:pk>/trials/<int:number>/model.zip", views.trial_export, name="trial_export"),
     path("experiments/<int:pk>/epochs/<int:epoch>/diagram.svg", views.search_epoch_diagram,
          name="search_epoch_diagram"),
 ]

@@ -76,6 +76,16 @@ def trial_detail(request: HttpRequest, pk: int, number: int) -> HttpResponse:
 
 
 @login_required
+def trial_export(request: HttpRequest, pk: int, number: int) -> HttpResponse:
+    """Download the trial as a runnable PyTorch model (a zip: torch.export program, weights, README)."""
+    experiment = get_object_or_404(Experiment, pk=pk)
+    trial = get_object_or_404(Trial, experiment=experiment, number=number)
+    response = HttpResponse(services.trial_export(experiment, trial), content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="nasboard-{pk}-trial-{number}.zip"'
+    return response
+
+
+@login_required
 def search_epoch_diagram(request: HttpRequest, pk: int, epoch: int) -> HttpResponse:
     experiment = get_object_or_404(Experiment, pk=pk)
     row = get_object_or_404(SearchEpoch, experiment=experiment, epoch=epoch)

@@ -5,6 +5,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -12,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from nasjobs.options import option_specs
 from nasjobs.search import COMPONENTS, ExperimentSpec, SpecError
 from webapp.experiments import selectors, services
-from webapp.experiments.models import Experiment
+from webapp.experiments.models import Experiment, Trial
 
 TERMINAL = (Experiment.Status.SUCCEEDED, Experiment.Status.FAILED, Experiment.Status.CANCELLED)
 
@@ -104,6 +105,11 @@ class Command(BaseCommand):
         cal.add_argument("--wait", action="store_true")
         cal.add_argument("--json", action="store_true")
 
+        export = sub.add_parser("export", help="Write a trial as a runnable PyTorch model (a zip)")
+        export.add_argument("id", type=int)
+        export.add_argument("--trial", type=int, default=None, help="Trial number (default: the best trial)")
+        export.add_argument("--output", default=None, help="Zip file to write (default: nasboard-ID-trial-N.zip)")
+
     def handle(self, *args: Any, **opts: Any) -> None:
         getattr(self, f"handle_{opts['action']}")(**opts)
 
@@ -181,6 +187,21 @@ class Command(BaseCommand):
             self.stdout.write(f"calibration {calibration.pk} {calibration.status}")
         if calibration.status == "failed":
             raise CommandError(f"calibration failed: {calibration.error}")
+
+    def handle_export(self, **opts: Any) -> None:
+        experiment = self._get(opts["id"])
+        number = opts["trial"] if opts["trial"] is not None else experiment.best_trial_number
+        if number is None:
+            raise CommandError(f"experiment {experiment.pk} has no best trial yet; name one with --trial")
+        trial = Trial.objects.filter(experiment=experiment, number=number).first()
+        if trial is None:
+            raise CommandError(f"experiment {experiment.pk} has no trial {number}")
+        path = Path(opts["output"] or f"nasboard-{experiment.pk}-trial-{number}.zip")
+        if not path.parent.is_dir():
+            raise CommandError(f"cannot write {path}: no folder {path.parent}")
+        path.write_bytes(services.trial_export(experiment, trial))
+        self.stdout.write(f"wrote {path} (trial {number}: {trial.arch_key}; "
+                          f"{'trained weights' if trial.weights_path else 'untrained: its weights were not kept'})")
 
     def handle_recover(self, **opts: Any) -> None:
         ids = services.experiments_recover()

@@ -1,7 +1,11 @@
 """The user's path in a real browser: log in, fill the form, watch progress live, find the result in the list."""
+import io
+import json
 import os
+import zipfile
 
 import pytest
+import torch
 from playwright.sync_api import expect, sync_playwright
 
 from webapp.experiments.models import Experiment
@@ -65,6 +69,14 @@ def test_a_user_runs_a_search_and_watches_it_finish_without_reloading(page, live
     expect(page.locator("#leaderboard tbody tr")).to_have_count(5)
     experiment.refresh_from_db()
     assert experiment.trials_done == 5 and experiment.test_acc is not None
+
+    # The best network downloads as a runnable PyTorch model.
+    with page.expect_download() as download:
+        page.click("#export-best")
+    with zipfile.ZipFile(download.value.path()) as archive:
+        model = torch.export.load(io.BytesIO(archive.read("model.pt2"))).module()
+        assert json.loads(archive.read("architecture.json"))["trained"] is True
+    assert model(torch.zeros(4, 1, 8, 8)).shape == (4, 10)
 
     page.click("text=Experiments")
     row = page.locator("#experiments tbody tr", has_text="browser search")

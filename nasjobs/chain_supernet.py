@@ -1,13 +1,4 @@
-"""A weight-sharing supernet of the chain CNN space: every architecture of the space is a slice of its tensors.
-
-Layer slot k holds one convolution of the largest shape any layer k can take: the most filters allowed, the
-largest kernel, and an input channel block for every earlier layer it may read. An architecture uses, per layer,
-the first `filters` output channels (channel slicing as in slimmable networks, Yu et al. 2019, and
-Once-for-All, Cai et al. 2020), the centre `kernel_h x kernel_w` of the kernel (Once-for-All's kernel sharing,
-without its transformation matrices), and of each input block the channels its chosen inputs produce. Batch
-norm and the classifier are sliced the same way. `path_state` cuts out exactly those slices under the names
-`ChainCNN.build(arch)` gives its modules, so a candidate inherits its weights into an ordinary network.
-"""
+"""A weight-sharing supernet of the chain CNN space: every architecture of the space is a slice of its tensors."""
 from __future__ import annotations
 
 import torch
@@ -18,6 +9,15 @@ from nasjobs.spaces.chain_cnn import ChainArch, ChainCNN, ChainNetwork, _concat,
 
 
 class ChainSuperNet(nn.Module):
+    """Layer slot k holds one convolution of the largest shape any layer k can take: the most filters allowed,
+    the largest kernel, and an input channel block for every earlier layer it may read. An architecture uses,
+    per layer, the first `filters` output channels (channel slicing as in slimmable networks, Yu et al. 2019,
+    and Once-for-All, Cai et al. 2020), the centre `kernel_h x kernel_w` of the kernel (Once-for-All's kernel
+    sharing, without its transformation matrices), and of each input block the channels its chosen inputs
+    produce. Batch norm and the classifier are sliced the same way. `path_state` cuts out exactly those slices
+    under the names `ChainCNN.build(arch)` gives its modules, so a candidate inherits its weights into an
+    ordinary network."""
+
     def __init__(self, space: ChainCNN, in_channels: int, num_classes: int) -> None:
         super().__init__()
         self.space = space

@@ -1,11 +1,4 @@
-"""Export a trial as a runnable PyTorch model: a zip archive that needs PyTorch only, not this platform.
-
-The network is captured with `torch.export` (PyTorch's graph export, loadable with `torch.export.load`) for the
-experiment's input shape and any batch size, with the trial's trained weights when they were kept (the top-k
-trials of an experiment) and freshly initialised otherwise (a table lookup or a one-shot figure trains nothing,
-and weights outside the top k are deleted as the search goes). The archive also holds the plain `state_dict`,
-the architecture and a README saying how to run it.
-"""
+"""Export a trial as a runnable PyTorch model: a zip archive that needs PyTorch only, not this platform."""
 from __future__ import annotations
 
 import io
@@ -41,7 +34,13 @@ the platform measured.
 def export_archive(spec: ExperimentSpec, arch_key: str, state: dict[str, torch.Tensor] | None,
                    meta: dict[str, Any] | None = None) -> bytes:
     """The zip archive (bytes) of one architecture of `spec`'s space, with `state` loaded when given. `meta`
-    goes into architecture.json (its "title", if any, heads the README)."""
+    goes into architecture.json (its "title", if any, heads the README).
+
+    The network is captured with `torch.export` (PyTorch's graph export, loadable with `torch.export.load`) for
+    the experiment's input shape and any batch size, with the trial's trained weights when they were kept (the
+    top-k trials of an experiment) and freshly initialised otherwise (a table lookup or a one-shot figure trains
+    nothing, and weights outside the top k are deleted as the search goes). The archive also holds the plain
+    `state_dict`, the architecture and a README saying how to run it."""
     spec = validate_spec(spec)
     meta = dict(meta or {})
     title = meta.pop("title", "A network found by neural architecture search")

@@ -147,10 +147,10 @@ class WeightSharingEstimator(TrainEstimator):
     chain_cnn (`ChainSuperNet`: every architecture a slice of the largest layers).
 
     The supernet is built and trained on the first `evaluate` of this instance, then reused by every trial; with
-    a `checkpoint_dir` (constructor argument, else the experiment's work folder) it is saved there, under a name fixed by the space,
-    dataset and supernet options, and a later instance (a restarted worker) loads it instead of training. The
-    figure is one-shot (`fidelity["one_shot"]`); `state` is the candidate's inherited, recalibrated weights, in
-    the layout of `space.build(arch)`.
+    a `checkpoint_dir` (constructor argument, else the experiment's work folder) it is saved there, under a name
+    fixed by the space, dataset and supernet options, and a later instance (a restarted worker) loads it instead
+    of training. The figure is one-shot (`fidelity["one_shot"]`); `state` is the candidate's inherited,
+    recalibrated weights, in the layout of `space.build(arch)`.
     """
 
     name = "weight_sharing"

@@ -6,6 +6,7 @@ import zipfile
 
 import pytest
 import torch
+from django.db import connections
 from playwright.sync_api import expect, sync_playwright
 
 from webapp.experiments.models import Experiment
@@ -28,6 +29,9 @@ def page():
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
         yield page
+        # ORM calls made while Playwright's loop runs get connections of their own context; close them here, or
+        # PostgreSQL refuses to drop the test database at the end ("being accessed by other users").
+        connections.close_all()
         browser.close()
         assert errors == [], f"JavaScript errors on the pages: {errors}"
     os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -226,13 +225,11 @@ def calibration_fail(calibration_id: int, worker: str, error: str) -> bool:
 
 def trial_export(experiment: Experiment, trial: Trial) -> bytes:
     """The trial as a runnable PyTorch model (see `nasjobs.export`): trained weights when they were kept."""
-    import torch
-
+    from nasjobs.artifacts import ArtifactStore
     from nasjobs.export import export_archive
 
-    state = None
-    if trial.weights_path and Path(trial.weights_path).exists():
-        state = torch.load(trial.weights_path, map_location="cpu", weights_only=True)
+    state = ArtifactStore(settings.NAS_ARTIFACTS_DIR, experiment.pk).load(trial.number) if trial.weights_path \
+        else None
     meta = {"title": f"{experiment.name}: trial {trial.number} of experiment {experiment.pk}",
             "experiment": experiment.pk, "trial": trial.number, "val_acc": trial.val_acc,
             "test_acc": experiment.test_acc if experiment.best_trial_number == trial.number else None,

@@ -241,7 +241,8 @@ class SearchRunner:
         # Time and proposals carry over from earlier runs of this experiment, so limits hold across resumptions.
         previous_seconds = max((t.search_seconds for t in trials), default=0.0)
         proposals = max((t.proposals for t in trials), default=0)
-        reevaluates = getattr(self.strategy, "reevaluates", False)
+        if hasattr(self.strategy, "set_budget"):
+            self.strategy.set_budget(self.spec.budget)
         session_start = time.monotonic()
         elapsed = lambda: previous_seconds + time.monotonic() - session_start  # noqa: E731
         repeats = 0
@@ -250,7 +251,7 @@ class SearchRunner:
             arch = self.strategy.propose()
             proposals += 1
             key = self.space.to_str(arch)
-            if key in by_key and reevaluates:  # measured again with a fresh seed; costs one evaluation
+            if key in by_key and getattr(self.strategy, "reevaluates", False):  # measured again with a fresh seed; costs one evaluation
                 repeats = 0
                 trial = self._reevaluate(by_key[key], arch)
                 trial.search_seconds, trial.proposals = elapsed(), proposals

@@ -21,12 +21,17 @@ class Strategy(ABC):
     # False: proposing an evaluated architecture again costs nothing and `observe` gets its recorded mean.
     # True: it is evaluated again (a fresh seed), costs one evaluation of the budget, `observe` gets the new value,
     # and the trial's figure becomes the mean of its evaluations (an honest figure for a noisy estimate).
+    # Read before every proposal, so a strategy may turn it on for a phase (a property).
     reevaluates: ClassVar[bool] = False
 
     def __init__(self, space: SearchSpace, config: Any, seed: int) -> None:
         self.space = space
         self.config = config
         self.seed = seed
+
+    def set_budget(self, evaluations: int) -> None:
+        """Told by the search loop before the first proposal: the experiment's evaluation budget, where the loop
+        re-evaluates on request. Strategies that plan their end (a final race) keep it; the default ignores it."""
 
     @abstractmethod
     def propose(self) -> Any: ...

@@ -16,6 +16,7 @@ from nasjobs.options import option
 from nasjobs.rng import rng_state, set_rng_state
 from nasjobs.spaces.base import SearchSpace
 from nasjobs.strategies.base import Strategy
+from nasjobs.strategies.race import FinalRace, race_options
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class BOConfig:
                                     "so identification sharpens as the search converges (0: off)", min=0,
                                  max=100_000)
     model_contender: bool = option(True, "The architecture the model rates best also gets incumbent_evaluations")
+    final_race: float = race_options()[0]
+    race_leaders: int = race_options()[1]
 
 
 class BayesianOptimisation(Strategy):
@@ -65,7 +68,10 @@ class BayesianOptimisation(Strategy):
     @property  # type: ignore[override]
     def reevaluates(self) -> bool:
         """Whether proposing an evaluated architecture measures it again (the platform reads this flag)."""
-        return self.config.incumbent_evaluations > 1 or self.config.readings_every > 0
+        return self.config.incumbent_evaluations > 1 or self.config.readings_every > 0 or self.race.racing
+
+    def set_budget(self, evaluations: int) -> None:
+        self.race.budget = evaluations
 
     def __init__(self, space: SearchSpace, config: BOConfig, seed: int) -> None:
         super().__init__(space, config, seed)
@@ -77,6 +83,7 @@ class BayesianOptimisation(Strategy):
         self.theta: list[float] | None = None  # kernel hyperparameters (log scale) of the last fit
         self.fitted_at = 0  # observations when the hyperparameters were last fitted
         self._rows: dict[str, np.ndarray] = {}  # encodings computed so far
+        self.race = FinalRace(config.final_race, config.race_leaders)
 
     # encoding and model ---------------------------------------------------------------------------------------
     def _encode(self, keys: list[str]) -> np.ndarray:
@@ -163,6 +170,9 @@ class BayesianOptimisation(Strategy):
 
     # ask / tell -----------------------------------------------------------------------------------------------
     def propose(self) -> Any:
+        again = self.race.next()
+        if again is not None:
+            return self.space.from_str(again)
         seen = set(self.keys)
         if len(seen) < self.config.initial:
             return self.space.sample(self.rng)
@@ -183,12 +193,14 @@ class BayesianOptimisation(Strategy):
         return self.space.from_str(candidates[int(np.argmax(ei))])
 
     def observe(self, arch: Any, value: float) -> None:
-        self.keys.append(self.space.to_str(arch))
+        key = self.space.to_str(arch)
+        self.race.observe(key, float(value), self.reevaluates)
+        self.keys.append(key)
         self.values.append(float(value))
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": rng_state(self.rng), "keys": list(self.keys), "values": list(self.values),
-                "theta": self.theta, "fitted_at": self.fitted_at}
+                "theta": self.theta, "fitted_at": self.fitted_at, "race": self.race.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         set_rng_state(self.rng, state["rng"])
@@ -196,3 +208,5 @@ class BayesianOptimisation(Strategy):
         self.values = [float(v) for v in state["values"]]
         self.theta = None if state["theta"] is None else [float(t) for t in state["theta"]]
         self.fitted_at = int(state["fitted_at"])
+        first = dict(reversed(list(zip(self.keys, self.values))))  # each architecture's first reading
+        self.race.load_state_dict(state.get("race"), first)

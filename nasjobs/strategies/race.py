@@ -1,0 +1,94 @@
+"""A final race: the end of the budget spent measuring the leading architectures again."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from nasjobs.options import option
+
+
+
+def race_options() -> tuple[Any, Any]:
+    """The two options of a strategy that races (fresh dataclass fields for its config): `final_race`, then
+    `race_leaders`."""
+    return (option(0.15, "Share of the budget spent at its end measuring the leading architectures again, so a "
+                         "lucky single reading is not what the experiment reports (0: no race)", min=0.0, max=0.9),
+            option(5, "Leading architectures (by mean reading) the final race measures again", min=1, max=1000))
+
+
+class FinalRace:
+    """Best-arm identification at the end of a search, in the manner of SMAC's intensification (Hutter, Hoos &
+    Leyton-Brown 2011, Procedure "Intensify") with a fixed budget.
+
+    A noisy estimate (one training seed, one validation split) makes the highest single reading a biased pick:
+    among near-equal architectures the luckiest wins. The experiment names as its best the architecture of the
+    highest *mean* reading, so the last `share` of the evaluation budget is spent on the `leaders` best
+    architectures by mean: each step measures again the leader with the fewest readings (the better one first
+    on a tie). A lucky single reading that takes the lead is measured until its mean settles, and the final
+    leader holds as many readings as the race could give it.
+
+    The race needs the experiment's evaluation budget (`Strategy.budget`, set by the search loop); without one
+    (a strategy used on its own, or a loop that does not re-evaluate) it never starts. A search that stops early
+    (patience, time limit) never reaches it.
+
+    It tracks what was evaluated from the strategy's `observe` calls: the first value told for an architecture
+    is one evaluation; a later one counts only when the strategy was re-evaluating, since otherwise the loop
+    answers a repeated proposal from its record without spending budget.
+    """
+
+    def __init__(self, share: float, leaders: int) -> None:
+        self.share = share
+        self.leaders = leaders
+        self.budget: int | None = None
+        self.readings: dict[str, list[float]] = {}  # architecture key -> its readings, in order of first reading
+        self.spent = 0  # evaluations observed
+
+    @property
+    def start(self) -> int | None:
+        """The evaluation after which the race begins (None: no race)."""
+        if not self.budget or self.share <= 0:
+            return None
+        return self.budget - math.floor(self.share * self.budget)
+
+    @property
+    def racing(self) -> bool:
+        start = self.start
+        return start is not None and start < self.budget and self.spent >= start and len(self.readings) > 0
+
+    def observe(self, key: str, value: float, reevaluating: bool) -> None:
+        """One value told to the strategy. `reevaluating`: whether the strategy's `reevaluates` was on, i.e. the
+        loop measured a repeated proposal again (one evaluation) rather than answering it from its record."""
+        if key not in self.readings:
+            self.readings[key] = [value]
+            self.spent += 1
+        elif reevaluating:
+            self.readings[key].append(value)
+            self.spent += 1
+
+    def ranking(self) -> list[str]:
+        """Architectures best first by mean reading; the earlier observed first on a tie (as the platform names
+        its best trial)."""
+        order = {k: i for i, k in enumerate(self.readings)}
+        return sorted(self.readings, key=lambda k: (-sum(self.readings[k]) / len(self.readings[k]), order[k]))
+
+    def next(self) -> str | None:
+        """The architecture to measure again now, or None when the race has not begun."""
+        if not self.racing:
+            return None
+        top = self.ranking()[:self.leaders]
+        fewest = min(len(self.readings[k]) for k in top)
+        return next(k for k in top if len(self.readings[k]) == fewest)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"readings": [[k, list(v)] for k, v in self.readings.items()], "spent": self.spent}
+
+    def load_state_dict(self, state: dict[str, Any] | None, observed: dict[str, float] | None = None,
+                        spent: int | None = None) -> None:
+        """Restore a checkpoint. One written before strategies raced (`state` None) starts from the `observed`
+        values the strategy kept, one reading each, and `spent` evaluations (default: one per observed)."""
+        if state is None:
+            self.readings = {k: [float(v)] for k, v in (observed or {}).items()}
+            self.spent = len(self.readings) if spent is None else spent
+            return
+        self.readings = {k: [float(x) for x in v] for k, v in state["readings"]}
+        self.spent = int(state["spent"])

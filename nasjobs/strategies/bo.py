@@ -59,6 +59,8 @@ class BayesianOptimisation(Strategy):
     one trial of the budget. On the NAS-Bench-201 bench this did not pay at 100 or 300 evaluations on CIFAR-10
     (the best architectures there also give the highest single readings, and a mean of 2 or 3 readings drawn
     from 2 or 3 seeds separates them no better), and helped a little on CIFAR-100; hence the default.
+    The final race (`FinalRace`, on by default as for the other strategies) measures the leaders only at the end
+    of the budget instead.
     """
 
     name = "bo"

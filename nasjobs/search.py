@@ -251,7 +251,8 @@ class SearchRunner:
             arch = self.strategy.propose()
             proposals += 1
             key = self.space.to_str(arch)
-            if key in by_key and getattr(self.strategy, "reevaluates", False):  # measured again with a fresh seed; costs one evaluation
+            # Measured again with a fresh seed (one evaluation) if the strategy re-evaluates at this point.
+            if key in by_key and getattr(self.strategy, "reevaluates", False):
                 repeats = 0
                 trial = self._reevaluate(by_key[key], arch)
                 trial.search_seconds, trial.proposals = elapsed(), proposals

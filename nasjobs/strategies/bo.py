@@ -16,7 +16,7 @@ from nasjobs.options import option
 from nasjobs.rng import rng_state, set_rng_state
 from nasjobs.spaces.base import SearchSpace
 from nasjobs.strategies.base import Strategy
-from nasjobs.strategies.race import FinalRace, race_options
+from nasjobs.strategies.race import FinalRace, Racing, race_options
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class BOConfig:
     race_leaders: int = race_options()[1]
 
 
-class BayesianOptimisation(Strategy):
+class BayesianOptimisation(Racing, Strategy):
     """Model-based search after BANANAS (White, Neiswanger & Savani 2021, Algorithm 1), with scikit-learn's
     Gaussian process as the surrogate instead of a neural ensemble.
 
@@ -71,9 +71,6 @@ class BayesianOptimisation(Strategy):
     def reevaluates(self) -> bool:
         """Whether proposing an evaluated architecture measures it again (the platform reads this flag)."""
         return self.config.incumbent_evaluations > 1 or self.config.readings_every > 0 or self.race.racing
-
-    def set_budget(self, evaluations: int) -> None:
-        self.race.budget = evaluations
 
     def __init__(self, space: SearchSpace, config: BOConfig, seed: int) -> None:
         super().__init__(space, config, seed)

@@ -10,7 +10,7 @@ from nasjobs.options import option
 from nasjobs.rng import rng_state, set_rng_state
 from nasjobs.spaces.base import SearchSpace
 from nasjobs.strategies.base import Strategy
-from nasjobs.strategies.race import FinalRace, race_options
+from nasjobs.strategies.race import FinalRace, Racing, race_options
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class EvolutionConfig:
             raise ValueError("the tournament size S cannot exceed the population P")
 
 
-class RegularizedEvolution(Strategy):
+class RegularizedEvolution(Racing, Strategy):
     """Real et al. 2019, "Regularized evolution for image classifier architecture search", Algorithm 1.
 
     The population is a queue: P random architectures first; then each cycle draws S individuals uniformly,
@@ -48,13 +48,6 @@ class RegularizedEvolution(Strategy):
         self.population: deque[tuple[str, float]] = deque()  # (architecture key, value), oldest first
         self.history = 0  # individuals added so far
         self.race = FinalRace(config.final_race, config.race_leaders)
-
-    @property  # type: ignore[override]
-    def reevaluates(self) -> bool:
-        return self.race.racing
-
-    def set_budget(self, evaluations: int) -> None:
-        self.race.budget = evaluations
 
     def propose(self) -> Any:
         again = self.race.next()

@@ -9,7 +9,7 @@ from nasjobs.options import option
 from nasjobs.rng import rng_state, set_rng_state
 from nasjobs.spaces.base import SearchSpace
 from nasjobs.strategies.base import Strategy
-from nasjobs.strategies.race import FinalRace, race_options
+from nasjobs.strategies.race import FinalRace, Racing, race_options
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class LocalSearchConfig:
     race_leaders: int = race_options()[1]
 
 
-class LocalSearch(Strategy):
+class LocalSearch(Racing, Strategy):
     """White, Nolen, Ravi & Savani 2020, "Exploring the loss landscape in neural architecture search",
     Algorithm 1 (local search) with random restarts.
 
@@ -44,13 +44,6 @@ class LocalSearch(Strategy):
         self.phase_keys: list[str] = []  # what this phase proposed, to pick its best when it is done
         self.current: str | None = None
         self.race = FinalRace(config.final_race, config.race_leaders)
-
-    @property  # type: ignore[override]
-    def reevaluates(self) -> bool:
-        return self.race.racing
-
-    def set_budget(self, evaluations: int) -> None:
-        self.race.budget = evaluations
 
     def _start_phase(self) -> None:
         if self.phase == "init" or self.current is None:

@@ -7,7 +7,6 @@ from typing import Any
 from nasjobs.options import option
 
 
-
 def race_options() -> tuple[Any, Any]:
     """The two options of a strategy that races (fresh dataclass fields for its config): `final_race`, then
     `race_leaders`."""
@@ -27,8 +26,8 @@ class FinalRace:
     on a tie). A lucky single reading that takes the lead is measured until its mean settles, and the final
     leader holds as many readings as the race could give it.
 
-    The race needs the experiment's evaluation budget (`Strategy.budget`, set by the search loop); without one
-    (a strategy used on its own, or a loop that does not re-evaluate) it never starts. A search that stops early
+    The race needs the experiment's evaluation budget (`Strategy.set_budget`, called by the search loop); without
+    one (a strategy used on its own, or a loop that does not re-evaluate) it never starts. A search that stops early
     (patience, time limit) never reaches it.
 
     It tracks what was evaluated from the strategy's `observe` calls: the first value told for an architecture
@@ -92,3 +91,17 @@ class FinalRace:
             return
         self.readings = {k: [float(x) for x in v] for k, v in state["readings"]}
         self.spent = int(state["spent"])
+
+
+class Racing:
+    """Mixin for a `Strategy` that ends with the `FinalRace` it holds as `self.race`: it re-evaluates while the race
+    runs, and hands the budget the loop announces to the race. List it before `Strategy` among the bases."""
+
+    race: FinalRace
+
+    @property
+    def reevaluates(self) -> bool:
+        return self.race.racing
+
+    def set_budget(self, evaluations: int) -> None:
+        self.race.budget = evaluations

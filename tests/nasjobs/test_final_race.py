@@ -8,13 +8,12 @@ import math
 from typing import Any
 
 import pytest
-import torch
 
-from nasjobs.artifacts import ArtifactStore
-from nasjobs.bench import bench_spec, make_strategy, run_search
-from nasjobs.search import MemoryStore, SearchRunner, best_trial
+from nasjobs.bench import make_strategy, run_search
+from nasjobs.search import MemoryStore, best_trial
 from nasjobs.spaces import NB201
 from nasjobs.strategies.race import FinalRace
+from tests.nasjobs.killed import KilledStore, run_bench_experiment
 
 RACING = ["evolution", "local_search", "bo"]
 NB = NB201()
@@ -96,27 +95,8 @@ def test_reevaluates_is_off_until_the_race(name: str) -> None:
     assert NB.to_str(strategy.propose()) in strategy.race.ranking()[:5]
 
 
-class KilledStore(MemoryStore):
-    """Dies after `survive` more evaluations are recorded, as a killed worker would."""
-
-    def __init__(self, survive: int) -> None:
-        super().__init__()
-        self.survive = survive
-
-    def record_trial(self, trial: Any, strategy_state: dict[str, Any], kept: list[int]) -> None:
-        super().record_trial(trial, strategy_state, kept)
-        self.survive -= 1
-        if self.survive == 0:
-            raise RuntimeError("worker killed")
-
-
 def run_experiment(name: str, store: MemoryStore, tmp_path: Any) -> list[tuple[str, list[float]]]:
-    spec = bench_spec(name, "cifar10", 40, seed=11)  # the race: the last 6 evaluations
-    try:
-        SearchRunner(spec, store, ArtifactStore(tmp_path, 1), torch.device("cpu")).run()
-    except RuntimeError:
-        pass
-    return [(t.arch_key, list(t.evaluations)) for t in store.trials]
+    return run_bench_experiment(name, None, store, tmp_path)  # 40 evaluations: the race is the last 6
 
 
 @pytest.mark.parametrize("killed_after", [33, 35, 38])

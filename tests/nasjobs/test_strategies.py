@@ -6,18 +6,15 @@ import copy
 import json
 import random
 import statistics
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import pytest
-import torch
 
 from nasjobs import nb201_table
-from nasjobs.artifacts import ArtifactStore
-from nasjobs.bench import bench_spec, make_strategy, run_search
+from nasjobs.bench import make_strategy, run_search
 from nasjobs.options import OptionError, parse_config
-from nasjobs.search import MemoryStore, SearchRunner, TrialRecord, best_trial
+from nasjobs.search import MemoryStore, best_trial
 from nasjobs.spaces import ChainCNN, NB201, SearchSpace
 from nasjobs.spaces.chain_cnn import ChainCNNConfig
 from nasjobs.spaces.nb201 import NB201Config
@@ -25,6 +22,7 @@ from nasjobs.strategies import STRATEGIES, Strategy
 from nasjobs.strategies.bo import BOConfig
 from nasjobs.strategies.evolution import EvolutionConfig
 from nasjobs.strategies.reinforce import Reinforce, ReinforceConfig
+from tests.nasjobs.killed import KilledStore, run_bench_experiment
 
 LEARNING = ["evolution", "reinforce", "bo", "local_search"]
 NB = NB201()
@@ -69,26 +67,8 @@ def test_the_bench_reports_what_the_experiment_names_best_and_every_evaluation_c
     assert lucky_beaten
 
 
-@dataclass
-class KilledStore(MemoryStore):
-    """Dies after `survive` more evaluations are recorded, as a killed worker would."""
-
-    survive: int = 0
-
-    def record_trial(self, trial: TrialRecord, strategy_state: dict[str, Any], kept: list[int]) -> None:
-        super().record_trial(trial, strategy_state, kept)
-        self.survive -= 1
-        if self.survive == 0:
-            raise RuntimeError("worker killed")
-
-
-def run_experiment(store: MemoryStore, tmp_path: Any, budget: int = 40) -> list[tuple[str, list[float]]]:
-    spec = bench_spec("bo", "cifar10", budget, seed=11, options=REEVALUATING)
-    try:
-        SearchRunner(spec, store, ArtifactStore(tmp_path, 1), torch.device("cpu")).run()
-    except RuntimeError:
-        pass
-    return [(t.arch_key, list(t.evaluations)) for t in store.trials]
+def run_experiment(store: MemoryStore, tmp_path: Any) -> list[tuple[str, list[float]]]:
+    return run_bench_experiment("bo", REEVALUATING, store, tmp_path)
 
 
 @pytest.mark.parametrize("killed_after", [14, 23, 31])

@@ -1,6 +1,6 @@
 """Search spaces, by name."""
 from nasjobs.registry import Registry
-from nasjobs.spaces.base import ArchParseError, Graph, SearchSpace
+from nasjobs.spaces.base import ArchParseError, Graph, OpGraph, SearchSpace
 from nasjobs.spaces.chain_cnn import ChainCNN
 from nasjobs.spaces.darts import Darts
 from nasjobs.spaces.nb201 import NB201
@@ -10,4 +10,4 @@ SPACES.register(ChainCNN.name, ChainCNN)
 SPACES.register(Darts.name, Darts)
 SPACES.register(NB201.name, NB201)
 
-__all__ = ["SPACES", "ArchParseError", "Graph", "SearchSpace", "ChainCNN", "NB201"]
+__all__ = ["SPACES", "ArchParseError", "Graph", "OpGraph", "SearchSpace", "ChainCNN", "NB201"]

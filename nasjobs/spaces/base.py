@@ -28,6 +28,17 @@ class Graph:
                 "clusters": {k: list(v) for k, v in self.clusters.items()}}
 
 
+@dataclass(frozen=True)
+class OpGraph:
+    """An architecture as a DAG with an operation on each node, the view graph-aware surrogates read
+    (`nasjobs.strategies.encodings.wl_features`): `labels[i]` is node i's operation (or a role such as "input"),
+    `inputs[i]` the nodes feeding node i. Unlike `Graph`, which is for drawing, it carries no positions or
+    names, so two architectures that compute the same thing give equal graphs."""
+
+    labels: tuple[str, ...]
+    inputs: tuple[tuple[int, ...], ...]
+
+
 class SearchSpace(ABC, Generic[A]):
     """One search space. Architectures are immutable, hashable values; `to_str` is their database key.
 
@@ -79,6 +90,11 @@ class SearchSpace(ABC, Generic[A]):
 
     @abstractmethod
     def describe(self, arch: A) -> Graph: ...
+
+    def op_graph(self, arch: A) -> OpGraph | None:
+        """The architecture as an operations-on-nodes DAG for graph-aware surrogates; None (the default) when the
+        space offers no such view, and a strategy then reads `to_tokens` instead."""
+        return None
 
     def display(self, arch: A) -> str:
         """A short human-readable form for tables (defaults to the canonical string)."""

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from nasjobs.options import OptionError, option
-from nasjobs.spaces.base import ArchParseError, Graph, SearchSpace
+from nasjobs.spaces.base import ArchParseError, Graph, OpGraph, SearchSpace
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 # (to, from) of each edge, in the order of the benchmark's string: node 1; node 2; node 3.
@@ -216,6 +216,29 @@ class NB201(SearchSpace[NB201Arch]):
         g = Graph(nodes=[(str(n), f"{n} ({labels[n]})" if n in labels else str(n)) for n in range(NUM_NODES)])
         g.edges = [(str(src), str(dst), op) for (dst, src), op in zip(EDGES, arch) if op != "none"]
         return g
+
+    def op_graph(self, arch: NB201Arch) -> OpGraph:
+        """The cell with each live edge's operation as a node (NAS-Bench-101's operations-on-nodes form, as
+        NAS-BOWL reads NAS-Bench-201 cells), between an "input" and an "output" node. `none` edges carry nothing
+        and are left out, and so is every edge that lies on no input-to-output path (its result is never
+        used), so cells that differ only in such edges give equal graphs."""
+        live = [(dst, src, op) for (dst, src), op in zip(EDGES, arch) if op != "none"]
+        reached = {0}  # nodes with a path from the input; EDGES is in order of the destination node
+        for dst, src, _ in live:
+            if src in reached:
+                reached.add(dst)
+        used = {NUM_NODES - 1}  # nodes with a path to the output
+        for dst, src, _ in reversed(live):
+            if dst in used:
+                used.add(src)
+        live = [(dst, src, op) for dst, src, op in live if src in reached and dst in used]
+        labels = ["input"] + [op for _, _, op in live] + ["output"]
+        position = {(dst, src): i + 1 for i, (dst, src, _) in enumerate(live)}
+        inputs: list[tuple[int, ...]] = [()]
+        for dst, src, _ in live:
+            inputs.append((0,) if src == 0 else tuple(position[d, s] for d, s, _ in live if d == src))
+        inputs.append(tuple(position[d, s] for d, s, _ in live if d == NUM_NODES - 1))
+        return OpGraph(tuple(labels), tuple(inputs))
 
     def display(self, arch: NB201Arch) -> str:
         short = [SHORT[op] for op in arch]

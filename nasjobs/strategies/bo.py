@@ -1,10 +1,11 @@
-"""Bayesian optimisation: a Gaussian process over one-hot token encodings, expected improvement as acquisition."""
+"""Bayesian optimisation: a Gaussian process over Weisfeiler-Lehman graph features (or one-hot tokens), expected
+improvement as acquisition."""
 from __future__ import annotations
 
 import random
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from scipy.stats import norm
@@ -16,11 +17,17 @@ from nasjobs.options import option
 from nasjobs.rng import rng_state, set_rng_state
 from nasjobs.spaces.base import SearchSpace
 from nasjobs.strategies.base import Strategy
+from nasjobs.strategies.encodings import one_hot_features, wl_features
 from nasjobs.strategies.race import FinalRace, Racing, race_options
 
 
 @dataclass(frozen=True)
 class BOConfig:
+    encoding: str = option("graph", "How the model sees an architecture: 'graph' counts Weisfeiler-Lehman features "
+                                    "of its operations graph (spaces without one use 'one_hot'); 'one_hot' encodes "
+                                    "each token position", choices=("graph", "one_hot"))
+    wl_iterations: int = option(1, "Weisfeiler-Lehman relabellings of the 'graph' encoding (0: operation counts "
+                                   "only; 1: each operation with its inputs)", min=0, max=4)
     initial: int = option(10, "Random architectures evaluated before the model is used", min=1, max=10_000)
     parents: int = option(10, "Best architectures whose neighbours are candidates", min=1, max=1000)
     max_neighbours: int = option(100, "Neighbours of a parent scored at most (a random subset beyond)", min=1,
@@ -49,8 +56,16 @@ class BayesianOptimisation(Racing, Strategy):
 
     After `initial` random architectures, each proposal maximises expected improvement (Jones et al. 1998,
     EI(x) = (μ(x) − y* − ξ)Φ(z) + σ(x)φ(z), z = (μ(x) − y* − ξ)/σ(x)) over unseen candidates: the
-    neighbours of the best architectures plus random samples (BANANAS' acquisition optimisation). Inputs are
-    one-hot encodings of `to_tokens`; the kernel is c·RBF + white noise, fitted to each architecture's mean.
+    neighbours of the best architectures plus random samples (BANANAS' acquisition optimisation). The kernel is
+    c·RBF + white noise, fitted to each architecture's mean.
+
+    Inputs (`encoding`): by default the Weisfeiler-Lehman subtree features of the space's operations graph
+    (`SearchSpace.op_graph`; NAS-BOWL, Ru et al. 2021, whose WL kernel is the dot product of these counts; here
+    they feed the RBF kernel instead, which measured better), so the model sees which operations follow which
+    wherever they sit in the cell; with `one_hot`, or on a space without an operations graph, the one-hot
+    encoding of `to_tokens`. On the NAS-Bench-201 bench (CIFAR-10, 100 evaluations) the graph encoding with one
+    relabelling lifted the reported architecture's test accuracy from 94.20 to about 94.25: with one-hot inputs,
+    a run whose early leaders hold skip connections on other edges than the best cells' stayed in that basin.
 
     Re-evaluation (off by default): with `incumbent_evaluations` > 1 or `readings_every`, the strategy races its
     leaders as SMAC's intensification does (Hutter, Hoos & Leyton-Brown 2011): before trying a new architecture
@@ -75,23 +90,34 @@ class BayesianOptimisation(Racing, Strategy):
     def __init__(self, space: SearchSpace, config: BOConfig, seed: int) -> None:
         super().__init__(space, config, seed)
         self.rng = random.Random(seed)
-        self.vocab_sizes = [len(v) for v in space.vocabulary()]
-        self.offsets = np.cumsum([0] + self.vocab_sizes[:-1])
         self.keys: list[str] = []  # observed architectures, in order (a key may repeat)
         self.values: list[float] = []
         self.theta: list[float] | None = None  # kernel hyperparameters (log scale) of the last fit
         self.fitted_at = 0  # observations when the hyperparameters were last fitted
-        self._rows: dict[str, np.ndarray] = {}  # encodings computed so far
         self.race = FinalRace(config.final_race, config.race_leaders)
 
     # encoding and model ---------------------------------------------------------------------------------------
-    def _encode(self, keys: list[str]) -> np.ndarray:
-        x = np.zeros((len(keys), sum(self.vocab_sizes)))
-        for row, key in enumerate(keys):
-            if key not in self._rows:
-                self._rows[key] = self.offsets + np.asarray(self.space.to_tokens(self.space.from_str(key)))
-            x[row, self._rows[key]] = 1.0
-        return x
+    def _encode_one(self, key: str) -> dict[str, float]:
+        arch = self.space.from_str(key)
+        graph = self.space.op_graph(arch) if self.config.encoding == "graph" else None
+        if graph is None:
+            return one_hot_features(self.space.to_tokens(arch))
+        return wl_features(graph, self.config.wl_iterations)
+
+    def _encoder(self, keys: list[str]) -> Callable[[list[str]], np.ndarray]:
+        """Dense encodings of (a subset of) `keys` over the features they hold, in name order: a zero column
+        changes no distance, and a fixed order makes a resumed run's arithmetic the uninterrupted run's."""
+        rows = {key: self._encode_one(key) for key in keys}
+        columns = {name: i for i, name in enumerate(sorted({f for row in rows.values() for f in row}))}
+
+        def encode(subset: list[str]) -> np.ndarray:
+            x = np.zeros((len(subset), len(columns)))
+            for r, key in enumerate(subset):
+                for name, count in rows[key].items():
+                    x[r, columns[name]] = count
+            return x
+
+        return encode
 
     def _target(self, values: list[float]) -> np.ndarray:
         y = np.asarray(values, dtype=np.float64)
@@ -99,7 +125,7 @@ class BayesianOptimisation(Racing, Strategy):
             y = -np.log(np.clip(1.0 - y, 1e-4, None))
         return y
 
-    def _model(self) -> GaussianProcessRegressor:
+    def _model(self, encode: Callable[[list[str]], np.ndarray]) -> GaussianProcessRegressor:
         kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * RBF(2.0, (0.1, 100.0))
                   + WhiteKernel(0.01, (1e-6, 1.0)))
         if self.theta is not None:
@@ -111,7 +137,7 @@ class BayesianOptimisation(Racing, Strategy):
             # One row per architecture, its mean reading: fitted to every reading instead, the search found the
             # optimum's neighbourhood less often (bench, CIFAR-10, 300 evaluations).
             runs = self._readings()
-            gp.fit(self._encode(list(runs)), self._target([sum(r) / len(r) for r in runs.values()]))
+            gp.fit(encode(list(runs)), self._target([sum(r) / len(r) for r in runs.values()]))
         if refit:
             self.theta = gp.kernel_.theta.tolist()
             self.fitted_at = len(self.values)
@@ -175,16 +201,17 @@ class BayesianOptimisation(Racing, Strategy):
         seen = set(self.keys)
         if len(seen) < self.config.initial:
             return self.space.sample(self.rng)
-        gp = self._model()
+        candidates = self._candidates(seen)
         evaluated = sorted(seen)
-        posterior = gp.predict(self._encode(evaluated))
+        encode = self._encoder(evaluated + candidates)
+        gp = self._model(encode)
+        posterior = gp.predict(encode(evaluated))
         again = self._to_reevaluate(evaluated, posterior)
         if again is not None:
             return self.space.from_str(again)
-        candidates = self._candidates(seen)
         if not candidates:
             return self.space.sample(self.rng)
-        mu, sigma = gp.predict(self._encode(candidates), return_std=True)
+        mu, sigma = gp.predict(encode(candidates), return_std=True)
         incumbent = float(np.max(posterior))
         sigma = np.maximum(sigma, 1e-12)
         z = (mu - incumbent - self.config.xi) / sigma

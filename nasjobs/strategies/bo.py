@@ -29,13 +29,14 @@ class BOConfig:
     wl_iterations: int = option(1, "Weisfeiler-Lehman relabellings of the 'graph' encoding (0: operation counts "
                                    "only; 1: each operation with its inputs)", min=0, max=4)
     initial: int = option(10, "Random architectures evaluated before the model is used", min=1, max=10_000)
-    parents: int = option(10, "Best architectures whose neighbours are candidates", min=1, max=1000)
+    parents: int = option(5, "Best architectures whose neighbours are candidates", min=1, max=1000)
     max_neighbours: int = option(100, "Neighbours of a parent scored at most (a random subset beyond)", min=1,
                                  max=100_000)
     random_candidates: int = option(200, "Random architectures scored besides the neighbours", min=0,
                                     max=100_000)
     refit_every: int = option(10, "Observations between refits of the kernel's hyperparameters", min=1, max=1000)
-    log_error: bool = option(False, "Model -log(1 - value): spreads the good end, tames failed networks")
+    log_error: bool = option(True, "Model -log(1 - value): spreads the good end, tames failed networks (only while "
+                                   "every value is an accuracy in [0, 1]; other figures are modelled as they are)")
     xi: float = option(0.0, "Exploration margin of expected improvement, in model units", min=0.0, max=10.0)
     incumbent_evaluations: int = option(1, "Evaluations the best architecture (highest mean) needs before a new one "
                                            "is tried; each costs one trial of the budget (1: never re-evaluate)",
@@ -63,9 +64,15 @@ class BayesianOptimisation(Racing, Strategy):
     (`SearchSpace.op_graph`; NAS-BOWL, Ru et al. 2021, whose WL kernel is the dot product of these counts; here
     they feed the RBF kernel instead, which measured better), so the model sees which operations follow which
     wherever they sit in the cell; with `one_hot`, or on a space without an operations graph, the one-hot
-    encoding of `to_tokens`. On the NAS-Bench-201 bench (CIFAR-10, 100 evaluations) the graph encoding with one
-    relabelling lifted the reported architecture's test accuracy from 94.20 to about 94.25: with one-hot inputs,
-    a run whose early leaders hold skip connections on other edges than the best cells' stayed in that basin.
+    encoding of `to_tokens`. The model is fitted to -log(1 − accuracy) (`log_error`), which spreads the good end
+    of the scale where the search decides.
+
+    Measured on the NAS-Bench-201 bench (CIFAR-10, 100 evaluations, test accuracy of the reported architecture,
+    mean of 100 runs): one-hot inputs 94.20; the graph encoding with one relabelling 94.23 (with one-hot inputs,
+    runs whose early leaders held skip connections on other edges than the best cells' stayed in that basin: 16
+    of 100, against 9 with the graph); with two relabellings 94.22; candidates from the best 5 instead of 10
+    and the log target, together 94.29, and 94.27 on the next 100 seeds (the best 5 alone: 94.28 / 94.24, the
+    log target alone 94.27); 1,000 random candidates instead of 200 did not pay (94.26 / 94.17).
 
     Re-evaluation (off by default): with `incumbent_evaluations` > 1 or `readings_every`, the strategy races its
     leaders as SMAC's intensification does (Hutter, Hoos & Leyton-Brown 2011): before trying a new architecture
@@ -121,7 +128,7 @@ class BayesianOptimisation(Racing, Strategy):
 
     def _target(self, values: list[float]) -> np.ndarray:
         y = np.asarray(values, dtype=np.float64)
-        if self.config.log_error:
+        if self.config.log_error and np.all((y >= 0.0) & (y <= 1.0)):
             y = -np.log(np.clip(1.0 - y, 1e-4, None))
         return y
 

@@ -2,7 +2,6 @@
 space has no graph."""
 from __future__ import annotations
 
-import json
 import math
 import random
 
@@ -17,7 +16,7 @@ from nasjobs.spaces.chain_cnn import ChainCNNConfig
 from nasjobs.spaces.nb201 import OPS
 from nasjobs.strategies.bo import BOConfig
 from nasjobs.strategies.encodings import one_hot_features, wl_features
-from tests.nasjobs.test_strategies import drive
+from tests.nasjobs.test_strategies import resumed_and_uninterrupted
 
 NB = NB201()
 C3, C1, SK, AP, NO = "nor_conv_3x3", "nor_conv_1x1", "skip_connect", "avg_pool_3x3", "none"
@@ -97,12 +96,7 @@ def test_bo_reads_the_graph_on_nb201_and_tokens_where_a_space_has_none() -> None
 
 @pytest.mark.parametrize("options", [{"encoding": "one_hot"}, {"wl_iterations": 0}, {"wl_iterations": 2}])
 def test_each_encoding_proposes_valid_architectures_and_resumes_exactly(options: dict) -> None:
-    expected = drive(make_strategy("bo", NB, seed=5, options=options), NB, 30)
-    first = make_strategy("bo", NB, seed=5, options=options)
-    got = drive(first, NB, 15)
-    resumed = make_strategy("bo", NB, seed=5, options=options)
-    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
-    got += drive(resumed, NB, 15)
+    got, expected = resumed_and_uninterrupted("bo", NB, 5, options, 15, 15)
     assert got == expected
     assert len(set(expected)) == len(expected)
 

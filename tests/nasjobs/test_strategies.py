@@ -100,33 +100,31 @@ def drive(strategy: Strategy, space: SearchSpace, steps: int) -> list[str]:
     return proposals
 
 
+def resumed_and_uninterrupted(name: str, space: SearchSpace, seed: int, options: dict | None, before: int,
+                              after: int) -> tuple[list[str], list[str]]:
+    """The proposals of a search checkpointed after `before` steps and resumed by a fresh strategy from its JSON
+    state (what the database keeps), and those of the same search run `before + after` steps uninterrupted."""
+    expected = drive(make_strategy(name, space, seed, options), space, before + after)
+    first = make_strategy(name, space, seed, options)
+    got = drive(first, space, before)
+    resumed = make_strategy(name, space, seed, options)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    return got + drive(resumed, space, after), expected
+
+
 @pytest.mark.parametrize("space", [NB, CHAIN], ids=["nb201", "chain_cnn"])
 @pytest.mark.parametrize("name", LEARNING + ["random"])
 def test_it_proposes_valid_architectures_and_resumes_exactly(name: str, space: SearchSpace) -> None:
     steps = 30 if name != "bo" else 15
-    uninterrupted = make_strategy(name, space, seed=7)
-    expected = drive(uninterrupted, space, 2 * steps)
-
-    first = make_strategy(name, space, seed=7)
-    got = drive(first, space, steps)
-    state = json.loads(json.dumps(first.state_dict()))  # what the database keeps
-    resumed = make_strategy(name, space, seed=7)
-    resumed.load_state_dict(state)
-    got += drive(resumed, space, steps)
+    got, expected = resumed_and_uninterrupted(name, space, 7, None, steps, steps)
     assert got == expected
 
 
 def test_bo_that_reevaluates_checkpoints_exactly() -> None:
     """Driven directly (a repeat proposal observed again), its state round-trips through JSON mid-search."""
     options = parse_config(BOConfig, REEVALUATING)
-    uninterrupted = make_strategy("bo", NB, seed=3, options=REEVALUATING)
-    assert uninterrupted.reevaluates and options.incumbent_evaluations == 3
-    expected = drive(uninterrupted, NB, 24)
-    first = make_strategy("bo", NB, seed=3, options=REEVALUATING)
-    got = drive(first, NB, 14)
-    resumed = make_strategy("bo", NB, seed=3, options=REEVALUATING)
-    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
-    got += drive(resumed, NB, 10)
+    assert make_strategy("bo", NB, seed=3, options=REEVALUATING).reevaluates and options.incumbent_evaluations == 3
+    got, expected = resumed_and_uninterrupted("bo", NB, 3, REEVALUATING, 14, 10)
     assert got == expected
     assert len(set(expected)) < len(expected)  # it did propose evaluated architectures again
 

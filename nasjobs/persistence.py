@@ -73,7 +73,7 @@ def run_experiment_now(experiment_id: int, worker: str) -> str:
         return "lost"
     except Exception as exc:  # the experiment fails with a readable reason; the worker lives on
         log.exception("experiment %s failed", experiment_id)
-        services.experiment_fail(experiment_id, worker, f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+        services.experiment_fail(experiment_id, worker, f"{type(exc).__name__}: {exc}", traceback.format_exc())
         return "done"
     return "done"
 

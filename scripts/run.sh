@@ -2,7 +2,12 @@
 # `make run`: migrate, make sure Redis is up, start one Celery worker and the web server; Ctrl-C stops all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export DEBUG="${DEBUG:-1}"
+# Local settings live in .env (git-ignored), written once: the server, the worker and every `manage.py` command
+# in another terminal read the same DEBUG and SECRET_KEY from it.
+if [ ! -f .env ]; then
+  (umask 077 && printf 'DEBUG=1\nSECRET_KEY=%s\n' "$(python3 -c 'import secrets; print(secrets.token_urlsafe(50))')" > .env)
+  echo "Wrote local settings to .env (DEBUG on, a generated SECRET_KEY)."
+fi
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 PY=.venv/bin/python
 pids=()

@@ -1,4 +1,6 @@
-"""Shared fixtures: named users, and a real Celery worker process against the real Redis."""
+"""Shared fixtures: named users on two teams, and a real Celery worker process against the real Redis.
+
+alice: staff, and admin of team "vision"; carol: a member of "vision"; bob: a member of "speech"."""
 from __future__ import annotations
 
 import os
@@ -15,15 +17,41 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _member(user, team_name: str, role: str = "member"):
+    from webapp.teams.models import Membership, Team
+
+    team, _ = Team.objects.get_or_create(name=team_name)
+    Membership.objects.create(user=user, team=team, role=role)
+    return user
+
+
 @pytest.fixture
-def alice(django_user_model):
-    return django_user_model.objects.create_user("alice", password="alice-pass-123", is_staff=True,
-                                                 is_superuser=True)
+def vision(db):
+    from webapp.teams.models import Team
+
+    return Team.objects.get_or_create(name="vision")[0]
+
+
+@pytest.fixture
+def alice(django_user_model, vision):
+    return _member(django_user_model.objects.create_user("alice", password="alice-pass-123", is_staff=True,
+                                                         is_superuser=True), "vision", "admin")
 
 
 @pytest.fixture
 def bob(django_user_model):
-    return django_user_model.objects.create_user("bob", password="bob-pass-123")
+    return _member(django_user_model.objects.create_user("bob", password="bob-pass-123"), "speech")
+
+
+@pytest.fixture
+def carol(django_user_model, vision):
+    return _member(django_user_model.objects.create_user("carol", password="carol-pass-123"), "vision")
+
+
+@pytest.fixture
+def demo(django_user_model):
+    """The user `manage.py nas` acts as by default, admin of the demo team (what `make run` creates)."""
+    return _member(django_user_model.objects.create_user("demo", password="demo-pass-123"), "demo", "admin")
 
 
 @pytest.fixture

@@ -43,3 +43,20 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def load_env_file(path: str | None) -> None:
+    """Read KEY=VALUE lines (blank lines and # comments skipped) into the environment, never overriding a
+    variable that is already set. A missing file is fine; a malformed line stops start-up."""
+    if not path or not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            key, sep, value = line.partition("=")
+            key = key.strip()
+            if not sep or not key.isidentifier():
+                raise ImproperlyConfigured(f"{path}:{number}: expected KEY=VALUE")
+            os.environ.setdefault(key, value.strip().strip("'\""))

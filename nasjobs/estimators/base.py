@@ -33,6 +33,8 @@ class Estimator(ABC):
     # A folder private to the experiment for files an estimator keeps between trials and restarts (a trained
     # supernet, say); set by the search loop, None when the estimator runs alone.
     workdir: Path | None = None
+    # Whether a trial trains a network: what an experiment's compute (trials x epochs) is counted on.
+    trains_networks: ClassVar[bool] = True
 
     def __init__(self, space: SearchSpace, dataset: Dataset, config: Any, device: torch.device) -> None:
         self.space = space

@@ -45,6 +45,7 @@ class BenchmarkEstimator(Estimator):
     name = "benchmark"
     title = "NAS-Bench-201 table lookup"
     Config = BenchmarkConfig
+    trains_networks = False
 
     def __init__(self, space: SearchSpace, dataset: Dataset | None, config: BenchmarkConfig,
                  device: torch.device | None = None) -> None:

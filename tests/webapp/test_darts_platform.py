@@ -28,7 +28,7 @@ def tiny_spec(epochs: int, seed: int = 0) -> ExperimentSpec:
 
 
 @pytest.mark.django_db
-def test_nas_submit_runs_a_two_epoch_search_and_reports_the_derived_cell(capsys, settings, tmp_path):
+def test_nas_submit_runs_a_two_epoch_search_and_reports_the_derived_cell(capsys, settings, tmp_path, demo):
     settings.NAS_ARTIFACTS_DIR = str(tmp_path)
     call_command("nas", "submit", "--space", "nb201", "--strategy", "darts", "--dataset", "digits", "--epochs", "2",
                  *TINY, "--inline", "--json")

@@ -19,7 +19,7 @@ def as_browser_submits(form: ExperimentForm) -> dict:
     return data
 
 
-VALID = {**as_browser_submits(ExperimentForm()), "name": "digits baseline", "budget": "4", "epochs": "2",
+VALID = {**as_browser_submits(ExperimentForm()), "name": "digits baseline", "team": "vision", "budget": "4", "epochs": "2",
          "top_k": "2"}
 
 

@@ -69,7 +69,7 @@ def test_cancel_and_resume(alice_client, alice, django_capture_on_commit_callbac
     e.refresh_from_db()
     assert e.status == "cancelled"
     response = alice_client.post(reverse("experiment_cancel", args=[e.pk]), follow=True)
-    assert "Only a queued or running experiment can be cancelled" in response.content.decode()
+    assert "Only a pending, queued or running experiment can be cancelled" in response.content.decode()
     with django_capture_on_commit_callbacks() as callbacks:
         alice_client.post(reverse("experiment_resume", args=[e.pk]))
     e.refresh_from_db()

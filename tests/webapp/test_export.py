@@ -8,7 +8,7 @@ import torch
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("demo")]
 
 
 def load(data: bytes) -> tuple[torch.nn.Module, dict]:

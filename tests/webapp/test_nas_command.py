@@ -8,7 +8,7 @@ from django.core.management import CommandError, call_command
 
 from webapp.experiments.models import Experiment
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("demo")]
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -61,14 +61,14 @@ def test_unknown_ids_and_wrong_states_are_errors():
 
 def test_from_a_shell_a_bad_argument_exits_non_zero_with_one_line(tmp_path):
     done = subprocess.run([sys.executable, "manage.py", "nas", "submit", "--budget", "nope"], cwd=ROOT,
-                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "DEBUG": "1",
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "DEBUG": "1", "NAS_ENV_FILE": "",
                                                                "NAS_VAR_DIR": str(tmp_path)})
     assert done.returncode != 0
     assert done.stderr.strip().count("\n") == 0 and "invalid int value: 'nope'" in done.stderr
 
 
 def test_settings_refuse_to_start_without_a_secret_key_when_debug_is_off(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "DEBUG": "0", "NAS_VAR_DIR": str(tmp_path)}
+    env = {"PATH": "/usr/bin:/bin", "DEBUG": "0", "NAS_VAR_DIR": str(tmp_path), "NAS_ENV_FILE": ""}
     done = subprocess.run([sys.executable, "-c", "import webapp.settings"], cwd=ROOT, capture_output=True, text=True,
                           env=env)
     assert done.returncode != 0 and "SECRET_KEY is required when DEBUG is off" in done.stderr

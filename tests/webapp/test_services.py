@@ -15,23 +15,24 @@ def record(n, key="c16k3", acc=0.5):
     return TrialRecord(n, key, key, acc, 10, 20, 0.1, {"epochs": 1}, [acc], f"/x/{n}.pt", "train")
 
 
-def test_create_validates_before_writing():
+def test_create_validates_before_writing(vision):
     with pytest.raises(SpecError) as err:
-        services.experiment_create(user=None, name="x", spec=ExperimentSpec(**{**SPEC.__dict__, "budget": 0}))
+        services.experiment_create(user=None, team=vision, name="x",
+                                   spec=ExperimentSpec(**{**SPEC.__dict__, "budget": 0}))
     assert err.value.field == "budget"
     assert Experiment.objects.count() == 0
 
 
-def test_only_one_worker_can_claim_an_experiment():
-    e = services.experiment_create(user=None, name="x", spec=SPEC, enqueue=False)
+def test_only_one_worker_can_claim_an_experiment(vision):
+    e = services.experiment_create(user=None, team=vision, name="x", spec=SPEC, enqueue=False)
     assert services.experiment_claim(e.pk, "w1")
     assert not services.experiment_claim(e.pk, "w2")
     e.refresh_from_db()
     assert e.status == "running" and e.claimed_by == "w1" and e.started_at is not None
 
 
-def test_a_silent_workers_experiment_is_taken_over_after_the_lease(settings):
-    e = services.experiment_create(user=None, name="x", spec=SPEC, enqueue=False)
+def test_a_silent_workers_experiment_is_taken_over_after_the_lease(settings, vision):
+    e = services.experiment_create(user=None, team=vision, name="x", spec=SPEC, enqueue=False)
     services.experiment_claim(e.pk, "w1")
     Experiment.objects.filter(pk=e.pk).update(
         heartbeat_at=timezone.now() - timedelta(seconds=settings.NAS_LEASE_SECONDS + 1))
@@ -41,8 +42,8 @@ def test_a_silent_workers_experiment_is_taken_over_after_the_lease(settings):
     assert Trial.objects.count() == 0
 
 
-def test_recording_a_trial_is_atomic_and_forgets_weights_outside_the_top_k():
-    e = services.experiment_create(user=None, name="x", spec=SPEC, enqueue=False)
+def test_recording_a_trial_is_atomic_and_forgets_weights_outside_the_top_k(vision):
+    e = services.experiment_create(user=None, team=vision, name="x", spec=SPEC, enqueue=False)
     services.experiment_claim(e.pk, "w")
     services.trial_record(e.pk, "w", record(0, "c16k3", 0.5), {"step": 0}, [0])
     services.trial_record(e.pk, "w", record(1, "c32k3", 0.7), {"step": 1}, [1])
@@ -56,8 +57,8 @@ def test_recording_a_trial_is_atomic_and_forgets_weights_outside_the_top_k():
     assert e.trials_done == 2 and e.strategy_state == {"step": 1}
 
 
-def test_a_trial_finishing_after_cancel_is_kept_and_the_heartbeat_reports_the_cancel():
-    e = services.experiment_create(user=None, name="x", spec=SPEC, enqueue=False)
+def test_a_trial_finishing_after_cancel_is_kept_and_the_heartbeat_reports_the_cancel(vision):
+    e = services.experiment_create(user=None, team=vision, name="x", spec=SPEC, enqueue=False)
     services.experiment_claim(e.pk, "w")
     assert services.experiment_cancel(e)
     services.trial_record(e.pk, "w", record(0), {}, [0])
@@ -67,8 +68,8 @@ def test_a_trial_finishing_after_cancel_is_kept_and_the_heartbeat_reports_the_ca
     assert e.status == "cancelled" and e.trials_done == 1
 
 
-def test_resume_only_from_cancelled_or_failed(django_capture_on_commit_callbacks):
-    e = services.experiment_create(user=None, name="x", spec=SPEC, enqueue=False)
+def test_resume_only_from_cancelled_or_failed(django_capture_on_commit_callbacks, vision):
+    e = services.experiment_create(user=None, team=vision, name="x", spec=SPEC, enqueue=False)
     assert not services.experiment_resume(e)
     services.experiment_claim(e.pk, "w")
     services.experiment_fail(e.pk, "w", "boom")
@@ -78,8 +79,8 @@ def test_resume_only_from_cancelled_or_failed(django_capture_on_commit_callbacks
     assert e.status == "queued" and e.error == "" and len(callbacks) == 1
 
 
-def test_a_reevaluation_updates_its_trial_and_counts_as_an_evaluation():
-    e = services.experiment_create(user=None, name="x", spec=SPEC, enqueue=False)
+def test_a_reevaluation_updates_its_trial_and_counts_as_an_evaluation(vision):
+    e = services.experiment_create(user=None, team=vision, name="x", spec=SPEC, enqueue=False)
     services.experiment_claim(e.pk, "w")
     services.trial_record(e.pk, "w", record(0, "c16k3", 0.5), {}, [0])
     again = record(0, "c16k3", 0.6)

@@ -11,6 +11,7 @@ from nasjobs.search import COMPONENTS, LIMITS, ExperimentSpec, SpecError, valida
 from nasjobs.spaces import SPACES
 from nasjobs.strategies import STRATEGIES
 from nasjobs.estimators import ESTIMATORS
+from webapp.teams.selectors import member_teams
 
 REGISTRIES = {"space": SPACES, "strategy": STRATEGIES, "estimator": ESTIMATORS}
 
@@ -44,6 +45,7 @@ def _choices(registry) -> list[tuple[str, str]]:
 
 class ExperimentForm(forms.Form):
     name = forms.CharField(max_length=100)
+    team = forms.ChoiceField(choices=(), help_text="Who owns it, sees it and pays its compute")
     dataset = forms.ChoiceField(choices=())
     space = forms.ChoiceField(choices=(), label="Search space")
     strategy = forms.ChoiceField(choices=())
@@ -62,8 +64,11 @@ class ExperimentForm(forms.Form):
     top_k = forms.IntegerField(min_value=LIMITS["top_k"][0], max_value=LIMITS["top_k"][1], initial=5,
                                label="Keep weights of top k", help_text="Trained weights kept on disk")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, user=None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        teams = list(member_teams(user)) if user is not None else []
+        self.fields["team"].choices = [(t.name, t.name) for t in teams]
+        self.fields["team"].initial = teams[0].name if teams else None
         self.fields["dataset"].choices = [(n, n) for n in DATASETS.names()]
         self.fields["dataset"].initial = "digits"
         self.option_groups: list[dict[str, Any]] = []
@@ -128,3 +133,9 @@ class CalibrationForm(forms.Form):
     @staticmethod
     def defaults(experiment) -> dict[str, int]:
         return {"k": max(2, min(10, experiment.trials_done)), "epochs": 2 * experiment.epochs}
+
+
+class ReviewForm(forms.Form):
+    decision = forms.ChoiceField(choices=[("approve", "Approve"), ("reject", "Reject")])
+    comment = forms.CharField(required=False, max_length=2000, widget=forms.TextInput(
+        attrs={"placeholder": "comment (the reason, to reject)"}))

@@ -9,6 +9,8 @@ from nasjobs.search import ExperimentSpec
 
 class Experiment(models.Model):
     class Status(models.TextChoices):
+        PENDING_REVIEW = "pending_review", "pending review"
+        REJECTED = "rejected"
         QUEUED = "queued"
         RUNNING = "running"
         SUCCEEDED = "succeeded"
@@ -18,6 +20,7 @@ class Experiment(models.Model):
     ACTIVE = (Status.QUEUED, Status.RUNNING)
 
     name = models.CharField(max_length=100)
+    team = models.ForeignKey("teams.Team", on_delete=models.PROTECT, related_name="experiments")
     dataset = models.CharField(max_length=50)
     space = models.CharField(max_length=50)
     strategy = models.CharField(max_length=50)
@@ -32,12 +35,22 @@ class Experiment(models.Model):
                                                                    "(0: none)")
     options = models.JSONField(default=dict, blank=True, help_text="Validated options per component")
 
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    cost = models.PositiveBigIntegerField(default=0, help_text="Estimated compute in trial-epochs (trials x epochs)")
+    review_reason = models.CharField(max_length=300, blank=True, help_text="Why it needs a review")
+    reviewed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="reviewed_experiments")
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    review_comment = models.TextField(blank=True)
+    admitted_at = models.DateTimeField(null=True, blank=True, help_text="When it was allowed to run (counts "
+                                                                         "against that month's quota)")
     trials_done = models.PositiveIntegerField(default=0, help_text="Evaluations done (re-evaluations included)")
     best_val_acc = models.FloatField(null=True, blank=True)
     best_trial_number = models.PositiveIntegerField(null=True, blank=True)
     test_acc = models.FloatField(null=True, blank=True, help_text="Best trial's accuracy on the test split")
-    error = models.TextField(blank=True)
+    error = models.TextField(blank=True, help_text="What went wrong, in one line")
+    traceback = models.TextField(blank=True, help_text="Shown to the team's admins and staff only")
+
     class StopReason(models.TextChoices):
         BUDGET = "budget", "its trial budget"
         PATIENCE = "patience", "patience (no improvement)"
@@ -57,6 +70,7 @@ class Experiment(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["team", "-created_at"], name="experiment_team_newest")]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.name}"
@@ -162,3 +176,37 @@ class Calibration(models.Model):
 
     def __str__(self) -> str:
         return f"calibration {self.pk} of {self.experiment_id}"
+
+
+class ExperimentEvent(models.Model):
+    """The audit log: every state change of an experiment, with who made it and when. Kept after deletion."""
+
+    class Action(models.TextChoices):
+        CREATED = "created"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+        STARTED = "started"
+        RESUMED = "resumed"
+        CANCELLED = "cancelled"
+        FINISHED = "finished"
+        FAILED = "failed"
+        DELETED = "deleted"
+
+    experiment = models.ForeignKey(Experiment, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="events")
+    experiment_ref = models.PositiveBigIntegerField(db_index=True, help_text="The experiment's id, kept after "
+                                                                             "deletion")
+    experiment_name = models.CharField(max_length=100)
+    team = models.ForeignKey("teams.Team", on_delete=models.CASCADE, related_name="events")
+    action = models.CharField(max_length=20, choices=Action.choices, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="experiment_events")
+    actor_label = models.CharField(max_length=200, blank=True, help_text="The user or the worker")
+    detail = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"#{self.experiment_ref} {self.action} by {self.actor_label or '-'}"

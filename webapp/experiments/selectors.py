@@ -3,14 +3,113 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery
+from django.http import Http404
 from django.utils import timezone
 
-from webapp.experiments.models import Calibration, Experiment, SearchEpoch, Trial
+from webapp.experiments.models import Calibration, Experiment, ExperimentEvent, SearchEpoch, Trial
+from webapp.teams.selectors import User, is_team_admin, visible_team_ids
+
+# What a list row shows; the strategy checkpoint, options and traceback stay in the database.
+LIST_DEFERRED = ("strategy_state", "options", "traceback", "error", "review_comment")
+LIST_FILTERS = ("team", "owner", "status", "dataset", "space", "strategy", "q")
 
 
-def experiment_list() -> QuerySet[Experiment]:
-    return Experiment.objects.select_related("created_by").order_by("-created_at", "-id")
+def experiments_visible_to(user: User) -> QuerySet[Experiment]:
+    """Every experiment the user may see: their teams' (all for staff). Every page, API route and command starts
+    here, so an object of another team is never found."""
+    experiments = Experiment.objects.all()
+    team_ids = visible_team_ids(user)
+    return experiments if team_ids is None else experiments.filter(team_id__in=team_ids)
+
+
+def experiment_for_user(user: User, pk: int) -> Experiment:
+    """The experiment, if the user may see it; otherwise Http404, exactly as if it did not exist."""
+    experiment = experiments_visible_to(user).select_related("team", "created_by").filter(pk=pk).first()
+    if experiment is None:
+        raise Http404("no such experiment")
+    return experiment
+
+
+def trial_for_user(user: User, pk: int, number: int) -> tuple[Experiment, Trial]:
+    experiment = experiment_for_user(user, pk)
+    trial = experiment.trials.filter(number=number).first()
+    if trial is None:
+        raise Http404("no such trial")
+    return experiment, trial
+
+
+def can_manage(user: User, experiment: Experiment) -> bool:
+    """Cancel, resume, extend, delete or calibrate: its owner, an admin of its team, or staff."""
+    if not user.is_authenticated:
+        return False
+    return user.is_staff or experiment.created_by_id == user.pk or is_team_admin(user, experiment.team_id)
+
+
+def can_review(user: User, experiment: Experiment) -> bool:
+    """Approve or reject: staff, or an admin of its team who is not its owner."""
+    if not user.is_authenticated:
+        return False
+    return user.is_staff or (experiment.created_by_id != user.pk and is_team_admin(user, experiment.team_id))
+
+
+def can_see_traceback(user: User, experiment: Experiment) -> bool:
+    """A traceback shows server paths: only the team's admins and staff read it."""
+    return user.is_authenticated and (user.is_staff or is_team_admin(user, experiment.team_id))
+
+
+def experiment_list(user: User, filters: dict[str, str] | None = None) -> QuerySet[Experiment]:
+    """The team's shared history, newest first, filtered; rows carry their best trial's figures."""
+    experiments = experiments_visible_to(user)
+    for key, value in (filters or {}).items():
+        value = (value or "").strip()
+        if not value or key not in LIST_FILTERS:
+            continue
+        if key == "team":
+            experiments = experiments.filter(team__name=value)
+        elif key == "owner":
+            experiments = experiments.filter(created_by__username=value)
+        elif key == "q":
+            experiments = experiments.filter(name__icontains=value)
+        else:
+            experiments = experiments.filter(**{key: value})
+    best = Trial.objects.filter(experiment=OuterRef("pk"), number=OuterRef("best_trial_number"))
+    return (experiments.select_related("created_by", "team").defer(*LIST_DEFERRED)
+            .annotate(best_arch=Subquery(best.values("arch_key")[:1]),
+                      best_params=Subquery(best.values("params")[:1]))
+            .order_by("-created_at", "-id"))
+
+
+def experiment_filter_choices(user: User) -> dict[str, list[str]]:
+    """The values each list filter can take among the experiments the user sees."""
+    experiments = experiments_visible_to(user)
+    distinct = lambda field: sorted(v for v in experiments.values_list(field, flat=True).distinct() if v)  # noqa
+    return {"team": distinct("team__name"), "owner": distinct("created_by__username"),
+            "status": [s for s, _ in Experiment.Status.choices], "dataset": distinct("dataset"),
+            "space": distinct("space"), "strategy": distinct("strategy")}
+
+
+def experiment_events(experiment: Experiment) -> QuerySet[ExperimentEvent]:
+    return experiment.events.select_related("actor").order_by("created_at", "id")
+
+
+def pending_reviews(user: User) -> QuerySet[Experiment]:
+    """Experiments waiting for a review, oldest first, among those the user sees."""
+    return (experiments_visible_to(user).filter(status=Experiment.Status.PENDING_REVIEW)
+            .select_related("team", "created_by").defer(*LIST_DEFERRED).order_by("created_at", "id"))
+
+
+def similar_runs_seconds_per_trial_epoch(experiment: Experiment, limit: int = 5) -> float | None:
+    """How long the team's last finished runs with the same dataset, space, strategy and estimator took per
+    trial-epoch: the basis of a review's time estimate."""
+    rows = (Experiment.objects.filter(team_id=experiment.team_id, dataset=experiment.dataset,
+                                      space=experiment.space, strategy=experiment.strategy,
+                                      estimator=experiment.estimator, status=Experiment.Status.SUCCEEDED,
+                                      started_at__isnull=False, finished_at__isnull=False, trials_done__gt=0)
+            .exclude(pk=experiment.pk).order_by("-finished_at").values("started_at", "finished_at", "trials_done",
+                                                                       "epochs")[:limit])
+    rates = [(r["finished_at"] - r["started_at"]).total_seconds() / (r["trials_done"] * r["epochs"]) for r in rows]
+    return sum(rates) / len(rates) if rates else None
 
 
 def experiment_leaderboard(experiment: Experiment, limit: int | None = None) -> QuerySet[Trial]:
@@ -73,6 +172,8 @@ def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> d
     best = experiment_best_trial(experiment)
     data: dict[str, Any] = {
         "id": experiment.pk, "name": experiment.name, "status": experiment.status,
+        "team": experiment.team.name, "owner": experiment.created_by.username if experiment.created_by else None,
+        "cost": experiment.cost, "review": experiment_review_json(experiment),
         "dataset": experiment.dataset, "space": experiment.space, "strategy": experiment.strategy,
         "estimator": experiment.estimator, "budget": experiment.budget, "epochs": experiment.epochs,
         "seed": experiment.seed, "top_k": experiment.top_k, "options": experiment.options,
@@ -94,3 +195,25 @@ def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> d
         data["leaderboard"] = [trial_to_json(t, rank) for rank, t in enumerate(rows, start=1)]
         data["search_epochs"] = [epoch_to_json(e) for e in experiment.search_epochs.order_by("epoch")]
     return data
+
+
+def experiment_review_json(experiment: Experiment) -> dict[str, Any] | None:
+    if not experiment.review_reason and experiment.reviewed_at is None:
+        return None
+    return {"reason": experiment.review_reason, "comment": experiment.review_comment,
+            "reviewed_by": experiment.reviewed_by.username if experiment.reviewed_by else None,
+            "reviewed_at": experiment.reviewed_at.isoformat() if experiment.reviewed_at else None}
+
+
+def experiment_row_json(experiment: Experiment) -> dict[str, Any]:
+    """A list row: no blobs, no per-row queries (the list annotates the best trial's figures)."""
+    return {"id": experiment.pk, "name": experiment.name, "team": experiment.team.name,
+            "owner": experiment.created_by.username if experiment.created_by else None,
+            "status": experiment.status, "dataset": experiment.dataset, "space": experiment.space,
+            "strategy": experiment.strategy, "estimator": experiment.estimator, "budget": experiment.budget,
+            "epochs": experiment.epochs, "cost": experiment.cost, "trials_done": experiment.trials_done,
+            "best": None if experiment.best_trial_number is None else {
+                "number": experiment.best_trial_number, "arch": getattr(experiment, "best_arch", None),
+                "val_acc": experiment.best_val_acc, "test_acc": experiment.test_acc,
+                "params": getattr(experiment, "best_params", None)},
+            "created_at": experiment.created_at.isoformat()}

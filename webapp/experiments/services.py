@@ -2,17 +2,24 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from nasjobs.search import ExperimentSpec, SpecError, TrialRecord, validate_spec
-from webapp.experiments.models import Calibration, Experiment, SearchEpoch, Trial
+from webapp.experiments.models import Calibration, Experiment, ExperimentEvent, SearchEpoch, Trial
+from webapp.experiments.notifications import NOTIFIED, notify
+from webapp.experiments.selectors import can_manage, can_review
+from webapp.teams.models import Team
+from webapp.teams.selectors import default_team, member_teams
+from webapp.teams.services import membership_touch, review_reason
 
 log = logging.getLogger(__name__)
 NAME_MAX_LENGTH = Experiment._meta.get_field("name").max_length
@@ -28,9 +35,55 @@ def experiment_enqueue(experiment_id: int) -> None:
     run_experiment.apply_async((experiment_id,), queue=settings.NAS_QUEUE)
 
 
+def event_record(experiment: Experiment, action: str, *, actor: AbstractBaseUser | None = None,
+                 label: str = "", detail: str = "") -> ExperimentEvent:
+    """Write one audit-log line; notifications for the owner and the team follow once it commits."""
+    actor = actor if actor is not None and actor.is_authenticated else None
+    event = ExperimentEvent.objects.create(
+        experiment=experiment, experiment_ref=experiment.pk, experiment_name=experiment.name,
+        team_id=experiment.team_id, action=action, actor=actor,
+        actor_label=label or (actor.get_username() if actor else ""), detail=detail)
+    if action in NOTIFIED:
+        transaction.on_commit(lambda: notify(experiment.pk, action, detail))
+    return event
+
+
+def _require(allowed: bool, message: str) -> None:
+    if not allowed:
+        raise PermissionDenied(message)
+
+
+def submission_team(user: AbstractBaseUser | None, team: Team | str | int | None) -> Team:
+    """The team an experiment is submitted to: the one named (by name or id), else the user's last used team.
+    A user submits only to a team they belong to (staff to any)."""
+    if team is None or team == "":
+        if user is None:
+            raise SpecError("team", "name the team")
+        chosen = default_team(user)
+        if chosen is None:
+            raise SpecError("team", "you belong to no team yet; ask a team admin to add you")
+        return chosen
+    if not isinstance(team, Team):
+        lookup = {"pk": int(team)} if str(team).isdigit() else {"name": str(team)}
+        team = Team.objects.filter(**lookup).first()
+        if team is None or (user is not None and not user.is_staff and not member_teams(user).filter(
+                pk=team.pk).exists()):
+            raise SpecError("team", "no such team among yours")
+    elif user is not None and not user.is_staff and not member_teams(user).filter(pk=team.pk).exists():
+        raise SpecError("team", "you are not a member of this team")
+    return team
+
+
+def experiment_cost(spec: ExperimentSpec) -> int:
+    """Estimated compute in trial-epochs: trials x epochs per trial, 0 for an estimator that trains nothing
+    (the benchmark table only looks results up)."""
+    return spec.budget * spec.epochs if spec.component_class("estimator").trains_networks else 0
+
+
 def experiment_create(*, user: AbstractBaseUser | None, name: str, spec: ExperimentSpec,
-                      enqueue: bool = True) -> Experiment:
-    """Validate and store a new experiment, then queue it once the transaction commits. Raises SpecError.
+                      team: Team | str | int | None = None, enqueue: bool = True) -> Experiment:
+    """Validate and store a new experiment in a team, then queue it once the transaction commits; one over the
+    team's review threshold or monthly quota waits as `pending_review` instead. Raises SpecError.
 
     `enqueue=False` leaves it queued for the caller to run in-process (`nas submit --inline`)."""
     name = (name or "").strip()
@@ -38,34 +91,109 @@ def experiment_create(*, user: AbstractBaseUser | None, name: str, spec: Experim
         raise SpecError("name", "give the experiment a name")
     if len(name) > NAME_MAX_LENGTH:
         raise SpecError("name", f"at most {NAME_MAX_LENGTH} characters (it has {len(name)})")
+    user = user if user is not None and user.is_authenticated else None
+    team = submission_team(user, team)
     spec = validate_spec(spec)
+    cost = experiment_cost(spec)
     with transaction.atomic():
+        reason = review_reason(team, cost)
+        now = timezone.now()
         experiment = Experiment.objects.create(
-            name=name, dataset=spec.dataset, space=spec.space, strategy=spec.strategy, estimator=spec.estimator,
-            budget=spec.budget, epochs=spec.epochs, seed=spec.seed, top_k=spec.top_k, options=spec.options,
-            patience=spec.patience, max_seconds=spec.max_seconds,
-            created_by=user if user is not None and user.is_authenticated else None)
-        if enqueue:
+            name=name, team=team, dataset=spec.dataset, space=spec.space, strategy=spec.strategy,
+            estimator=spec.estimator, budget=spec.budget, epochs=spec.epochs, seed=spec.seed, top_k=spec.top_k,
+            options=spec.options, patience=spec.patience, max_seconds=spec.max_seconds, created_by=user, cost=cost,
+            status=Experiment.Status.PENDING_REVIEW if reason else Experiment.Status.QUEUED, review_reason=reason,
+            admitted_at=None if reason else now)
+        event_record(experiment, ExperimentEvent.Action.CREATED, actor=user,
+                     detail=f"waits for review: {reason}" if reason else "")
+        if user is not None:
+            membership_touch(user, team)
+        if enqueue and not reason:
             transaction.on_commit(lambda: experiment_enqueue(experiment.pk))
     return experiment
 
 
-def experiment_cancel(experiment: Experiment) -> bool:
-    """Stop a queued or running experiment; its trials stay. The worker notices at its next epoch."""
-    changed = Experiment.objects.filter(pk=experiment.pk, status__in=Experiment.ACTIVE).update(
-        status=Experiment.Status.CANCELLED, finished_at=timezone.now())
-    return bool(changed)
-
-
-def experiment_resume(experiment: Experiment) -> bool:
-    """Queue a cancelled or failed experiment again; it continues from its last recorded trial."""
+def experiment_approve(experiment: Experiment, user: AbstractBaseUser, comment: str = "") -> bool:
+    """A reviewer (staff, or a team admin other than the owner) lets a pending experiment run."""
+    _require(can_review(user, experiment), "only staff or an admin of the team other than its owner may review it")
     with transaction.atomic():
-        changed = Experiment.objects.filter(
-            pk=experiment.pk, status__in=(Experiment.Status.CANCELLED, Experiment.Status.FAILED)
-        ).update(status=Experiment.Status.QUEUED, error="", finished_at=None, claimed_by="")
+        now = timezone.now()
+        changed = Experiment.objects.filter(pk=experiment.pk, status=Experiment.Status.PENDING_REVIEW).update(
+            status=Experiment.Status.QUEUED, reviewed_by=user, reviewed_at=now, review_comment=comment.strip(),
+            admitted_at=now)
         if changed:
+            event_record(experiment, ExperimentEvent.Action.APPROVED, actor=user, detail=comment.strip())
             transaction.on_commit(lambda: experiment_enqueue(experiment.pk))
     return bool(changed)
+
+
+def experiment_reject(experiment: Experiment, user: AbstractBaseUser, reason: str) -> bool:
+    """A reviewer refuses a pending experiment; it keeps the reason and never runs."""
+    _require(can_review(user, experiment), "only staff or an admin of the team other than its owner may review it")
+    reason = (reason or "").strip()
+    if not reason:
+        raise SpecError("reason", "say why the experiment is rejected")
+    with transaction.atomic():
+        now = timezone.now()
+        changed = Experiment.objects.filter(pk=experiment.pk, status=Experiment.Status.PENDING_REVIEW).update(
+            status=Experiment.Status.REJECTED, reviewed_by=user, reviewed_at=now, review_comment=reason,
+            finished_at=now)
+        if changed:
+            event_record(experiment, ExperimentEvent.Action.REJECTED, actor=user, detail=reason)
+    return bool(changed)
+
+
+def experiment_cancel(experiment: Experiment, user: AbstractBaseUser | None = None) -> bool:
+    """Stop a pending, queued or running experiment; its trials stay. The worker notices at its next epoch.
+    `user=None` is the platform itself (the admin and the tests act as a user)."""
+    if user is not None:
+        _require(can_manage(user, experiment), "only its owner, a team admin or staff may cancel it")
+    with transaction.atomic():
+        changed = Experiment.objects.filter(
+            pk=experiment.pk, status__in=(*Experiment.ACTIVE, Experiment.Status.PENDING_REVIEW)).update(
+            status=Experiment.Status.CANCELLED, finished_at=timezone.now())
+        if changed:
+            event_record(experiment, ExperimentEvent.Action.CANCELLED, actor=user)
+    return bool(changed)
+
+
+def experiment_resume(experiment: Experiment, user: AbstractBaseUser | None = None) -> bool:
+    """Queue a cancelled or failed experiment again; it continues from its last recorded trial. One cancelled
+    before it was ever approved goes back to review."""
+    if user is not None:
+        _require(can_manage(user, experiment), "only its owner, a team admin or staff may resume it")
+    with transaction.atomic():
+        admitted = Experiment.objects.filter(pk=experiment.pk, admitted_at__isnull=False).exists()
+        status = Experiment.Status.QUEUED if admitted else Experiment.Status.PENDING_REVIEW
+        changed = Experiment.objects.filter(
+            pk=experiment.pk, status__in=(Experiment.Status.CANCELLED, Experiment.Status.FAILED)
+        ).update(status=status, error="", traceback="", finished_at=None, claimed_by="")
+        if changed:
+            event_record(experiment, ExperimentEvent.Action.RESUMED, actor=user,
+                         detail="" if admitted else "back to review: it was never approved")
+            if admitted:
+                transaction.on_commit(lambda: experiment_enqueue(experiment.pk))
+    return bool(changed)
+
+
+def experiment_delete(experiment: Experiment, user: AbstractBaseUser | None = None) -> bool:
+    """Delete a finished, cancelled, rejected or pending experiment with its trials and kept weights; the audit
+    log keeps a line saying who deleted it. A queued or running one must be cancelled first (False)."""
+    if user is not None:
+        _require(can_manage(user, experiment), "only its owner, a team admin or staff may delete it")
+    with transaction.atomic():
+        row = Experiment.objects.select_for_update().filter(pk=experiment.pk).exclude(
+            status__in=Experiment.ACTIVE).first()
+        if row is None:
+            return False
+        event_record(row, ExperimentEvent.Action.DELETED, actor=user,
+                     detail=f"{row.trials_done} trials, status {row.status}")
+        row.delete()
+        from nasjobs.artifacts import ArtifactStore
+
+        folder = ArtifactStore(settings.NAS_ARTIFACTS_DIR, experiment.pk).dir
+        transaction.on_commit(lambda: shutil.rmtree(folder, ignore_errors=True))
+    return True
 
 
 def experiment_claim(experiment_id: int, worker: str) -> bool:
@@ -77,8 +205,8 @@ def experiment_claim(experiment_id: int, worker: str) -> bool:
     with transaction.atomic():
         changed = Experiment.objects.filter(claimable, pk=experiment_id).update(
             status=Experiment.Status.RUNNING, claimed_by=worker, heartbeat_at=now)
-        if changed:
-            Experiment.objects.filter(pk=experiment_id, started_at__isnull=True).update(started_at=now)
+        if changed and Experiment.objects.filter(pk=experiment_id, started_at__isnull=True).update(started_at=now):
+            event_record(Experiment.objects.get(pk=experiment_id), ExperimentEvent.Action.STARTED, label=worker)
     return bool(changed)
 
 
@@ -162,15 +290,28 @@ def experiment_load_progress(experiment_id: int) -> tuple[dict[str, Any] | None,
 
 def experiment_finish(experiment_id: int, worker: str, best_number: int, test_acc: float | None,
                       stop_reason: str) -> bool:
-    return bool(Experiment.objects.filter(pk=experiment_id, claimed_by=worker, status=Experiment.Status.RUNNING)
-                .update(status=Experiment.Status.SUCCEEDED, test_acc=test_acc, best_trial_number=best_number,
-                        stop_reason=stop_reason,
-                        finished_at=timezone.now(), heartbeat_at=timezone.now()))
+    with transaction.atomic():
+        changed = Experiment.objects.filter(pk=experiment_id, claimed_by=worker, status=Experiment.Status.RUNNING
+                                            ).update(status=Experiment.Status.SUCCEEDED, test_acc=test_acc,
+                                                     best_trial_number=best_number, stop_reason=stop_reason,
+                                                     finished_at=timezone.now(), heartbeat_at=timezone.now())
+        if changed:
+            experiment = Experiment.objects.get(pk=experiment_id)
+            event_record(experiment, ExperimentEvent.Action.FINISHED, label=worker,
+                         detail=f"stopped by {experiment.get_stop_reason_display()}")
+    return bool(changed)
 
 
-def experiment_fail(experiment_id: int, worker: str, error: str) -> bool:
-    return bool(Experiment.objects.filter(pk=experiment_id, claimed_by=worker, status=Experiment.Status.RUNNING)
-                .update(status=Experiment.Status.FAILED, error=error[:5000], finished_at=timezone.now()))
+def experiment_fail(experiment_id: int, worker: str, error: str, traceback: str = "") -> bool:
+    """Mark a run failed: `error` is the one line everyone in the team reads, `traceback` is for its admins."""
+    with transaction.atomic():
+        changed = Experiment.objects.filter(pk=experiment_id, claimed_by=worker, status=Experiment.Status.RUNNING
+                                            ).update(status=Experiment.Status.FAILED, error=error[:1000],
+                                                     traceback=traceback[:20000], finished_at=timezone.now())
+        if changed:
+            event_record(Experiment.objects.get(pk=experiment_id), ExperimentEvent.Action.FAILED, label=worker,
+                         detail=error[:500])
+    return bool(changed)
 
 
 def experiments_recover() -> list[int]:
@@ -185,6 +326,8 @@ def experiments_recover() -> list[int]:
 def calibration_create(*, experiment: Experiment, user: AbstractBaseUser | None, k: int, epochs: int,
                        seed: int = 0, enqueue: bool = True) -> Calibration:
     """Queue a calibration of the experiment's estimator against full training of K of its candidates."""
+    if user is not None:
+        _require(can_manage(user, experiment), "only its owner, a team admin or staff may calibrate it")
     if not 2 <= k <= 1000:
         raise SpecError("k", "measure between 2 and 1000 candidates")
     if not 1 <= epochs <= 10_000:

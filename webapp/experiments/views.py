@@ -1,8 +1,12 @@
 """Pages and the JSON progress endpoint. Views validate and delegate; logic lives in services/selectors."""
 from __future__ import annotations
 
+from typing import Callable
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -11,8 +15,10 @@ from nasjobs.options import parse_config
 from nasjobs.search import SpecError
 from webapp.experiments import selectors, services
 from webapp.experiments.diagrams import DiagramError, graph_to_svg
-from webapp.experiments.forms import CalibrationForm, ExperimentForm
+from webapp.experiments.forms import CalibrationForm, ExperimentForm, ReviewForm
 from webapp.experiments.models import Experiment, SearchEpoch, Trial
+
+LIST_PAGE_SIZE = 25
 
 
 def _arch_svg(experiment: Experiment, arch_key: str) -> dict[str, str]:
@@ -30,29 +36,41 @@ def _diagram(experiment: Experiment, trial: Trial | None) -> dict[str, str]:
 
 @login_required
 def experiment_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "experiments/list.html", {"experiments": selectors.experiment_list()})
+    filters = {k: request.GET.get(k, "") for k in selectors.LIST_FILTERS}
+    page = Paginator(selectors.experiment_list(request.user, filters), LIST_PAGE_SIZE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(request, "experiments/list.html", {
+        "page": page, "experiments": page.object_list, "filters": filters, "query": query.urlencode(),
+        "choices": selectors.experiment_filter_choices(request.user)})
 
 
 @login_required
 def experiment_new(request: HttpRequest) -> HttpResponse:
-    form = ExperimentForm(request.POST or None)
+    form = ExperimentForm(request.POST or None, user=request.user)
     if request.method == "POST" and form.is_valid():
         try:
             experiment = services.experiment_create(user=request.user, name=form.cleaned_data["name"],
-                                                    spec=form.spec)
+                                                    spec=form.spec, team=form.cleaned_data["team"])
         except SpecError as exc:
             form.add_error(exc.field if exc.field in form.fields else None, exc.message)
         else:
+            if experiment.status == Experiment.Status.PENDING_REVIEW:
+                messages.info(request, f"The experiment waits for a reviewer: {experiment.review_reason}.")
             return redirect("experiment_detail", pk=experiment.pk)
     return render(request, "experiments/new.html", {"form": form})
 
 
 @login_required
 def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    experiment = get_object_or_404(Experiment, pk=pk)
+    experiment = selectors.experiment_for_user(request.user, pk)
     best = selectors.experiment_best_trial(experiment)
     return render(request, "experiments/detail.html", {
         "experiment": experiment, "best": best, "diagram": _diagram(experiment, best),
+        "can_manage": selectors.can_manage(request.user, experiment),
+        "can_review": selectors.can_review(request.user, experiment),
+        "can_see_traceback": selectors.can_see_traceback(request.user, experiment),
+        "events": selectors.experiment_events(experiment), "review_form": ReviewForm(),
         "exploration": selectors.experiment_exploration(experiment),
         "calibration": experiment.calibrations.first(),
         "calibration_form": CalibrationForm(initial=CalibrationForm.defaults(experiment)),
@@ -63,14 +81,13 @@ def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 def experiment_status(request: HttpRequest, pk: int) -> JsonResponse:
-    experiment = get_object_or_404(Experiment, pk=pk)
+    experiment = selectors.experiment_for_user(request.user, pk)
     return JsonResponse(selectors.experiment_summary(experiment, leaderboard=None))
 
 
 @login_required
 def trial_detail(request: HttpRequest, pk: int, number: int) -> HttpResponse:
-    experiment = get_object_or_404(Experiment, pk=pk)
-    trial = get_object_or_404(Trial, experiment=experiment, number=number)
+    experiment, trial = selectors.trial_for_user(request.user, pk, number)
     return render(request, "experiments/trial.html", {
         "experiment": experiment, "trial": trial, "diagram": _diagram(experiment, trial)})
 
@@ -78,8 +95,7 @@ def trial_detail(request: HttpRequest, pk: int, number: int) -> HttpResponse:
 @login_required
 def trial_export(request: HttpRequest, pk: int, number: int) -> HttpResponse:
     """Download the trial as a runnable PyTorch model (a zip: torch.export program, weights, README)."""
-    experiment = get_object_or_404(Experiment, pk=pk)
-    trial = get_object_or_404(Trial, experiment=experiment, number=number)
+    experiment, trial = selectors.trial_for_user(request.user, pk, number)
     response = HttpResponse(services.trial_export(experiment, trial), content_type="application/zip")
     response["Content-Disposition"] = f'attachment; filename="nasboard-{pk}-trial-{number}.zip"'
     return response
@@ -87,7 +103,7 @@ def trial_export(request: HttpRequest, pk: int, number: int) -> HttpResponse:
 
 @login_required
 def search_epoch_diagram(request: HttpRequest, pk: int, epoch: int) -> HttpResponse:
-    experiment = get_object_or_404(Experiment, pk=pk)
+    experiment = selectors.experiment_for_user(request.user, pk)
     row = get_object_or_404(SearchEpoch, experiment=experiment, epoch=epoch)
     diagram = _arch_svg(experiment, row.genotype)
     if "svg" not in diagram:
@@ -95,21 +111,81 @@ def search_epoch_diagram(request: HttpRequest, pk: int, epoch: int) -> HttpRespo
     return HttpResponse(diagram["svg"], content_type="image/svg+xml")
 
 
+def _act(request: HttpRequest, pk: int, action: Callable[[Experiment], bool], done: str, refused: str,
+         then: str = "experiment_detail") -> HttpResponse:
+    """Run one state change on a visible experiment and report it as a message; a rule that forbids it for
+    this user is a message too (the object itself is visible to them)."""
+    experiment = selectors.experiment_for_user(request.user, pk)
+    try:
+        changed = action(experiment)
+    except PermissionDenied as exc:
+        messages.error(request, f"Not allowed: {exc}.")
+    except SpecError as exc:
+        messages.error(request, exc.message[:1].upper() + exc.message[1:] + ".")
+    else:
+        if changed:
+            messages.success(request, done)
+        else:
+            messages.error(request, refused.format(status=experiment.get_status_display()))
+    return redirect(then, pk=pk) if then == "experiment_detail" else redirect(then)
+
+
 @require_POST
 @login_required
 def experiment_cancel(request: HttpRequest, pk: int) -> HttpResponse:
-    experiment = get_object_or_404(Experiment, pk=pk)
-    if services.experiment_cancel(experiment):
-        messages.success(request, "Experiment cancelled; its trials are kept and it can be resumed.")
-    else:
-        messages.error(request, f"Only a queued or running experiment can be cancelled (it is {experiment.status}).")
-    return redirect("experiment_detail", pk=pk)
+    return _act(request, pk, lambda e: services.experiment_cancel(e, request.user),
+                "Experiment cancelled; its trials are kept and it can be resumed.",
+                "Only a pending, queued or running experiment can be cancelled (it is {status}).")
+
+
+@require_POST
+@login_required
+def experiment_resume(request: HttpRequest, pk: int) -> HttpResponse:
+    return _act(request, pk, lambda e: services.experiment_resume(e, request.user),
+                "Experiment queued again; it continues from its last trial.",
+                "Only a cancelled or failed experiment can be resumed (it is {status}).")
+
+
+@require_POST
+@login_required
+def experiment_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    return _act(request, pk, lambda e: services.experiment_delete(e, request.user),
+                f"Experiment {pk} deleted with its trials and kept weights.",
+                "A queued or running experiment cannot be deleted; cancel it first (it is {status}).",
+                then="experiment_list")
+
+
+@require_POST
+@login_required
+def experiment_review(request: HttpRequest, pk: int) -> HttpResponse:
+    """Approve or reject a pending experiment, with a comment (required to reject)."""
+    selectors.experiment_for_user(request.user, pk)  # another team's experiment is a 404 before anything else
+    form = ReviewForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose approve or reject.")
+        return redirect("experiment_detail", pk=pk)
+    comment, approve = form.cleaned_data["comment"], form.cleaned_data["decision"] == "approve"
+    return _act(request, pk, lambda e: services.experiment_approve(e, request.user, comment) if approve
+                else services.experiment_reject(e, request.user, comment),
+                "Approved: the experiment is queued." if approve else "Rejected: it will not run.",
+                "Only an experiment pending review can be reviewed (it is {status}).",
+                then="review_queue" if request.POST.get("next") == "review_queue" else "experiment_detail")
+
+
+@login_required
+def review_queue(request: HttpRequest) -> HttpResponse:
+    page = Paginator(selectors.pending_reviews(request.user), LIST_PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = [{"experiment": e, "can_review": selectors.can_review(request.user, e),
+             "seconds": selectors.similar_runs_seconds_per_trial_epoch(e)} for e in page.object_list]
+    for row in rows:
+        row["estimate"] = None if row["seconds"] is None else row["seconds"] * row["experiment"].cost
+    return render(request, "experiments/review.html", {"page": page, "rows": rows, "review_form": ReviewForm()})
 
 
 @require_POST
 @login_required
 def experiment_calibrate(request: HttpRequest, pk: int) -> HttpResponse:
-    experiment = get_object_or_404(Experiment, pk=pk)
+    experiment = selectors.experiment_for_user(request.user, pk)
     form = CalibrationForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Calibration not started: " + "; ".join(
@@ -117,19 +193,10 @@ def experiment_calibrate(request: HttpRequest, pk: int) -> HttpResponse:
         return redirect("experiment_detail", pk=pk)
     try:
         services.calibration_create(experiment=experiment, user=request.user, **form.cleaned_data)
+    except PermissionDenied as exc:
+        messages.error(request, f"Not allowed: {exc}.")
     except SpecError as exc:
         messages.error(request, f"Calibration not started: {exc.message}")
     else:
         messages.success(request, "Calibration queued: a worker trains the candidates and reports the trust.")
-    return redirect("experiment_detail", pk=pk)
-
-
-@require_POST
-@login_required
-def experiment_resume(request: HttpRequest, pk: int) -> HttpResponse:
-    experiment = get_object_or_404(Experiment, pk=pk)
-    if services.experiment_resume(experiment):
-        messages.success(request, "Experiment queued again; it continues from its last trial.")
-    else:
-        messages.error(request, f"Only a cancelled or failed experiment can be resumed (it is {experiment.status}).")
     return redirect("experiment_detail", pk=pk)

@@ -23,3 +23,23 @@ def seconds(value) -> str:
     if value is None:
         return "–"
     return f"{float(value):.2f} s"
+
+
+@register.filter
+def split(value: str) -> list[str]:
+    return value.split()
+
+
+@register.filter
+def get(mapping, key):
+    return mapping.get(key, "") if hasattr(mapping, "get") else ""
+
+
+@register.filter
+def duration(value) -> str:
+    """Seconds as h:mm:ss (an estimate on the review queue)."""
+    if value is None:
+        return "–"
+    minutes, secs = divmod(int(round(float(value))), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"

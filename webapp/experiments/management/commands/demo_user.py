@@ -1,4 +1,5 @@
-"""`manage.py demo_user`: make sure the demo login exists; its random password lives in a git-ignored file."""
+"""`manage.py demo_user`: make sure the demo login exists, as admin of the demo team; its random password lives
+in a git-ignored file."""
 from __future__ import annotations
 
 import os
@@ -10,12 +11,15 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
+from webapp.teams.models import Membership, Team
+
 
 class Command(BaseCommand):
     help = "Create (once) the demo user and print its login."
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--username", default="demo")
+        parser.add_argument("--team", default="demo")
         parser.add_argument("--credentials-file", default=str(settings.VAR_DIR / "demo-credentials"))
         parser.add_argument("--url", default="http://127.0.0.1:8000/")
 
@@ -34,5 +38,7 @@ class Command(BaseCommand):
         if not user.check_password(password):
             user.set_password(password)
             user.save()
-        self.stdout.write(f"Log in at {opts['url']} as user '{username}' with password '{password}' "
-                          f"(kept in {path})")
+        team, _ = Team.objects.get_or_create(name=opts["team"])
+        Membership.objects.update_or_create(user=user, team=team, defaults={"role": Membership.Role.ADMIN})
+        self.stdout.write(f"Log in at {opts['url']} as user '{username}' (team '{team.name}') with password "
+                          f"'{password}' (kept in {path})")

@@ -1,4 +1,6 @@
-"""`manage.py nas`: submit, watch, cancel and resume experiments from a terminal or a script."""
+"""`manage.py nas`: submit, watch, cancel and resume experiments, and manage teams and users, from a terminal or
+a script. Every experiment action runs as a user (`--user`, default: the demo user) under the same rules as
+the pages and the API."""
 from __future__ import annotations
 
 import json
@@ -8,14 +10,59 @@ import time
 from pathlib import Path
 from typing import Any
 
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.http import Http404
 
 from nasjobs.options import option_specs
 from nasjobs.search import COMPONENTS, ExperimentSpec, SpecError
 from webapp.experiments import selectors, services
-from webapp.experiments.models import Experiment, Trial
+from webapp.experiments.models import Experiment
+from webapp.teams.models import Team
+from webapp.teams.services import TeamError, team_create, user_add
 
-TERMINAL = (Experiment.Status.SUCCEEDED, Experiment.Status.FAILED, Experiment.Status.CANCELLED)
+TERMINAL = (Experiment.Status.SUCCEEDED, Experiment.Status.FAILED, Experiment.Status.CANCELLED,
+            Experiment.Status.REJECTED)
+SUBMIT_FIELDS = {"name", "team", "dataset", "space", "strategy", "estimator", "budget", "epochs", "seed", "top_k",
+                 "patience", "max_seconds", "options"}
+
+
+def read_experiment_file(path: str) -> dict[str, Any]:
+    """An experiment kept in git: a YAML or JSON object with the fields of `nas submit` (options as an object
+    per component, or as a list of KEY=VALUE strings)."""
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError("file", f"no file {path}") from None
+    except UnicodeDecodeError:
+        raise SpecError("file", f"{path} is not UTF-8 text") from None
+    try:
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise SpecError("file", f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: "
+                                f"{str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise SpecError("file", f"{path} must hold one object (mapping) of experiment fields")
+    unknown = sorted(set(data) - SUBMIT_FIELDS - {"top-k", "max-seconds"})
+    if unknown:
+        raise SpecError("file", f"unknown field {unknown[0]!r}; fields are {', '.join(sorted(SUBMIT_FIELDS))}")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def read_password() -> str:
+    """From NAS_PASSWORD, else the first line of stdin: never a command-line argument, which others can read."""
+    password = os.environ.get("NAS_PASSWORD")
+    if password is None:
+        if sys.stdin.isatty():
+            import getpass
+
+            password = getpass.getpass("Password: ")
+        else:
+            password = sys.stdin.readline().rstrip("\n")
+    return password
 
 
 class OneLineParser(CommandParser):
@@ -69,18 +116,21 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.__class__ = OneLineParser  # one-line errors; subcommand parsers inherit the class
         sub = parser.add_subparsers(dest="action", required=True)
-        submit = sub.add_parser("submit", help="Create an experiment and queue it")
-        submit.add_argument("--name", default="", help="Experiment name (default: space/strategy/dataset)")
-        submit.add_argument("--dataset", default="digits")
-        submit.add_argument("--space", default="chain_cnn")
-        submit.add_argument("--strategy", default="random")
-        submit.add_argument("--estimator", default="train")
-        submit.add_argument("--budget", type=int, default=10, help="Number of trials")
-        submit.add_argument("--epochs", type=int, default=3, help="Training epochs per trial")
-        submit.add_argument("--seed", type=int, default=0)
-        submit.add_argument("--top-k", type=int, default=5, help="Trials whose weights are kept")
-        submit.add_argument("--patience", type=int, default=0, help="Stop after N trials without improvement")
-        submit.add_argument("--max-seconds", type=int, default=0, help="Wall-clock limit of the search")
+        submit = sub.add_parser("submit", help="Create an experiment and queue it (or leave it for review)")
+        submit.add_argument("-f", "--file", default=None, help="A YAML or JSON file of these fields; flags given "
+                                                              "as well override it")
+        submit.add_argument("--name", default=None, help="Experiment name (default: space/strategy/dataset)")
+        submit.add_argument("--team", default=None, help="Team name (default: the user's last used team)")
+        submit.add_argument("--dataset", default=None, help="default: digits")
+        submit.add_argument("--space", default=None, help="default: chain_cnn")
+        submit.add_argument("--strategy", default=None, help="default: random")
+        submit.add_argument("--estimator", default=None, help="default: train")
+        submit.add_argument("--budget", type=int, default=None, help="Number of trials (default: 10)")
+        submit.add_argument("--epochs", type=int, default=None, help="Training epochs per trial (default: 3)")
+        submit.add_argument("--seed", type=int, default=None, help="default: 0")
+        submit.add_argument("--top-k", type=int, default=None, help="Trials whose weights are kept (default: 5)")
+        submit.add_argument("--patience", type=int, default=None, help="Stop after N trials without improvement")
+        submit.add_argument("--max-seconds", type=int, default=None, help="Wall-clock limit of the search")
         submit.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                             help="An option of the space, strategy or estimator (KEY or component.KEY)")
         submit.add_argument("--wait", action="store_true", help="Wait until the experiment ends")
@@ -96,6 +146,19 @@ class Command(BaseCommand):
             p = sub.add_parser(name, help=help_text)
             p.add_argument("id", type=int)
         sub.add_parser("recover", help="Queue again every queued or running experiment (after losing Redis)")
+        teams = sub.add_parser("team", help="Manage teams").add_subparsers(dest="team_action", required=True)
+        team_add = teams.add_parser("add", help="Create a team")
+        team_add.add_argument("team")
+        team_add.add_argument("--quota", type=int, default=100_000,
+                              help="Trial-epochs per calendar month (default 100000; -1: no quota)")
+        team_add.add_argument("--review-threshold", type=int, default=2_000,
+                              help="Experiments costing more trial-epochs wait for review (default 2000; -1: none)")
+        users = sub.add_parser("user", help="Manage users").add_subparsers(dest="user_action", required=True)
+        add_user = users.add_parser("add", help="Create a user (password from NAS_PASSWORD or stdin)")
+        add_user.add_argument("username")
+        add_user.add_argument("--team", action="append", default=[], help="A team to join (repeatable)")
+        add_user.add_argument("--team-admin", action="store_true", help="Admin of the given teams")
+        add_user.add_argument("--staff", action="store_true", help="Staff: sees every team, reviews, uses /admin/")
         cal = sub.add_parser("calibrate", help="Measure how well the experiment's estimator ranks candidates")
         cal.add_argument("id", type=int)
         cal.add_argument("--k", type=int, default=10, help="Candidates trained in full")
@@ -109,30 +172,67 @@ class Command(BaseCommand):
         export.add_argument("id", type=int)
         export.add_argument("--trial", type=int, default=None, help="Trial number (default: the best trial)")
         export.add_argument("--output", default=None, help="Zip file to write (default: nasboard-ID-trial-N.zip)")
+        for p in (submit, show, sub.choices["cancel"], sub.choices["resume"], cal, export):
+            p.add_argument("--user", default="demo", help="Act as this user (default: demo)")
 
     def handle(self, *args: Any, **opts: Any) -> None:
-        getattr(self, f"handle_{opts['action']}")(**opts)
-
-    def _get(self, pk: int) -> Experiment:
         try:
-            return Experiment.objects.get(pk=pk)
-        except Experiment.DoesNotExist:
+            getattr(self, f"handle_{opts['action']}")(**opts)
+        except PermissionDenied as exc:
+            raise CommandError(f"not allowed: {exc}") from None
+
+    def _user(self, opts: dict[str, Any]):
+        user = get_user_model().objects.filter(username=opts["user"], is_active=True).first()
+        if user is None:
+            raise CommandError(f"no user {opts['user']!r}; create one with `manage.py nas user add` or name one "
+                               "with --user")
+        return user
+
+    def _get(self, pk: int, opts: dict[str, Any]) -> Experiment:
+        try:
+            return selectors.experiment_for_user(self._user(opts), pk)
+        except Http404:
             raise CommandError(f"no experiment with id {pk}") from None
 
+    def _submission(self, opts: dict[str, Any]) -> dict[str, Any]:
+        """The fields of the experiment: defaults, then the file (-f), then the flags given."""
+        fields: dict[str, Any] = {"dataset": "digits", "space": "chain_cnn", "strategy": "random",
+                                  "estimator": "train", "budget": 10, "epochs": 3, "seed": 0, "top_k": 5,
+                                  "patience": 0, "max_seconds": 0, "options": {}}
+        if opts["file"]:
+            fields.update(read_experiment_file(opts["file"]))
+        fields.update({k: opts[k] for k in SUBMIT_FIELDS - {"options"} if opts.get(k) is not None})
+        for key in ("name", "team"):
+            value = fields.get(key)
+            if isinstance(value, str) and any(0xDC80 <= ord(c) <= 0xDCFF for c in value):  # undecodable bytes
+                raise SpecError(key, "is not valid UTF-8 text")
+        return fields
+
     def handle_submit(self, **opts: Any) -> None:
-        spec = ExperimentSpec(dataset=opts["dataset"], space=opts["space"], strategy=opts["strategy"],
-                              estimator=opts["estimator"], budget=opts["budget"], epochs=opts["epochs"],
-                              seed=opts["seed"], top_k=opts["top_k"], patience=opts["patience"],
-                              max_seconds=opts["max_seconds"])
-        name = opts["name"] or f"{opts['space']} / {opts['strategy']} / {opts['dataset']}"
+        user = self._user(opts)
         try:
+            fields = self._submission(opts)
+            name, team, options = fields.pop("name", None), fields.pop("team", None), fields.pop("options")
+            spec = ExperimentSpec(**fields)
+            name = name or f"{spec.space} / {spec.strategy} / {spec.dataset}"
             from nasjobs.search import validate_spec
 
             validate_spec(spec)  # registries first, so option keys resolve against real components
-            spec = ExperimentSpec(**{**spec.__dict__, "options": resolve_options(opts["option"], spec)})
-            experiment = services.experiment_create(user=None, name=name, spec=spec, enqueue=not opts["inline"])
-        except SpecError as exc:
-            raise CommandError(f"{exc.field}: {exc.message}") from None
+            pairs = list(options) if isinstance(options, list) else []
+            groups = options if isinstance(options, dict) else {}
+            flag_options = resolve_options(pairs + opts["option"], spec)
+            merged = {c: {**(groups.get(c) or {}), **flag_options[c]} for c in COMPONENTS}
+            spec = ExperimentSpec(**{**spec.__dict__, "options": merged})
+            experiment = services.experiment_create(user=user, name=name, team=team, spec=spec,
+                                                    enqueue=not opts["inline"])
+        except (SpecError, TypeError) as exc:
+            raise CommandError(f"{exc.field}: {exc.message}" if isinstance(exc, SpecError) else str(exc)) from None
+        if experiment.status == Experiment.Status.PENDING_REVIEW:
+            if opts["json"]:
+                self.stdout.write(json.dumps(selectors.experiment_summary(experiment)))
+            else:
+                self.stdout.write(f"experiment {experiment.pk} waits for a reviewer: {experiment.review_reason}")
+            return
         if opts["inline"]:
             from nasjobs.persistence import run_experiment_now
 
@@ -144,27 +244,28 @@ class Command(BaseCommand):
         self._report(experiment, wait=opts["wait"] or opts["inline"], as_json=opts["json"])
 
     def handle_show(self, **opts: Any) -> None:
-        self._report(self._get(opts["id"]), wait=opts["wait"], as_json=opts["json"])
+        self._report(self._get(opts["id"], opts), wait=opts["wait"], as_json=opts["json"])
 
     def handle_cancel(self, **opts: Any) -> None:
-        experiment = self._get(opts["id"])
-        if not services.experiment_cancel(experiment):
-            raise CommandError(f"experiment {experiment.pk} is {experiment.status}; only queued or running ones "
-                               "can be cancelled")
+        experiment = self._get(opts["id"], opts)
+        if not services.experiment_cancel(experiment, self._user(opts)):
+            raise CommandError(f"experiment {experiment.pk} is {experiment.status}; only pending, queued or "
+                               "running ones can be cancelled")
         self.stdout.write(f"experiment {experiment.pk} cancelled")
 
     def handle_resume(self, **opts: Any) -> None:
-        experiment = self._get(opts["id"])
-        if not services.experiment_resume(experiment):
+        experiment = self._get(opts["id"], opts)
+        if not services.experiment_resume(experiment, self._user(opts)):
             raise CommandError(f"experiment {experiment.pk} is {experiment.status}; only cancelled or failed "
                                "ones can be resumed")
         self.stdout.write(f"experiment {experiment.pk} queued again")
 
     def handle_calibrate(self, **opts: Any) -> None:
-        experiment = self._get(opts["id"])
+        experiment = self._get(opts["id"], opts)
         epochs = opts["epochs"] if opts["epochs"] is not None else 2 * experiment.epochs
         try:
-            calibration = services.calibration_create(experiment=experiment, user=None, k=opts["k"], epochs=epochs,
+            calibration = services.calibration_create(experiment=experiment, user=self._user(opts), k=opts["k"],
+                                                      epochs=epochs,
                                                       seed=opts["seed"], enqueue=not opts["inline"])
         except SpecError as exc:
             raise CommandError(f"{exc.field}: {exc.message}") from None
@@ -189,11 +290,11 @@ class Command(BaseCommand):
             raise CommandError(f"calibration failed: {calibration.error}")
 
     def handle_export(self, **opts: Any) -> None:
-        experiment = self._get(opts["id"])
+        experiment = self._get(opts["id"], opts)
         number = opts["trial"] if opts["trial"] is not None else experiment.best_trial_number
         if number is None:
             raise CommandError(f"experiment {experiment.pk} has no best trial yet; name one with --trial")
-        trial = Trial.objects.filter(experiment=experiment, number=number).first()
+        trial = experiment.trials.filter(number=number).first()
         if trial is None:
             raise CommandError(f"experiment {experiment.pk} has no trial {number}")
         path = Path(opts["output"] or f"nasboard-{experiment.pk}-trial-{number}.zip")
@@ -202,6 +303,32 @@ class Command(BaseCommand):
         path.write_bytes(services.trial_export(experiment, trial))
         self.stdout.write(f"wrote {path} (trial {number}: {trial.arch_key}; "
                           f"{'trained weights' if trial.weights_path else 'untrained: its weights were not kept'})")
+
+    def handle_team(self, **opts: Any) -> None:
+        quota, threshold = (None if opts[k] == -1 else opts[k] for k in ("quota", "review_threshold"))
+        try:
+            team = team_create(name=opts["team"], monthly_quota=quota, review_threshold=threshold)
+        except TeamError as exc:
+            raise CommandError(exc.message) from None
+        self.stdout.write(f"team {team.name} created (quota {'none' if quota is None else f'{quota:,}'} "
+                          f"trial-epochs a month, review above {'never' if threshold is None else f'{threshold:,}'})")
+
+    def handle_user(self, **opts: Any) -> None:
+        teams = []
+        for name in opts["team"]:
+            team = Team.objects.filter(name=name).first()
+            if team is None:
+                raise CommandError(f"no team {name!r}; create it with `manage.py nas team add {name}`")
+            teams.append(team)
+        try:
+            user = user_add(username=opts["username"], password=read_password(), teams=teams,
+                            team_admin=opts["team_admin"], staff=opts["staff"])
+        except TeamError as exc:
+            raise CommandError(f"{exc.field}: {exc.message}") from None
+        role = "team admin" if opts["team_admin"] else "member"
+        self.stdout.write(f"user {user.get_username()} created" + (f", {role} of {', '.join(opts['team'])}"
+                                                                  if teams else "") + (" (staff)" if opts["staff"]
+                                                                                       else ""))
 
     def handle_recover(self, **opts: Any) -> None:
         ids = services.experiments_recover()

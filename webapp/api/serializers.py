@@ -1,0 +1,33 @@
+"""Request shapes of the REST API; what they mean is checked by the same services the pages use."""
+from __future__ import annotations
+
+from rest_framework import serializers
+
+
+class ExperimentCreateSerializer(serializers.Serializer):
+    """The fields of `nas submit`; options are an object per component (space, strategy, estimator)."""
+
+    name = serializers.CharField(max_length=100)
+    team = serializers.CharField(required=False, allow_blank=True, help_text="Team name or id (may be left out "
+                                                                             "by a member of one team)")
+    dataset = serializers.CharField(max_length=50)
+    space = serializers.CharField(max_length=50)
+    strategy = serializers.CharField(max_length=50)
+    estimator = serializers.CharField(max_length=50, default="train")
+    budget = serializers.IntegerField(help_text="Number of trials")
+    epochs = serializers.IntegerField(default=3, help_text="Training epochs per trial")
+    seed = serializers.IntegerField(default=0)
+    patience = serializers.IntegerField(default=0)
+    max_seconds = serializers.IntegerField(default=0)
+    top_k = serializers.IntegerField(default=5)
+    options = serializers.DictField(child=serializers.DictField(), required=False, default=dict)
+
+
+class ReviewSerializer(serializers.Serializer):
+    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000,
+                                    help_text="Optional to approve; the reason, required to reject")
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    password = serializers.CharField(style={"input_type": "password"}, trim_whitespace=False)

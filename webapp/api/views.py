@@ -1,0 +1,189 @@
+"""The REST API: a thin layer over the experiment services and selectors, with the pages' access rules."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import authenticate
+from django.http import HttpResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status, viewsets
+from rest_framework.authtoken.models import Token
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from nasjobs.datasets import DATASETS
+from nasjobs.search import ExperimentSpec, SpecError
+from webapp.api.serializers import ExperimentCreateSerializer, ReviewSerializer, TokenRequestSerializer
+from webapp.experiments import selectors, services
+from webapp.experiments.models import Experiment
+from webapp.teams import selectors as team_selectors
+from webapp.teams.services import team_usage
+
+TRIAL_ORDERINGS = ("val_acc", "params", "flops", "train_seconds", "search_seconds", "number")
+FREE = inline_serializer("Object", fields={})
+
+
+def spec_error(exc: SpecError) -> ValidationError:
+    """A validation error keyed by the field at fault (`options.space.max_layers` for an option)."""
+    field = f"options.{exc.field}" if "." in exc.field else exc.field
+    return ValidationError({field: [exc.message]})
+
+
+def experiment_json(user, experiment: Experiment) -> dict[str, Any]:
+    data = selectors.experiment_summary(experiment)
+    if experiment.traceback and selectors.can_see_traceback(user, experiment):
+        data["traceback"] = experiment.traceback
+    return data
+
+
+class TokenView(APIView):
+    """POST username and password for a token; DELETE (with the token) revokes it."""
+
+    def get_permissions(self):
+        return [AllowAny()] if self.request.method == "POST" else [IsAuthenticated()]
+
+    @extend_schema(request=TokenRequestSerializer, responses={200: inline_serializer(
+        "Token", fields={"token": serializers.CharField()})}, auth=[])
+    def post(self, request: Request) -> Response:
+        data = TokenRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = authenticate(request, username=data.validated_data["username"],
+                            password=data.validated_data["password"])
+        if user is None or not user.is_active:
+            raise ValidationError({"non_field_errors": ["unable to log in with these credentials"]})
+        token, _ = Token.objects.get_or_create(user=user)
+        return Response({"token": token.key})
+
+    @extend_schema(request=None, responses={204: None})
+    def delete(self, request: Request) -> Response:
+        Token.objects.filter(user=request.user).delete()
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ExperimentViewSet(viewsets.GenericViewSet):
+    """Experiments of the caller's teams. Another team's experiment is a 404, exactly like a missing one."""
+
+    queryset = Experiment.objects.none()
+
+    def get_queryset(self):
+        return selectors.experiment_list(self.request.user, self.request.query_params)
+
+    @extend_schema(parameters=[OpenApiParameter(f, str) for f in selectors.LIST_FILTERS], responses=FREE)
+    def list(self, request: Request) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response([selectors.experiment_row_json(e) for e in page])
+
+    @extend_schema(request=ExperimentCreateSerializer, responses={201: FREE})
+    def create(self, request: Request) -> Response:
+        data = ExperimentCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = dict(data.validated_data)
+        name, team = fields.pop("name"), fields.pop("team", None)
+        try:
+            experiment = services.experiment_create(user=request.user, name=name, team=team,
+                                                    spec=ExperimentSpec(**fields))
+        except SpecError as exc:
+            raise spec_error(exc) from None
+        return Response(experiment_json(request.user, experiment), status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses=FREE)
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(experiment_json(request.user, selectors.experiment_for_user(request.user, int(pk))))
+
+    @extend_schema(responses={204: None, 409: FREE})
+    def destroy(self, request: Request, pk: str) -> Response:
+        experiment = selectors.experiment_for_user(request.user, int(pk))
+        if not services.experiment_delete(experiment, request.user):
+            return Response({"detail": f"experiment {pk} is {experiment.status}: cancel it first"},
+                            status=status.HTTP_409_CONFLICT)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    def _change(self, request: Request, pk: str, change, refused: str) -> Response:
+        experiment = selectors.experiment_for_user(request.user, int(pk))
+        try:
+            changed = change(experiment)
+        except SpecError as exc:
+            raise spec_error(exc) from None
+        if not changed:
+            return Response({"detail": refused.format(status=experiment.status)}, status=status.HTTP_409_CONFLICT)
+        experiment.refresh_from_db()
+        return Response(experiment_json(request.user, experiment))
+
+    @extend_schema(request=None, responses={200: FREE, 409: FREE})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str) -> Response:
+        return self._change(request, pk, lambda e: services.experiment_cancel(e, request.user),
+                            "only a pending, queued or running experiment can be cancelled (it is {status})")
+
+    @extend_schema(request=None, responses={200: FREE, 409: FREE})
+    @action(detail=True, methods=["post"])
+    def resume(self, request: Request, pk: str) -> Response:
+        return self._change(request, pk, lambda e: services.experiment_resume(e, request.user),
+                            "only a cancelled or failed experiment can be resumed (it is {status})")
+
+    @extend_schema(request=ReviewSerializer, responses={200: FREE, 409: FREE})
+    @action(detail=True, methods=["post"])
+    def approve(self, request: Request, pk: str) -> Response:
+        review = ReviewSerializer(data=request.data)
+        review.is_valid(raise_exception=True)
+        return self._change(request, pk, lambda e: services.experiment_approve(
+            e, request.user, review.validated_data["comment"]), "only a pending experiment can be approved "
+                                                                 "(it is {status})")
+
+    @extend_schema(request=ReviewSerializer, responses={200: FREE, 409: FREE})
+    @action(detail=True, methods=["post"])
+    def reject(self, request: Request, pk: str) -> Response:
+        review = ReviewSerializer(data=request.data)
+        review.is_valid(raise_exception=True)
+        return self._change(request, pk, lambda e: services.experiment_reject(
+            e, request.user, review.validated_data["comment"]), "only a pending experiment can be rejected "
+                                                                 "(it is {status})")
+
+    @extend_schema(parameters=[OpenApiParameter("ordering", str, enum=[
+        o for f in TRIAL_ORDERINGS for o in (f, f"-{f}")])], responses=FREE)
+    @action(detail=True, methods=["get"])
+    def trials(self, request: Request, pk: str) -> Response:
+        experiment = selectors.experiment_for_user(request.user, int(pk))
+        ordering = request.query_params.get("ordering", "-val_acc")
+        if ordering.lstrip("-") not in TRIAL_ORDERINGS:
+            raise ValidationError({"ordering": [f"one of {', '.join(TRIAL_ORDERINGS)}, '-' first for descending"]})
+        trials = experiment.trials.defer("curve").order_by(ordering, "number")
+        page = self.paginate_queryset(trials)
+        return self.get_paginated_response([selectors.trial_to_json(t) for t in page])
+
+    @extend_schema(responses={(200, "application/zip"): bytes})
+    @action(detail=True, methods=["get"], url_path=r"trials/(?P<number>[0-9]+)/export")
+    def export(self, request: Request, pk: str, number: str) -> HttpResponse:
+        experiment, trial = selectors.trial_for_user(request.user, int(pk), int(number))
+        response = HttpResponse(services.trial_export(experiment, trial), content_type="application/zip")
+        response["Content-Disposition"] = f'attachment; filename="nasboard-{pk}-trial-{number}.zip"'
+        return response
+
+
+class DatasetViewSet(viewsets.GenericViewSet):
+    """The datasets a search can run on."""
+
+    queryset = Experiment.objects.none()
+
+    @extend_schema(responses=FREE)
+    def list(self, request: Request) -> Response:
+        page = self.paginate_queryset(DATASETS.names())
+        return self.get_paginated_response([{"name": name} for name in page])
+
+
+class TeamViewSet(viewsets.GenericViewSet):
+    """The caller's teams, their role, and this month's compute against the quota."""
+
+    queryset = Experiment.objects.none()
+
+    @extend_schema(responses=FREE)
+    def list(self, request: Request) -> Response:
+        page = self.paginate_queryset(list(team_selectors.user_teams(request.user).order_by("name")))
+        return self.get_paginated_response([{
+            "id": t.pk, "name": t.name, "role": team_selectors.role_in(request.user, t.pk),
+            "monthly_quota": t.monthly_quota, "review_threshold": t.review_threshold, "used_this_month":
+            team_usage(t)} for t in page])

@@ -111,3 +111,31 @@ def test_a_darts_search_shows_alpha_charts_and_the_derived_cell_per_epoch(page, 
     expect(page.locator("#alpha-legend")).to_contain_text("nor_conv_3x3")
     expect(page.locator("#epoch-diagram svg")).to_be_visible()
     expect(page.locator("#best-diagram svg")).to_be_visible()
+
+
+def test_two_users_of_two_teams_each_see_only_their_teams_work(page, live_server, carol, bob):
+    from nasjobs.search import ExperimentSpec
+    from webapp.experiments import services
+
+    spec = ExperimentSpec("digits", "chain_cnn", "random", "train", budget=3, epochs=1, seed=0)
+    vision = services.experiment_create(user=carol, name="vision only run", spec=spec, enqueue=False)
+    speech = services.experiment_create(user=bob, name="speech only run", spec=spec, enqueue=False)
+    for username, own, other in (("carol", vision, speech), ("bob", speech, vision)):
+        page.context.clear_cookies()
+        page.goto(live_server.url + "/")
+        expect(page).to_have_url(f"{live_server.url}/accounts/login/?next=/")
+        page.fill("#id_username", username)
+        page.fill("#id_password", f"{username}-pass-123")
+        page.click("button[type=submit]")
+        table = page.locator("#experiments")
+        expect(table).to_contain_text(own.name)
+        expect(table).not_to_contain_text(other.name)
+        expect(page.locator("#filters")).not_to_contain_text(other.team.name)
+        page.goto(f"{live_server.url}/experiments/{own.pk}/")
+        expect(page.locator("#team")).to_have_text(own.team.name)
+        # With this browser's session (not a navigation, so the console stays free of the 404's own error).
+        for path in (f"/experiments/{other.pk}/", f"/experiments/{other.pk}/status.json", f"/api/experiments/{other.pk}/"):
+            response = page.request.get(live_server.url + path)
+            assert response.status == 404 and other.name not in response.text(), path
+        own_json = page.request.get(f"{live_server.url}/api/experiments/{own.pk}/")
+        assert own_json.status == 200 and own_json.json()["team"] == own.team.name

@@ -120,3 +120,23 @@ def test_successive_halving_records_every_rung_and_counts_trials_not_promotions(
     assert rungs == [1, 1, 2, 2]
     for row in data["leaderboard"]:
         assert [r["epochs"] for r in row["fidelity"]["rungs"]] in ([1], [1, 3])
+
+
+def test_commands_in_a_new_terminal_read_the_local_settings_file(tmp_path):
+    """What `make run` writes once (.env) is what a `manage.py` command in another terminal runs with."""
+    env_file = tmp_path / "local.env"
+    env_file.write_text("# written by make run\nDEBUG=1\nSECRET_KEY='generated-local-key'\n")
+    env = {"PATH": "/usr/bin:/bin", "NAS_VAR_DIR": str(tmp_path), "NAS_ENV_FILE": str(env_file)}
+    code = "from django.conf import settings; print(settings.DEBUG, settings.SECRET_KEY)"
+    done = subprocess.run([sys.executable, "-c", f"import django, os; os.environ['DJANGO_SETTINGS_MODULE'] = "
+                           f"'webapp.settings'; django.setup(); {code}"], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "generated-local-key"]
+    done = subprocess.run([sys.executable, "-c", "import webapp.settings"], cwd=ROOT, capture_output=True,
+                          text=True, env={**env, "DEBUG": "0"})  # the environment wins over the file
+    assert done.returncode == 0, done.stderr
+    env_file.write_text("DEBUG 1\n")
+    done = subprocess.run([sys.executable, "-c", "import webapp.settings"], cwd=ROOT, capture_output=True,
+                          text=True, env=env)
+    assert done.returncode != 0 and "local.env:1: expected KEY=VALUE" in done.stderr

@@ -125,23 +125,24 @@ class ExperimentViewSet(viewsets.GenericViewSet):
         return self._change(request, pk, lambda e: services.experiment_resume(e, request.user),
                             "only a cancelled or failed experiment can be resumed (it is {status})")
 
+    def _review(self, request: Request, pk: str, approve: bool) -> Response:
+        review = ReviewSerializer(data=request.data)
+        review.is_valid(raise_exception=True)
+        comment = review.validated_data["comment"]
+        decide = services.experiment_approve if approve else services.experiment_reject
+        return self._change(request, pk, lambda e: decide(e, request.user, comment),
+                            f"only a pending experiment can be {'approved' if approve else 'rejected'} "
+                            "(it is {status})")
+
     @extend_schema(request=ReviewSerializer, responses={200: FREE, 409: FREE})
     @action(detail=True, methods=["post"])
     def approve(self, request: Request, pk: str) -> Response:
-        review = ReviewSerializer(data=request.data)
-        review.is_valid(raise_exception=True)
-        return self._change(request, pk, lambda e: services.experiment_approve(
-            e, request.user, review.validated_data["comment"]), "only a pending experiment can be approved "
-                                                                 "(it is {status})")
+        return self._review(request, pk, approve=True)
 
     @extend_schema(request=ReviewSerializer, responses={200: FREE, 409: FREE})
     @action(detail=True, methods=["post"])
     def reject(self, request: Request, pk: str) -> Response:
-        review = ReviewSerializer(data=request.data)
-        review.is_valid(raise_exception=True)
-        return self._change(request, pk, lambda e: services.experiment_reject(
-            e, request.user, review.validated_data["comment"]), "only a pending experiment can be rejected "
-                                                                 "(it is {status})")
+        return self._review(request, pk, approve=False)
 
     @extend_schema(parameters=[OpenApiParameter("ordering", str, enum=[
         o for f in TRIAL_ORDERINGS for o in (f, f"-{f}")])], responses=FREE)

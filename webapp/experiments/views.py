@@ -126,7 +126,7 @@ def _act(request: HttpRequest, pk: int, action: Callable[[Experiment], bool], do
         if changed:
             messages.success(request, done)
         else:
-            messages.error(request, refused.format(status=experiment.get_status_display()))
+            messages.error(request, refused.format(status=experiment.status.replace("_", " ")))
     return redirect(then, pk=pk) if then == "experiment_detail" else redirect(then)
 
 

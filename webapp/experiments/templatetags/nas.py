@@ -43,3 +43,9 @@ def duration(value) -> str:
     minutes, secs = divmod(int(round(float(value))), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+@register.filter
+def status_label(value: str) -> str:
+    """A status as the pages and the JSON both spell it ("pending_review" reads "pending review")."""
+    return str(value).replace("_", " ")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import QuerySet
+from django.db.models import F, OuterRef, QuerySet, Subquery
 from django.utils import timezone
 
 from webapp.teams.models import Membership, Team
@@ -25,7 +25,9 @@ def member_teams(user: User) -> QuerySet[Team]:
     """The teams the user may submit to (staff too submit only where they are members), last used first."""
     if not user.is_authenticated:
         return Team.objects.none()
-    return Team.objects.filter(memberships__user=user).order_by("-memberships__last_used_at", "name")
+    last_used = Membership.objects.filter(team=OuterRef("pk"), user=user).values("last_used_at")[:1]
+    return (Team.objects.filter(memberships__user=user).annotate(last_used=Subquery(last_used))
+            .order_by(F("last_used").desc(nulls_last=True), "name"))
 
 
 def visible_team_ids(user: User) -> QuerySet | None:

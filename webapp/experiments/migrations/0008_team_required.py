@@ -3,10 +3,9 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    """Every experiment belongs to a team (a migration of its own: PostgreSQL cannot alter a table whose rows the
-    previous step updated in the same transaction)."""
+    """Every experiment belongs to a team."""
 
-    dependencies = [("experiments", "0006_teams_review_audit"), ("teams", "0001_initial")]
+    dependencies = [("experiments", "0007_into_demo_team"), ("teams", "0001_initial")]
 
     operations = [
         migrations.AlterField(

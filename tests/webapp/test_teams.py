@@ -255,9 +255,12 @@ def test_team_and_user_commands(capsys, django_user_model, monkeypatch):
     with pytest.raises(CommandError, match="letters, digits"):
         call_command("nas", "team", "add", "no spaces")
     monkeypatch.setenv("NAS_PASSWORD", "heidi-pass-123")
-    call_command("nas", "user", "add", "heidi", "--team", "nlp", "--team-admin")
+    call_command("nas", "user", "add", "heidi", "--team", "nlp", "--team-admin", "--email", "heidi@example.org")
     heidi = django_user_model.objects.get(username="heidi")
     assert heidi.check_password("heidi-pass-123") and selectors.is_team_admin(heidi, team.pk)
+    assert heidi.email == "heidi@example.org"
+    with pytest.raises(CommandError, match="email: 'not-an-address' is not an e-mail address"):
+        call_command("nas", "user", "add", "ivan", "--team", "nlp", "--email", "not-an-address")
     monkeypatch.setenv("NAS_PASSWORD", "short")
     with pytest.raises(CommandError, match="password: This password is too short"):
         call_command("nas", "user", "add", "ivan", "--team", "nlp")

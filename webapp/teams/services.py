@@ -5,6 +5,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
@@ -36,7 +37,7 @@ def team_create(*, name: str, monthly_quota: int | None = 100_000, review_thresh
 
 
 def user_add(*, username: str, password: str, teams: list[Team], team_admin: bool = False,
-             staff: bool = False) -> AbstractBaseUser:
+             staff: bool = False, email: str = "") -> AbstractBaseUser:
     """Create a user in the given teams (role: member, or team admin). The password is checked by Django's
     validators and never logged."""
     User = get_user_model()
@@ -47,7 +48,13 @@ def user_add(*, username: str, password: str, teams: list[Team], team_admin: boo
         raise TeamError("username", f"a user named {username!r} exists already")
     if not teams and not staff:
         raise TeamError("team", "a user who is not staff needs at least one team")
-    user = User(username=username, is_staff=staff, is_superuser=staff)
+    email = (email or "").strip()
+    if email:
+        try:
+            validate_email(email)
+        except ValidationError:
+            raise TeamError("email", f"{email!r} is not an e-mail address") from None
+    user = User(username=username, is_staff=staff, is_superuser=staff, email=email)
     try:
         validate_password(password, user)
     except ValidationError as exc:

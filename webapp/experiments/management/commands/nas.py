@@ -159,6 +159,7 @@ class Command(BaseCommand):
         add_user.add_argument("--team", action="append", default=[], help="A team to join (repeatable)")
         add_user.add_argument("--team-admin", action="store_true", help="Admin of the given teams")
         add_user.add_argument("--staff", action="store_true", help="Staff: sees every team, reviews, uses /admin/")
+        add_user.add_argument("--email", default="", help="Where notifications of their experiments go")
         cal = sub.add_parser("calibrate", help="Measure how well the experiment's estimator ranks candidates")
         cal.add_argument("id", type=int)
         cal.add_argument("--k", type=int, default=10, help="Candidates trained in full")
@@ -322,7 +323,7 @@ class Command(BaseCommand):
             teams.append(team)
         try:
             user = user_add(username=opts["username"], password=read_password(), teams=teams,
-                            team_admin=opts["team_admin"], staff=opts["staff"])
+                            team_admin=opts["team_admin"], staff=opts["staff"], email=opts["email"])
         except TeamError as exc:
             raise CommandError(f"{exc.field}: {exc.message}") from None
         role = "team admin" if opts["team_admin"] else "member"

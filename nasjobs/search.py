@@ -5,7 +5,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 import torch
 
@@ -16,7 +16,7 @@ from nasjobs.metrics import count_macs, count_params
 from nasjobs.options import OptionError, config_to_json, parse_config
 from nasjobs.rng import derive_seed
 from nasjobs.spaces import SPACES
-from nasjobs.strategies import STRATEGIES
+from nasjobs.strategies import STRATEGIES, Observed
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,30 @@ def evaluations_done(trials: list[TrialRecord]) -> int:
     return sum(len(t.evaluations) for t in trials)
 
 
+def observed_history(trials: Iterable[TrialRecord]) -> list[Observed]:
+    """What a strategy had been told when these trials were recorded, in the order given: each one's architecture
+    and readings. A strategy's checkpoint holds none of it (`Strategy.load_state_dict`)."""
+    return [Observed(t.arch_key, tuple(t.evaluations)) for t in trials]
+
+
+def promotion(cohort: list[int], trials: list[TrialRecord], rung: int, eta: int) -> tuple[list[int], list[int]]:
+    """Successive halving's cut after rung `rung` - 1: the best floor(n/eta) of `cohort` by that rung's figure
+    (at least one; the earlier trial first on a tie) go on to rung `rung`, the rest stop. Both best first."""
+    ranked = sorted(cohort, key=lambda n: (-trials[n].fidelity["rungs"][rung - 1]["val_acc"], n))
+    survivors = max(1, len(cohort) // eta)
+    return ranked[:survivors], ranked[survivors:]
+
+
+def bracket_told_order(members: list[int], trials: list[TrialRecord], rungs: int, eta: int) -> list[int]:
+    """The order in which a finished bracket of `rungs` rungs told its `members` to the strategy: the losers of
+    each cut, best first, then the last survivors (as `SearchRunner._run_brackets` does)."""
+    told, cohort = [], list(members)
+    for rung in range(1, rungs):
+        cohort, losers = promotion(cohort, trials, rung, eta)
+        told += losers
+    return told + cohort
+
+
 def top_k_numbers(trials: list[TrialRecord], k: int) -> list[int]:
     ranked = sorted(trials, key=lambda t: (-t.val_acc, t.number))
     return [t.number for t in ranked[:k]]
@@ -234,7 +258,7 @@ class SearchRunner:
             return self._run_brackets()
         state, trials = self.store.load()
         if state is not None:
-            self.strategy.load_state_dict(state)
+            self.strategy.load_state_dict(state, observed_history(trials))
         if trials and hasattr(self.estimator, "load_history"):  # estimators that compare a trial with earlier ones
             self.estimator.load_history([t.curve for t in trials if "stopped_at_epoch" not in t.fidelity])
         by_key = {t.arch_key: t for t in trials}
@@ -299,15 +323,20 @@ class SearchRunner:
         """
         state, trials = self.store.load()
         loop: dict[str, Any] = {"bracket": 0, "members": [], "observed": []}
+        eta, top = self.estimator.config.eta, self.spec.epochs
         if state is not None:
-            self.strategy.load_state_dict(state["strategy"])
             loop = state["loop"]
+            told: list[int] = []
+            for bracket in range(loop["bracket"]):  # finished brackets told every member, in a fixed order
+                members = [t.number for t in trials if t.fidelity.get("bracket") == bracket]
+                told += bracket_told_order(members, trials, len(self.estimator.bracket(bracket, top)[1]), eta)
+            told += loop["observed"]
+            self.strategy.load_state_dict(state["strategy"], observed_history(trials[n] for n in told))
         by_key = {t.arch_key: t for t in trials}
         previous_seconds = max((t.search_seconds for t in trials), default=0.0)
         proposals = max((t.proposals for t in trials), default=0)
         session_start = time.monotonic()
         elapsed = lambda: previous_seconds + time.monotonic() - session_start  # noqa: E731
-        eta, top = self.estimator.config.eta, self.spec.epochs
 
         def save(trial: TrialRecord) -> None:
             kept = top_k_numbers(trials, self.spec.top_k)
@@ -365,9 +394,8 @@ class SearchRunner:
                 break
             cohort = list(members)
             for rung, epochs in enumerate(rungs[1:], start=1):
-                ranked = sorted(cohort, key=lambda n: (-trials[n].fidelity["rungs"][rung - 1]["val_acc"], n))
-                survivors = ranked[:max(1, len(cohort) // eta)]
-                for number in ranked[len(survivors):]:
+                survivors, losers = promotion(cohort, trials, rung, eta)
+                for number in losers:
                     tell(number)
                 for number in survivors:
                     if len(trials[number].fidelity["rungs"]) <= rung:

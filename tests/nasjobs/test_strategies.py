@@ -18,7 +18,7 @@ from nasjobs.search import MemoryStore, best_trial
 from nasjobs.spaces import ChainCNN, NB201, SearchSpace
 from nasjobs.spaces.chain_cnn import ChainCNNConfig
 from nasjobs.spaces.nb201 import NB201Config
-from nasjobs.strategies import STRATEGIES, Strategy
+from nasjobs.strategies import STRATEGIES, Observed, Strategy
 from nasjobs.strategies.bo import BOConfig
 from nasjobs.strategies.evolution import EvolutionConfig
 from nasjobs.strategies.reinforce import Reinforce, ReinforceConfig
@@ -89,26 +89,38 @@ def fake_value(space: SearchSpace, arch: Any) -> float:
     return random.Random(space.to_str(arch)).random()
 
 
-def drive(strategy: Strategy, space: SearchSpace, steps: int) -> list[str]:
+def drive(strategy: Strategy, space: SearchSpace, steps: int,
+          trials: dict[str, list[float]] | None = None) -> list[str]:
+    """`steps` proposals, each observed; `trials` gets what the platform's trials would hold: each architecture's
+    first value, and another reading whenever the strategy re-evaluated."""
     proposals = []
     for _ in range(steps):
         arch = strategy.propose()
         key = space.to_str(arch)
         assert space.from_str(key) == arch  # a valid member of the space
         proposals.append(key)
-        strategy.observe(arch, fake_value(space, arch))
+        value = fake_value(space, arch)
+        if trials is not None and (key not in trials or strategy.reevaluates):
+            trials.setdefault(key, []).append(value)
+        strategy.observe(arch, value)
     return proposals
+
+
+def history(trials: dict[str, list[float]]) -> list[Observed]:
+    return [Observed(key, tuple(readings)) for key, readings in trials.items()]
 
 
 def resumed_and_uninterrupted(name: str, space: SearchSpace, seed: int, options: dict | None, before: int,
                               after: int) -> tuple[list[str], list[str]]:
     """The proposals of a search checkpointed after `before` steps and resumed by a fresh strategy from its JSON
-    state (what the database keeps), and those of the same search run `before + after` steps uninterrupted."""
+    state and the trials (what the database keeps), and those of the same search run `before + after` steps
+    uninterrupted."""
     expected = drive(make_strategy(name, space, seed, options), space, before + after)
     first = make_strategy(name, space, seed, options)
-    got = drive(first, space, before)
+    trials: dict[str, list[float]] = {}
+    got = drive(first, space, before, trials)
     resumed = make_strategy(name, space, seed, options)
-    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())), history(trials))
     return got + drive(resumed, space, after), expected
 
 

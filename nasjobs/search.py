@@ -147,6 +147,10 @@ class MemoryStore:
     best: tuple[int, float | None] | None = None
     stop_reason: str = ""
     heartbeats: int = 0
+    weighted: set[int] = field(default_factory=set)  # trials that hold weights, so forgetting them is not O(n)
+
+    def __post_init__(self) -> None:
+        self.weighted = {t.number for t in self.trials if t.weights_path}
 
     def load(self) -> tuple[dict[str, Any] | None, list[TrialRecord]]:
         return self.state, list(self.trials)
@@ -157,9 +161,11 @@ class MemoryStore:
         else:
             self.trials.append(trial)
         self.state = strategy_state
-        for t in self.trials:
-            if t.number not in kept:
-                t.weights_path = None
+        if trial.weights_path:
+            self.weighted.add(trial.number)
+        for number in self.weighted - set(kept):
+            self.trials[number].weights_path = None
+            self.weighted.discard(number)
 
     def heartbeat(self) -> None:
         self.heartbeats += 1

@@ -10,6 +10,7 @@ from functools import lru_cache
 from typing import Any
 
 import pytest
+from threadpoolctl import threadpool_limits
 
 from nasjobs import nb201_table
 from nasjobs.bench import make_strategy, run_search
@@ -199,14 +200,15 @@ def test_the_bench_cli_runs_the_discrete_strategies_and_refuses_differentiable_o
 
 
 # bo at scale on a smaller bound, so the test is fast and the subset of data is in play for most of the search
-SMALL_BO = {"gp_points": 40, "gp_best": 10, "gp_recent": 10, "random_candidates": 20, "refit_every": 50}
+SMALL_BO = {"gp_points": 40, "gp_best": 10, "gp_recent": 10, "parents": 2, "random_candidates": 20,
+            "refit_every": 50}
 AT_SCALE = [("random", None), ("evolution", None), ("local_search", None), ("reinforce", None), ("bo", SMALL_BO)]
 
 
 @pytest.mark.parametrize("name, options", AT_SCALE, ids=[name for name, _ in AT_SCALE])
 def test_a_search_of_thousands_of_trials_resumes_exactly_from_a_checkpoint_that_does_not_grow(
         name: str, options: dict | None, tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
-    """2,500 evaluations on the table (the final race included): killed after two thirds of its records, the
+    """2,000 evaluations on the table (the final race included): killed after two thirds of its records, the
     experiment resumes from its checkpoint and its trials to what the uninterrupted one found. The checkpoint is
     no bigger later than over its first 100 trials: the history lives in the trials, not in it."""
     sizes: list[int] = []
@@ -216,14 +218,15 @@ def test_a_search_of_thousands_of_trials_resumes_exactly_from_a_checkpoint_that_
             super().record_trial(trial, strategy_state, kept)
             sizes.append(len(json.dumps(strategy_state)))
 
-    with caplog.at_level("INFO", logger="nasjobs.strategies.bo"):
-        expected = run_bench_experiment(name, options, Sizing(), tmp_path / "a", budget=2500)
+    with caplog.at_level("INFO", logger="nasjobs.strategies.bo"), threadpool_limits(1):  # small matrices
+        expected = run_bench_experiment(name, options, Sizing(), tmp_path / "a", budget=2000)
     assert len(expected) > 1000
     assert max(sizes[100:]) <= 1.05 * max(sizes[:100])
     if name == "bo":
         assert "fitted from now on to the best 10, the latest 10 and 20 drawn at random" in caplog.text
     crashed = KilledStore(survive=2 * len(sizes) // 3)
-    run_bench_experiment(name, options, crashed, tmp_path / "b", budget=2500)
-    resumed = MemoryStore(state=json.loads(json.dumps(crashed.state)), trials=copy.deepcopy(crashed.trials))
-    assert 0 < len(resumed.trials) < len(expected)
-    assert run_bench_experiment(name, options, resumed, tmp_path / "b", budget=2500) == expected
+    with threadpool_limits(1):
+        run_bench_experiment(name, options, crashed, tmp_path / "b", budget=2000)
+        resumed = MemoryStore(state=json.loads(json.dumps(crashed.state)), trials=copy.deepcopy(crashed.trials))
+        assert 0 < len(resumed.trials) < len(expected)
+        assert run_bench_experiment(name, options, resumed, tmp_path / "b", budget=2000) == expected

@@ -375,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
                               progress=lambda line: print(line, file=sys.stderr, flush=True))
     seconds = time.perf_counter() - started
     report["seconds"] = round(seconds, 1)
+    report["provenance"] = provenance(list(sys.argv[1:] if argv is None else argv),
+                                      {"space": args.space, "dataset": args.dataset, "budget": args.budget,
+                                       "runs": args.runs, "strategies": names, "options": args.options or {}})
     print(json.dumps(report) if args.json else format_table(report, seconds))
     return 0
 

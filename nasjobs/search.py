@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field
@@ -196,6 +197,15 @@ def observed_history(trials: Iterable[TrialRecord]) -> list[Observed]:
     return [Observed(t.arch_key, tuple(t.evaluations)) for t in trials]
 
 
+def restore_strategy(strategy: Any, state: dict[str, Any], history: list[Observed]) -> None:
+    """`strategy.load_state_dict(state, history)`; a strategy written before strategies read their history from the
+    trials (a package's own, `load_state_dict(state)`) gets its state alone."""
+    if len(inspect.signature(strategy.load_state_dict).parameters) >= 2:
+        strategy.load_state_dict(state, history)
+    else:
+        strategy.load_state_dict(state)
+
+
 def promotion(cohort: list[int], trials: list[TrialRecord], rung: int, eta: int) -> tuple[list[int], list[int]]:
     """Successive halving's cut after rung `rung` - 1: the best floor(n/eta) of `cohort` by that rung's figure
     (at least one; the earlier trial first on a tie) go on to rung `rung`, the rest stop. Both best first."""
@@ -294,7 +304,7 @@ class SearchRunner:
             return self._run_brackets()
         state, trials = self.store.load()
         if state is not None:
-            self.strategy.load_state_dict(state, observed_history(trials))
+            restore_strategy(self.strategy, state, observed_history(trials))
         if trials and hasattr(self.estimator, "load_history"):  # estimators that compare a trial with earlier ones
             self.estimator.load_history([t.curve for t in trials if "stopped_at_epoch" not in t.fidelity])
         by_key = {t.arch_key: t for t in trials}
@@ -371,7 +381,7 @@ class SearchRunner:
                 members = [t.number for t in trials if t.fidelity.get("bracket") == bracket]
                 told += bracket_told_order(members, trials, len(self.estimator.bracket(bracket, top)[1]), eta)
             told += loop["observed"]
-            self.strategy.load_state_dict(state["strategy"], observed_history(trials[n] for n in told))
+            restore_strategy(self.strategy, state["strategy"], observed_history(trials[n] for n in told))
         by_key = {t.arch_key: t for t in trials}
         previous_seconds = max((t.search_seconds for t in trials), default=0.0)
         proposals = max((t.proposals for t in trials), default=0)

@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from nasjobs.artifacts import ArtifactStore
+from nasjobs.rng import rng_state, set_rng_state
 from nasjobs.search import (ExperimentSpec, Leaderboard, MemoryStore, SearchCancelled, SearchRunner, SpecError,
                             TrialRecord, best_trial, evaluations_done, top_k_numbers, validate_spec)
+from nasjobs.strategies.random_search import RandomSearch
+from tests.nasjobs.killed import KilledStore
 
 CPU = torch.device("cpu")
 SPEC = ExperimentSpec("digits", "chain_cnn", "random", "train", budget=5, epochs=1, seed=4, top_k=2,
@@ -189,3 +192,32 @@ def test_the_leaderboard_ranks_as_the_best_trial_and_top_k_do_through_reevaluati
         assert board.top(5) == top_k_numbers(trials, 5)
         assert board.evaluations == evaluations_done(trials)
     assert Leaderboard(trials).order == board.order
+
+
+class OwnHistory(RandomSearch):
+    """A strategy written before the loop handed strategies their history: its checkpoint holds what it saw."""
+
+    def state_dict(self):
+        return {"rng": rng_state(self.rng), "seen": sorted(self.seen)}
+
+    def load_state_dict(self, state):
+        set_rng_state(self.rng, state["rng"])
+        self.seen = set(state["seen"])
+
+
+def test_a_strategy_that_restores_from_its_state_alone_still_resumes(tmp_path):
+    spec = ExperimentSpec("digits", "nb201", "random", "benchmark", budget=30, epochs=200, seed=2, top_k=1)
+
+    def run_own(store, root):
+        runner = SearchRunner(spec, store, ArtifactStore(root, 1), CPU)
+        runner.strategy = OwnHistory(runner.space, runner.strategy.config, runner.strategy.seed)
+        try:
+            runner.run()
+        except RuntimeError:
+            pass
+        return [t.arch_key for t in store.trials]
+
+    expected = run_own(MemoryStore(), tmp_path / "a")
+    crashed = KilledStore(survive=12)
+    run_own(crashed, tmp_path / "b")
+    assert run_own(MemoryStore(state=crashed.state, trials=list(crashed.trials)), tmp_path / "b") == expected

@@ -289,8 +289,8 @@ def bench_proposals(strategy: str, dataset: str, points: tuple[int, ...], window
 
 
 def provenance(argv: list[str], options: dict[str, Any]) -> dict[str, Any]:
-    """What a bench JSON records about how it was made: the commit (and whether the tree had changes), the
-    command line, the resolved options and the machine."""
+    """What a bench JSON records about how it was made: the commit (`dirty`: the engine's files, `nasjobs/`,
+    differed from it when the bench ended), the command line, the resolved options and the machine."""
     def git(*args: str) -> str:
         try:
             return subprocess.run(["git", *args], capture_output=True, text=True, check=True,

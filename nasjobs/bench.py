@@ -1,10 +1,14 @@
-"""Benchmarks of the engine's strategies on the NAS-Bench-201 table (`python -m nasjobs.bench strategies ...`)."""
+"""Benchmarks of the engine's strategies on the NAS-Bench-201 table (`python -m nasjobs.bench strategies|proposals`)."""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import platform
+import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -13,12 +17,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from nasjobs import nb201_table
 from nasjobs.artifacts import ArtifactStore
 from nasjobs.options import parse_config
 from nasjobs.rng import derive_seed
-from nasjobs.search import ExperimentSpec, MemoryStore, SearchRunner, TrialRecord, best_trial
+from nasjobs.search import LIMITS, ExperimentSpec, MemoryStore, SearchRunner, TrialRecord, best_trial
 from nasjobs.spaces import SearchSpace
 from nasjobs.strategies import STRATEGIES, Strategy
 
@@ -175,6 +180,144 @@ def oracle_ceiling(table: nb201_table.DatasetTable, k: int = 10, draws: int = 40
     return float(table.test200[top[np.argmax(readings, axis=1)]].mean())
 
 
+class Measured(Exception):
+    """Raised by the proposal bench's store once the last point is reached: the run has served its purpose."""
+
+
+@dataclass
+class ProposalStore(MemoryStore):
+    """A MemoryStore that notes the checkpoint's size (JSON bytes, as a store writes it) when the trials reach each
+    of `points`, and ends the run at the last."""
+
+    points: tuple[int, ...] = ()
+    state_bytes: dict[int, int] = field(default_factory=dict)
+    trial_ends: list[tuple[int, float]] = field(default_factory=list)  # (trials recorded, perf_counter) per record
+
+    def record_trial(self, trial: TrialRecord, strategy_state: dict[str, Any], kept: list[int]) -> None:
+        super().record_trial(trial, strategy_state, kept)
+        self.trial_ends.append((len(self.trials), time.perf_counter()))
+        if len(self.trials) in self.points:
+            self.state_bytes[len(self.trials)] = len(json.dumps(strategy_state))
+        if len(self.trials) >= max(self.points):
+            raise Measured()
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+class Stalled(Exception):
+    """Raised by the proposal bench when a strategy proposes evaluated cells for long: it has settled."""
+
+
+def bench_proposals(strategy: str, dataset: str, points: tuple[int, ...], window: int, seed: int,
+                    patience: int = 200) -> dict[str, Any]:
+    """Milliseconds per `propose()` and checkpoint bytes of `strategy` in the platform's own loop on `dataset`'s
+    table, at each of `points` trials: the proposals timed are those made while the experiment held from
+    `point - window` to `point` trials (repeats of evaluated cells included), the checkpoint is the one recorded
+    with trial `point`. The budget is the largest the platform accepts, so no final race begins.
+
+    A strategy that stops finding new cells (`patience` proposals in a row of evaluated ones: evolution and
+    REINFORCE settle on a region of the 15,625 cells long before 10,000) is measured on a filled history: the
+    bench records random unseen cells as trials, as an experiment that imported them would hold, and resumes the
+    experiment from its checkpoint and those trials. `filled_from` says at which trial that began, `filled` how
+    many trials were filled in all."""
+    store = ProposalStore(points=points)
+    spec = bench_spec(strategy, dataset, LIMITS["budget"][1], seed)
+    timings: dict[int, list[float]] = {n: [] for n in points}
+    fill = random.Random(derive_seed("fill", seed))
+    filled_from, filled = None, 0
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as root:
+        while True:
+            runner = SearchRunner(spec, store, ArtifactStore(root, seed), torch.device("cpu"))
+            propose = runner.strategy.propose
+            since_new = [len(store.trials), 0]  # trials when last counted, proposals since
+
+            def timed() -> Any:
+                count = len(store.trials)
+                since_new[:] = [count, 0] if count != since_new[0] else [count, since_new[1] + 1]
+                if since_new[1] >= patience:
+                    raise Stalled()
+                begin = time.perf_counter()
+                arch = propose()
+                elapsed_ms = (time.perf_counter() - begin) * 1000
+                for n in points:
+                    if n - window <= count < n:
+                        timings[n].append(elapsed_ms)
+                return arch
+
+            runner.strategy.propose = timed  # type: ignore[method-assign]
+            try:
+                runner.run()
+            except Measured:
+                break
+            except Stalled:
+                pass
+            # Settled: fill to the next point's window, or to the point once its window holds enough proposals.
+            filled_from = len(store.trials) if filled_from is None else filled_from
+            n = next(n for n in points if n > len(store.trials))
+            target = n if len(timings[n]) >= window or len(store.trials) >= n - window else n - window
+            seen = {t.arch_key for t in store.trials}
+            while len(store.trials) < target:
+                arch = runner.space.sample(fill)
+                key = runner.space.to_str(arch)
+                if key in seen:
+                    continue
+                seen.add(key)
+                number = len(store.trials)
+                result = runner.estimator.evaluate(arch, spec.epochs, seed=runner.trial_seed(number))
+                store.trials.append(TrialRecord(number, key, runner.space.display(arch), result.val_acc,
+                                                result.params, result.flops, 0.0, result.fidelity, result.curve))
+                filled += 1
+            if len(store.trials) in points:
+                store.state_bytes[len(store.trials)] = len(json.dumps(store.state))
+            if len(store.trials) >= max(points):
+                break
+    report: dict[str, Any] = {}
+    for n in points:
+        report[f"ms_{n}"] = round(statistics.median(timings[n]), 3) if timings[n] else None
+        report[f"p95_{n}"] = round(percentile(timings[n], 95), 3) if timings[n] else None
+        report[f"proposals_{n}"] = len(timings[n])
+        report[f"state_bytes_{n}"] = store.state_bytes.get(n)
+        # Whole trials (proposal, lookup, observe, checkpoint, bookkeeping) recorded in the same window.
+        ends = [t for count, t in store.trial_ends if n - window <= count <= n]
+        gaps = [(b - a) * 1000 for a, b in zip(ends, ends[1:])]
+        report[f"trial_ms_{n}"] = round(statistics.median(gaps), 3) if gaps else None
+    report.update({"filled_from": filled_from, "filled": filled, "seconds": round(time.perf_counter() - started, 1)})
+    return report
+
+
+def provenance(argv: list[str], options: dict[str, Any]) -> dict[str, Any]:
+    """What a bench JSON records about how it was made: the commit (`dirty`: the engine's files, `nasjobs/`,
+    differed from it when the bench ended), the command line, the resolved options and the machine."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
+                                  cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--", ".")),
+            "command": " ".join(["python -m nasjobs.bench", *argv]), "options": options,
+            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                        "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+                        "numpy": np.__version__, "torch_threads": torch.get_num_threads()}}
+
+
+def format_proposals(report: dict[str, Any]) -> str:
+    points = report["options"]["points"]
+    lines = [f"proposal cost on the {report['options']['dataset']} table: median ms per proposal (p95), checkpoint "
+             "bytes, at each number of trials",
+             f"{'strategy':<14}" + "".join(f"{f'ms@{n}':>18}{f'bytes@{n}':>12}" for n in points)]
+    for name, row in report["strategies"].items():
+        cells = "".join(f"{row[f'ms_{n}']:>9.2f} ({row[f'p95_{n}']:>6.1f}){row[f'state_bytes_{n}'] or 0:>12}"
+                        for n in points)
+        note = f"  filled from {row['filled_from']}" if row["filled_from"] is not None else ""
+        lines.append(f"{name:<14}{cells}{note}")
+    return "\n".join(lines)
+
+
 def format_table(report: dict[str, Any], seconds: float) -> str:
     budgets = sorted({r["budget"] for r in report["results"]})
     names = list(dict.fromkeys(r["strategy"] for r in report["results"]))
@@ -205,11 +348,21 @@ def main(argv: list[str] | None = None) -> int:
                    help='strategy options as JSON, e.g. \'{"bo": {"incumbent_evaluations": 1}}\' (default: each '
                         'strategy\'s defaults)')
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    q = sub.add_parser("proposals", help="milliseconds per proposal and checkpoint bytes at 100 to 10,000 trials")
+    q.add_argument("--dataset", default="cifar10", choices=nb201_table.DATASETS)
+    q.add_argument("--points", default="100,1000,10000", help="trial counts to measure at, comma-separated")
+    q.add_argument("--window", type=int, default=50, help="proposals before each point that are timed")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--strategies", default=None, help="comma-separated (default: every registered strategy with a "
+                                                      "propose/observe loop)")
+    q.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
-    if args.budget < 1 or args.runs < 1:
-        parser.error("--budget and --runs must be positive")
     # Differentiable strategies (DARTS) train a supernet instead of proposing: the table protocol does not apply.
     discrete = [n for n in STRATEGIES.names() if not getattr(STRATEGIES.get(n), "differentiable", False)]
+    if args.command == "proposals":
+        return proposals_main(parser, args, discrete, list(sys.argv[1:] if argv is None else argv))
+    if args.budget < 1 or args.runs < 1:
+        parser.error("--budget and --runs must be positive")
     names = args.strategies.split(",") if args.strategies else discrete + [OptunaTPE.name]
     for name in (n.split("@")[0] for n in names):
         if name != OptunaTPE.name and name not in discrete:
@@ -222,7 +375,38 @@ def main(argv: list[str] | None = None) -> int:
                               progress=lambda line: print(line, file=sys.stderr, flush=True))
     seconds = time.perf_counter() - started
     report["seconds"] = round(seconds, 1)
+    report["provenance"] = provenance(list(sys.argv[1:] if argv is None else argv),
+                                      {"space": args.space, "dataset": args.dataset, "budget": args.budget,
+                                       "runs": args.runs, "strategies": names, "options": args.options or {}})
     print(json.dumps(report) if args.json else format_table(report, seconds))
+    return 0
+
+
+def proposals_main(parser: argparse.ArgumentParser, args: argparse.Namespace, discrete: list[str],
+                   argv: list[str]) -> int:
+    try:
+        points = tuple(sorted(int(n) for n in args.points.split(",")))
+    except ValueError:
+        parser.error("--points must be comma-separated integers")
+    if not points or points[0] < 1 or points[-1] > nb201_table.NUM_ARCHS or not 1 <= args.window <= points[0]:
+        parser.error(f"--points must lie in 1..{nb201_table.NUM_ARCHS} and --window in 1..the smallest point")
+    names = args.strategies.split(",") if args.strategies else discrete
+    for name in names:
+        if name not in discrete:
+            parser.error(f"unknown or differentiable strategy {name!r}; choose from {', '.join(discrete)}")
+    logging.basicConfig(level=logging.WARNING)
+    # A proposal is small work (a GP on a few hundred points at most): threads only contend, in torch and in BLAS.
+    torch.set_num_threads(1)
+    threadpool_limits(1)
+    options = {"dataset": args.dataset, "points": list(points), "window": args.window, "seed": args.seed,
+               "strategies": names, "excluded": [n for n in STRATEGIES.names() if n not in discrete]}
+    report = provenance(argv, options)
+    report["strategies"] = {}
+    for name in names:
+        report["strategies"][name] = row = bench_proposals(name, args.dataset, points, args.window, args.seed)
+        print(f"{name}: " + ", ".join(f"{n}: {row[f'ms_{n}']} ms, {row[f'state_bytes_{n}']} B" for n in points)
+              + f" ({row['seconds']:.0f} s)", file=sys.stderr, flush=True)
+    print(json.dumps(report) if args.json else format_proposals(report))
     return 0
 
 

@@ -1,11 +1,13 @@
 """The search loop: a strategy proposes, an estimator evaluates, a store persists each trial as it finishes."""
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 import torch
 
@@ -16,7 +18,7 @@ from nasjobs.metrics import count_macs, count_params
 from nasjobs.options import OptionError, config_to_json, parse_config
 from nasjobs.rng import derive_seed
 from nasjobs.spaces import SPACES
-from nasjobs.strategies import STRATEGIES
+from nasjobs.strategies import STRATEGIES, Observed
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,10 @@ class MemoryStore:
     best: tuple[int, float | None] | None = None
     stop_reason: str = ""
     heartbeats: int = 0
+    weighted: set[int] = field(default_factory=set)  # trials that hold weights, so forgetting them is not O(n)
+
+    def __post_init__(self) -> None:
+        self.weighted = {t.number for t in self.trials if t.weights_path}
 
     def load(self) -> tuple[dict[str, Any] | None, list[TrialRecord]]:
         return self.state, list(self.trials)
@@ -156,9 +162,11 @@ class MemoryStore:
         else:
             self.trials.append(trial)
         self.state = strategy_state
-        for t in self.trials:
-            if t.number not in kept:
-                t.weights_path = None
+        if trial.weights_path:
+            self.weighted.add(trial.number)
+        for number in self.weighted - set(kept):
+            self.trials[number].weights_path = None
+            self.weighted.discard(number)
 
     def heartbeat(self) -> None:
         self.heartbeats += 1
@@ -183,9 +191,69 @@ def evaluations_done(trials: list[TrialRecord]) -> int:
     return sum(len(t.evaluations) for t in trials)
 
 
+def observed_history(trials: Iterable[TrialRecord]) -> list[Observed]:
+    """What a strategy had been told when these trials were recorded, in the order given: each one's architecture
+    and readings. A strategy's checkpoint holds none of it (`Strategy.load_state_dict`)."""
+    return [Observed(t.arch_key, tuple(t.evaluations)) for t in trials]
+
+
+def restore_strategy(strategy: Any, state: dict[str, Any], history: list[Observed]) -> None:
+    """`strategy.load_state_dict(state, history)`; a strategy written before strategies read their history from the
+    trials (a package's own, `load_state_dict(state)`) gets its state alone."""
+    if len(inspect.signature(strategy.load_state_dict).parameters) >= 2:
+        strategy.load_state_dict(state, history)
+    else:
+        strategy.load_state_dict(state)
+
+
+def promotion(cohort: list[int], trials: list[TrialRecord], rung: int, eta: int) -> tuple[list[int], list[int]]:
+    """Successive halving's cut after rung `rung` - 1: the best floor(n/eta) of `cohort` by that rung's figure
+    (at least one; the earlier trial first on a tie) go on to rung `rung`, the rest stop. Both best first."""
+    ranked = sorted(cohort, key=lambda n: (-trials[n].fidelity["rungs"][rung - 1]["val_acc"], n))
+    survivors = max(1, len(cohort) // eta)
+    return ranked[:survivors], ranked[survivors:]
+
+
+def bracket_told_order(members: list[int], trials: list[TrialRecord], rungs: int, eta: int) -> list[int]:
+    """The order in which a finished bracket of `rungs` rungs told its `members` to the strategy: the losers of
+    each cut, best first, then the last survivors (as `SearchRunner._run_brackets` does)."""
+    told, cohort = [], list(members)
+    for rung in range(1, rungs):
+        cohort, losers = promotion(cohort, trials, rung, eta)
+        told += losers
+    return told + cohort
+
+
 def top_k_numbers(trials: list[TrialRecord], k: int) -> list[int]:
     ranked = sorted(trials, key=lambda t: (-t.val_acc, t.number))
     return [t.number for t in ranked[:k]]
+
+
+class Leaderboard:
+    """The trials best first (highest mean, the earlier first on a tie, as `best_trial` and `top_k_numbers`
+    rank them) and the evaluations spent, kept up to date as trials arrive or are re-evaluated: the loop's
+    bookkeeping after a trial is a binary search, not a sort of every trial (at 10,000 trials, milliseconds)."""
+
+    def __init__(self, trials: list[TrialRecord]) -> None:
+        self.order = sorted((-t.val_acc, t.number) for t in trials)
+        self.evaluations = evaluations_done(trials)
+
+    def add(self, trial: TrialRecord) -> None:
+        bisect.insort(self.order, (-trial.val_acc, trial.number))
+        self.evaluations += len(trial.evaluations)
+
+    def reevaluated(self, trial: TrialRecord, before: float) -> None:
+        """`trial` got one evaluation more; its figure was `before`."""
+        del self.order[bisect.bisect_left(self.order, (-before, trial.number))]
+        bisect.insort(self.order, (-trial.val_acc, trial.number))
+        self.evaluations += 1
+
+    @property
+    def best(self) -> int | None:
+        return self.order[0][1] if self.order else None
+
+    def top(self, k: int) -> list[int]:
+        return [number for _, number in self.order[:k]]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -215,13 +283,15 @@ class SearchRunner:
     def trial_seed(self, number: int) -> int:
         return derive_seed(self.spec.seed, "trial", number) % (2**31)
 
-    def stop_reason(self, trials: list[TrialRecord], search_seconds: float) -> str | None:
-        """Why the search should stop now (budget, patience or time limit), or None to go on."""
-        if evaluations_done(trials) >= self.spec.budget:
+    def stop_reason(self, trials: list[TrialRecord], search_seconds: float,
+                    board: Leaderboard | None = None) -> str | None:
+        """Why the search should stop now (budget, patience or time limit), or None to go on; `board`: the
+        trials' leaderboard where the caller keeps one."""
+        board = board or Leaderboard(trials)
+        if board.evaluations >= self.spec.budget:
             return "budget"
-        if self.spec.patience and trials:
-            best = best_trial(trials)
-            if len(trials) - 1 - best.number >= self.spec.patience:
+        if self.spec.patience and board.best is not None:
+            if len(trials) - 1 - board.best >= self.spec.patience:
                 return "patience"
         if self.spec.max_seconds and search_seconds >= self.spec.max_seconds:
             return "time_limit"
@@ -234,10 +304,11 @@ class SearchRunner:
             return self._run_brackets()
         state, trials = self.store.load()
         if state is not None:
-            self.strategy.load_state_dict(state)
+            restore_strategy(self.strategy, state, observed_history(trials))
         if trials and hasattr(self.estimator, "load_history"):  # estimators that compare a trial with earlier ones
             self.estimator.load_history([t.curve for t in trials if "stopped_at_epoch" not in t.fidelity])
         by_key = {t.arch_key: t for t in trials}
+        board = Leaderboard(trials)
         # Time and proposals carry over from earlier runs of this experiment, so limits hold across resumptions.
         previous_seconds = max((t.search_seconds for t in trials), default=0.0)
         proposals = max((t.proposals for t in trials), default=0)
@@ -246,7 +317,7 @@ class SearchRunner:
         session_start = time.monotonic()
         elapsed = lambda: previous_seconds + time.monotonic() - session_start  # noqa: E731
         repeats = 0
-        while (reason := self.stop_reason(trials, elapsed())) is None:
+        while (reason := self.stop_reason(trials, elapsed(), board)) is None:
             self.store.heartbeat()
             arch = self.strategy.propose()
             proposals += 1
@@ -254,9 +325,11 @@ class SearchRunner:
             # Measured again with a fresh seed (one evaluation) if the strategy re-evaluates at this point.
             if key in by_key and getattr(self.strategy, "reevaluates", False):
                 repeats = 0
+                before = by_key[key].val_acc
                 trial = self._reevaluate(by_key[key], arch)
+                board.reevaluated(trial, before)
                 trial.search_seconds, trial.proposals = elapsed(), proposals
-                self.store.record_trial(trial, self.strategy.state_dict(), top_k_numbers(trials, self.spec.top_k))
+                self.store.record_trial(trial, self.strategy.state_dict(), board.top(self.spec.top_k))
                 continue
             if key in by_key:  # already evaluated: tell the strategy again, spend no budget
                 self.strategy.observe(arch, by_key[key].val_acc)
@@ -267,14 +340,15 @@ class SearchRunner:
                     break
                 continue
             repeats = 0
-            incumbent = self.space.from_str(best_trial(trials).arch_key) if trials else None
+            incumbent = None if board.best is None else self.space.from_str(trials[board.best].arch_key)
             trial = self._evaluate(len(trials), arch, key)
             trial.search_seconds = elapsed()
             trial.proposals = proposals
             trial.distance_to_incumbent = None if incumbent is None else self.space.distance(arch, incumbent)
             trials.append(trial)
             by_key[key] = trial
-            kept = top_k_numbers(trials, self.spec.top_k)
+            board.add(trial)
+            kept = board.top(self.spec.top_k)
             self.store.record_trial(trial, self.strategy.state_dict(), kept)
             self.artifacts.keep_only(kept)
         if trials:
@@ -299,15 +373,20 @@ class SearchRunner:
         """
         state, trials = self.store.load()
         loop: dict[str, Any] = {"bracket": 0, "members": [], "observed": []}
+        eta, top = self.estimator.config.eta, self.spec.epochs
         if state is not None:
-            self.strategy.load_state_dict(state["strategy"])
             loop = state["loop"]
+            told: list[int] = []
+            for bracket in range(loop["bracket"]):  # finished brackets told every member, in a fixed order
+                members = [t.number for t in trials if t.fidelity.get("bracket") == bracket]
+                told += bracket_told_order(members, trials, len(self.estimator.bracket(bracket, top)[1]), eta)
+            told += loop["observed"]
+            restore_strategy(self.strategy, state["strategy"], observed_history(trials[n] for n in told))
         by_key = {t.arch_key: t for t in trials}
         previous_seconds = max((t.search_seconds for t in trials), default=0.0)
         proposals = max((t.proposals for t in trials), default=0)
         session_start = time.monotonic()
         elapsed = lambda: previous_seconds + time.monotonic() - session_start  # noqa: E731
-        eta, top = self.estimator.config.eta, self.spec.epochs
 
         def save(trial: TrialRecord) -> None:
             kept = top_k_numbers(trials, self.spec.top_k)
@@ -365,9 +444,8 @@ class SearchRunner:
                 break
             cohort = list(members)
             for rung, epochs in enumerate(rungs[1:], start=1):
-                ranked = sorted(cohort, key=lambda n: (-trials[n].fidelity["rungs"][rung - 1]["val_acc"], n))
-                survivors = ranked[:max(1, len(cohort) // eta)]
-                for number in ranked[len(survivors):]:
+                survivors, losers = promotion(cohort, trials, rung, eta)
+                for number in losers:
                     tell(number)
                 for number in survivors:
                     if len(trials[number].fidelity["rungs"]) <= rung:

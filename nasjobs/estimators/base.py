@@ -41,6 +41,7 @@ class Estimator(ABC):
         self.dataset = dataset
         self.config = config
         self.device = device
+        self.costs: dict[str, tuple[int, int]] = {}  # architecture key -> (parameters, multiply-adds)
 
     @classmethod
     def check_space(cls, space: SearchSpace) -> None:
@@ -60,6 +61,23 @@ class Estimator(ABC):
 
         ds = self.dataset
         return seeded_init(lambda: self.space.build(arch, ds.input_shape, ds.num_classes), seed)
+
+    def cost(self, arch: Any, model: torch.nn.Module | None = None) -> tuple[int, int]:
+        """Parameters and multiply-adds of `arch`'s network (the space's, not a proxy's) on this dataset,
+        computed once per architecture: by the space's formula (`SearchSpace.cost`) where it has one, else
+        counted on `model` (the network the estimator built anyway) or, failing that, on a network built for it.
+        A re-evaluation or a promotion to the next rung reuses the figures."""
+        key = self.space.to_str(arch)
+        if key not in self.costs:
+            shape, classes = self.dataset.input_shape, self.dataset.num_classes
+            figures = self.space.cost(arch, shape, classes)
+            if figures is None:
+                from nasjobs.metrics import count_macs, count_params
+
+                net = model if model is not None else self.space.build(arch, shape, classes)
+                figures = count_params(net), count_macs(net, shape)
+            self.costs[key] = figures
+        return self.costs[key]
 
     @abstractmethod
     def test_accuracy(self, arch: Any, state: dict[str, torch.Tensor]) -> float:

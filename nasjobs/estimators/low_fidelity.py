@@ -12,7 +12,7 @@ import torch
 from nasjobs.datasets import Dataset, Split, split_indices
 from nasjobs.estimators.base import EpochHook, EvalResult
 from nasjobs.estimators.train import TrainConfig, TrainEstimator
-from nasjobs.metrics import count_macs, count_params
+from nasjobs.metrics import count_params
 from nasjobs.options import option
 from nasjobs.spaces.base import SearchSpace
 from nasjobs.training import accuracy, seeded_init, train_epochs
@@ -120,8 +120,7 @@ class LowFidelityEstimator(TrainEstimator):
         return seeded_init(lambda: space.build(proxy_arch, ds.input_shape, ds.num_classes), seed), width
 
     def evaluate(self, arch: Any, budget: int, *, seed: int, hook: EpochHook | None = None) -> EvalResult:
-        full = self._build(arch, seed)
-        params, flops = count_params(full), count_macs(full, self.dataset.input_shape)
+        params, flops = self.cost(arch)
         model, width = self._build_proxy(arch, seed)
         epochs = self.epochs_for(budget)
         started = time.perf_counter()

@@ -11,7 +11,6 @@ import torch
 from nasjobs.datasets import Dataset
 from nasjobs.estimators.base import EpochHook, EvalResult
 from nasjobs.estimators.train import TrainConfig, TrainEstimator
-from nasjobs.metrics import count_macs, count_params
 from nasjobs.options import option
 from nasjobs.spaces.base import SearchSpace
 from nasjobs.training import train_epochs
@@ -91,7 +90,7 @@ class MedianStoppingEstimator(TrainEstimator):
         if budget < 1:
             raise ValueError("median stopping needs a budget of at least one epoch")
         model = self._build(arch, seed)
-        params, flops = count_params(model), count_macs(model, self.dataset.input_shape)
+        params, flops = self.cost(arch, model)
         curve: list[float] = []
 
         def on_epoch(epoch: int, acc: float) -> None:

@@ -11,7 +11,6 @@ import torch
 
 from nasjobs.estimators.base import EpochHook, EvalResult
 from nasjobs.estimators.train import TrainConfig, TrainEstimator
-from nasjobs.metrics import count_macs, count_params
 from nasjobs.options import option
 from nasjobs.training import Trainer
 
@@ -67,7 +66,7 @@ class SuccessiveHalvingEstimator(TrainEstimator):
                  hook: EpochHook | None = None) -> EvalResult:
         """Train trial `number` up to `epochs` (of a schedule of `total_epochs`), continuing its checkpoint."""
         model = self._build(arch, seed)
-        params, flops = count_params(model), count_macs(model, self.dataset.input_shape)
+        params, flops = self.cost(arch, model)
         trainer = Trainer(model, self.dataset.train, self.dataset.val, self._settings(), total_epochs, seed,
                           self.device)
         path = self.checkpoint_path(number)

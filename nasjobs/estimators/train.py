@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from nasjobs.estimators.base import EpochHook, EvalResult, Estimator
-from nasjobs.metrics import count_macs, count_params
 from nasjobs.options import option
 from nasjobs.training import SGDSettings, accuracy, seeded_init, train_epochs
 
@@ -41,7 +40,7 @@ class TrainEstimator(Estimator):
 
     def evaluate(self, arch: Any, budget: int, *, seed: int, hook: EpochHook | None = None) -> EvalResult:
         model = self._build(arch, seed)
-        params, flops = count_params(model), count_macs(model, self.dataset.input_shape)
+        params, flops = self.cost(arch, model)
         started = time.perf_counter()
         curve = train_epochs(model, self.dataset.train, self.dataset.val, budget, self._settings(), seed,
                              self.device, hook)

@@ -18,7 +18,6 @@ from nasjobs.chain_supernet import ChainSuperNet
 from nasjobs.datasets import Dataset
 from nasjobs.estimators.base import EpochHook, EvalResult
 from nasjobs.estimators.train import TrainConfig, TrainEstimator
-from nasjobs.metrics import count_macs, count_params
 from nasjobs.options import config_to_json, option
 from nasjobs.spaces.base import SearchSpace
 from nasjobs.spaces.nb201 import EDGES, NUM_NODES, NB201, OP_BUILDERS, NB201Arch, ResNetBasicBlock
@@ -263,6 +262,6 @@ class WeightSharingEstimator(TrainEstimator):
                     "supernet_checkpoint": str(path) if path is not None else None,
                     "supernet_loaded": self.supernet_info["supernet_loaded_from"] is not None}
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        return EvalResult(val_acc=val_acc, params=count_params(model),
-                          flops=count_macs(model, self.dataset.input_shape), train_seconds=seconds,
+        params, flops = self.cost(arch, model)
+        return EvalResult(val_acc=val_acc, params=params, flops=flops, train_seconds=seconds,
                           fidelity=fidelity, curve=[], state=state)

@@ -13,7 +13,6 @@ from torch import nn
 from nasjobs.datasets import Dataset, Split
 from nasjobs.estimators.base import EpochHook, EvalResult
 from nasjobs.estimators.train import TrainConfig, TrainEstimator
-from nasjobs.metrics import count_macs, count_params
 from nasjobs.options import option
 from nasjobs.spaces.base import SearchSpace
 from nasjobs.training import accuracy, train_epochs
@@ -134,7 +133,7 @@ class ZeroCostEstimator(TrainEstimator):
         seconds = time.perf_counter() - started
         if hook is not None:
             hook(0, figure)
-        params, flops = count_params(model), count_macs(model, self.dataset.input_shape)
+        params, flops = self.cost(arch, model)
         fidelity = {"estimator": self.name, "proxy": self.config.proxy, "score": score,
                     "figure": "log(score)" if log_scale else "score", "epochs": 0, "data_fraction": 0.0,
                     "batch_size": len(self.batch), "batch_seed": self.config.batch_seed, "init_seed": seed}

@@ -96,6 +96,12 @@ class SearchSpace(ABC, Generic[A]):
         space offers no such view, and a strategy then reads `to_tokens` instead."""
         return None
 
+    def cost(self, arch: A, input_shape: tuple[int, int, int], num_classes: int) -> tuple[int, int] | None:
+        """Parameters and multiply-adds (one input) of `build(arch, input_shape, num_classes)` by formula, without
+        building it; None (the default) where the space has no formula, and an estimator counts them on a network
+        (`Estimator.cost`)."""
+        return None
+
     def display(self, arch: A) -> str:
         """A short human-readable form for tables (defaults to the canonical string)."""
         return self.to_str(arch)

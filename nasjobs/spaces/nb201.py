@@ -210,6 +210,30 @@ class NB201(SearchSpace[NB201Arch]):
     def build(self, arch: NB201Arch, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
         return TinyNetwork(arch, input_shape[0], self.config.channels, self.config.cells, num_classes)
 
+    def cost(self, arch: NB201Arch, input_shape: tuple[int, int, int], num_classes: int) -> tuple[int, int]:
+        """`TinyNetwork`'s parameters and multiply-adds, layer by layer as `nasjobs.metrics` counts them (weights
+        and BatchNorm affine parameters; convolutions and the linear layer). Every edge runs, so a cell costs its
+        convolutions whatever the `none` edges cut off."""
+        c_in, height, width = input_shape
+        c = self.config.channels
+        params, macs = 9 * c_in * c + 2 * c, 9 * c_in * c * height * width  # stem: conv 3x3 + BN
+        per_cell = {"nor_conv_1x1": 1, "nor_conv_3x3": 9}  # weights per channel pair of each convolution
+        kernel = sum(per_cell.get(op, 0) for op in arch)
+        convs = sum(op in per_cell for op in arch)
+        c_prev = c
+        for stage in range(3):
+            c = self.config.channels * 2 ** stage
+            if stage > 0:  # ResNetBasicBlock: conv 3x3 stride 2 + BN, conv 3x3 + BN, avg-pool + conv 1x1
+                height, width = (height + 1) // 2, (width + 1) // 2
+                params += 9 * c_prev * c + 2 * c + 9 * c * c + 2 * c + c_prev * c
+                macs += (9 * c_prev * c + 9 * c * c + c_prev * c) * height * width
+            params += self.config.cells * (kernel * c * c + 2 * c * convs)
+            macs += self.config.cells * kernel * c * c * height * width
+            c_prev = c
+        params += 2 * c + c * num_classes + num_classes  # last BN, classifier
+        macs += c * num_classes
+        return params, macs
+
     def describe(self, arch: NB201Arch) -> Graph:
         """The cell DAG; `none` edges are left out, since they carry nothing."""
         labels = {0: "input", NUM_NODES - 1: "output"}

@@ -2,17 +2,30 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
 
 from nasjobs.spaces.base import SearchSpace
+
+
+@dataclass(frozen=True)
+class Observed:
+    """An architecture a strategy has been told about, as the experiment's trials record it: its key and every
+    value observed for it (the first evaluation, then each re-evaluation), in order."""
+
+    key: str
+    readings: tuple[float, ...]
 
 
 class Strategy(ABC):
     """Decides which architecture to evaluate next. Never touches the database.
 
     `propose()` returns an architecture of `space`; `observe(arch, value)` reports its estimated quality
-    (higher is better). `state_dict()` is JSON-serialisable and restores the strategy exactly, random state
-    included, so a resumed search proposes what an uninterrupted one would have.
+    (higher is better). `state_dict()` is JSON-serialisable and, with the history the trials already hold,
+    restores the strategy exactly, random state included, so a resumed search proposes what an uninterrupted
+    one would have. The checkpoint is rewritten after every trial, so it keeps only what the trials cannot
+    give back (random state, counters, a bounded population): `load_state_dict(state, history)` gets every
+    architecture observed so far, in the order first observed, from the trials.
     """
 
     name: ClassVar[str]
@@ -43,4 +56,5 @@ class Strategy(ABC):
     def state_dict(self) -> dict[str, Any]: ...
 
     @abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: dict[str, Any], history: Sequence[Observed] = ()) -> None:
+        """Restore the checkpoint `state`; `history` is what the strategy had observed when it was taken."""

@@ -2,10 +2,11 @@
 improvement as acquisition."""
 from __future__ import annotations
 
+import logging
 import random
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy.stats import norm
@@ -16,9 +17,11 @@ from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 from nasjobs.options import option
 from nasjobs.rng import rng_state, set_rng_state
 from nasjobs.spaces.base import SearchSpace
-from nasjobs.strategies.base import Strategy
+from nasjobs.strategies.base import Observed, Strategy
 from nasjobs.strategies.encodings import one_hot_features, wl_features
 from nasjobs.strategies.race import FinalRace, Racing, race_options
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,16 @@ class BOConfig:
                                     "so identification sharpens as the search converges (0: off)", min=0,
                                  max=100_000)
     model_contender: bool = option(True, "The architecture the model rates best also gets incumbent_evaluations")
+    gp_points: int = option(300, "Architectures the Gaussian process is fitted to at most; beyond, the best gp_best, "
+                                 "the latest gp_recent and a random sample of the others", min=10, max=100_000)
+    gp_best: int = option(150, "Best architectures (by mean) always among the gp_points", min=0, max=100_000)
+    gp_recent: int = option(50, "Latest architectures always among the gp_points", min=0, max=100_000)
     final_race: float = race_options()[0]
     race_leaders: int = race_options()[1]
+
+    def __post_init__(self) -> None:
+        if self.gp_best + self.gp_recent > self.gp_points:
+            raise ValueError("gp_best and gp_recent together cannot exceed gp_points")
 
 
 class BayesianOptimisation(Racing, Strategy):
@@ -83,6 +94,15 @@ class BayesianOptimisation(Racing, Strategy):
     from 2 or 3 seeds separates them no better), and helped a little on CIFAR-100; hence the default.
     The final race (`FinalRace`, on by default as for the other strategies) measures the leaders only at the end
     of the budget instead.
+
+    At scale (thousands of cheap trials) an exact GP costs O(n³) a fit. Beyond `gp_points` architectures it is
+    fitted to a subset of the data (Rasmussen & Williams 2006, "Gaussian Processes for Machine Learning", Section
+    8.3.3, subset of datapoints): the `gp_best` best by mean (where expected improvement looks), the `gp_recent`
+    latest (where the search is now) and a uniform sample of the rest drawn with the strategy's generator (the
+    model's view of the whole space), so a proposal costs the same at 10,000 trials as at 300. Up to the bound
+    the model is the exact one, so the figures above are unchanged. Encodings are computed once per
+    architecture. The checkpoint holds the random state, the kernel's hyperparameters and two counters; the
+    readings come back from the trials.
     """
 
     name = "bo"
@@ -97,19 +117,26 @@ class BayesianOptimisation(Racing, Strategy):
     def __init__(self, space: SearchSpace, config: BOConfig, seed: int) -> None:
         super().__init__(space, config, seed)
         self.rng = random.Random(seed)
-        self.keys: list[str] = []  # observed architectures, in order (a key may repeat)
-        self.values: list[float] = []
+        # Each architecture's readings, in order first observed, are the race's (`FinalRace.readings`): the first
+        # value told, then each re-evaluation; a repeat answered from the record is no new reading.
+        self.race = FinalRace(config.final_race, config.race_leaders)
+        self.observations = 0  # values told, repeats included: the refit schedule counts them
         self.theta: list[float] | None = None  # kernel hyperparameters (log scale) of the last fit
         self.fitted_at = 0  # observations when the hyperparameters were last fitted
-        self.race = FinalRace(config.final_race, config.race_leaders)
+        self.features: dict[str, dict[str, float]] = {}  # encoding of each architecture met (a cache, not state)
+        self.subset_logged = False
 
     # encoding and model ---------------------------------------------------------------------------------------
     def _encode_one(self, key: str) -> dict[str, float]:
+        cached = self.features.get(key)
+        if cached is not None:
+            return cached
         arch = self.space.from_str(key)
         graph = self.space.op_graph(arch) if self.config.encoding == "graph" else None
-        if graph is None:
-            return one_hot_features(self.space.to_tokens(arch))
-        return wl_features(graph, self.config.wl_iterations)
+        features = one_hot_features(self.space.to_tokens(arch)) if graph is None else \
+            wl_features(graph, self.config.wl_iterations)
+        self.features[key] = features
+        return features
 
     def _encoder(self, keys: list[str]) -> Callable[[list[str]], np.ndarray]:
         """Dense encodings of (a subset of) `keys` over the features they hold, in name order: a zero column
@@ -132,40 +159,43 @@ class BayesianOptimisation(Racing, Strategy):
             y = -np.log(np.clip(1.0 - y, 1e-4, None))
         return y
 
-    def _model(self, encode: Callable[[list[str]], np.ndarray]) -> GaussianProcessRegressor:
+    def _model(self, encode: Callable[[list[str]], np.ndarray], points: list[str]) -> GaussianProcessRegressor:
         kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * RBF(2.0, (0.1, 100.0))
                   + WhiteKernel(0.01, (1e-6, 1.0)))
         if self.theta is not None:
             kernel = kernel.clone_with_theta(np.asarray(self.theta))
-        refit = self.theta is None or len(self.values) - self.fitted_at >= self.config.refit_every
+        refit = self.theta is None or self.observations - self.fitted_at >= self.config.refit_every
         gp = GaussianProcessRegressor(kernel, normalize_y=True, optimizer="fmin_l_bfgs_b" if refit else None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             # One row per architecture, its mean reading: fitted to every reading instead, the search found the
             # optimum's neighbourhood less often (bench, CIFAR-10, 300 evaluations).
-            runs = self._readings()
-            gp.fit(encode(list(runs)), self._target([sum(r) / len(r) for r in runs.values()]))
+            readings = self.race.readings
+            gp.fit(encode(points), self._target([sum(readings[k]) / len(readings[k]) for k in points]))
         if refit:
             self.theta = gp.kernel_.theta.tolist()
-            self.fitted_at = len(self.values)
+            self.fitted_at = self.observations
         return gp
 
-    def _readings(self) -> dict[str, list[float]]:
-        """Each observed architecture's readings, in order of first observation."""
-        runs: dict[str, list[float]] = {}
-        for k, v in zip(self.keys, self.values):
-            runs.setdefault(k, []).append(v)
-        return runs
+    def _points(self, ranking: list[str]) -> list[str]:
+        """The architectures the model is fitted to, in order first observed: all of them up to `gp_points`;
+        beyond, the best, the latest and a random sample of the others (subset of datapoints)."""
+        order = list(self.race.readings)
+        bound = self.config.gp_points
+        if len(order) <= bound:
+            return order
+        if not self.subset_logged:
+            log.info("bo: %d architectures observed, more than gp_points=%d: the Gaussian process is fitted from now "
+                     "on to the best %d, the latest %d and %d drawn at random from the others", len(order), bound,
+                     self.config.gp_best, self.config.gp_recent, bound - self.config.gp_best - self.config.gp_recent)
+            self.subset_logged = True
+        chosen = set(ranking[:self.config.gp_best])
+        chosen.update(order[len(order) - self.config.gp_recent:])
+        others = [k for k in order if k not in chosen]
+        chosen.update(self.rng.sample(others, bound - len(chosen)))
+        return [k for k in order if k in chosen]
 
-    def _ranking(self) -> list[tuple[str, int]]:
-        """Observed architectures with their evaluation counts, best first: highest mean, the earlier first on a tie
-        (the order in which the platform names its best trial)."""
-        runs = self._readings()
-        order = {k: i for i, k in enumerate(runs)}
-        ranked = sorted(runs, key=lambda k: (-(sum(runs[k]) / len(runs[k])), order[k]))
-        return [(k, len(runs[k])) for k in ranked]
-
-    def _to_reevaluate(self, seen: list[str], posterior: np.ndarray) -> str | None:
+    def _to_reevaluate(self, ranking: list[str], evaluated: list[str], posterior: np.ndarray) -> str | None:
         """Intensification (Hutter, Hoos & Leyton-Brown 2011, SMAC, Procedure "Intensify"): the leaders are
         measured again until each holds `incumbent_evaluations` readings. The leaders are the best
         `contenders` by mean (a single lucky validation seed cannot stay the reported best) and, with
@@ -173,31 +203,30 @@ class BayesianOptimisation(Racing, Strategy):
         unlucky but whose neighbours say it is good gets a second chance)."""
         if not self.reevaluates:
             return None
-        ranking = self._ranking()
-        counts = dict(ranking)
-        leaders = [k for k, _ in ranking[:self.config.contenders]]
+        readings = self.race.readings
+        leaders = ranking[:self.config.contenders]
         if self.config.model_contender:
-            leaders.append(seen[int(np.argmax(posterior))])
+            leaders.append(evaluated[int(np.argmax(posterior))])
         needed = self.config.incumbent_evaluations
         if self.config.readings_every:
             needed = max(needed, 1 + len(ranking) // self.config.readings_every)
         for key in leaders:
-            if counts[key] < needed:
+            if len(readings[key]) < needed:
                 return key
         return None
 
     # candidates -----------------------------------------------------------------------------------------------
-    def _candidates(self, seen: set[str]) -> list[str]:
+    def _candidates(self, ranking: list[str]) -> list[str]:
         """Unseen neighbours of the best architectures so far, plus random samples (BANANAS' mutation-based
         acquisition optimisation, with a local-search step in place of random mutations)."""
-        best = [k for k, _ in self._ranking()[:self.config.parents]]
         out = []
-        for key in best:
+        for key in ranking[:self.config.parents]:
             neighbours = [self.space.to_str(n) for n in self.space.neighbours(self.space.from_str(key))]
             if len(neighbours) > self.config.max_neighbours:
                 neighbours = self.rng.sample(neighbours, self.config.max_neighbours)
             out += neighbours
         out += [self.space.to_str(self.space.sample(self.rng)) for _ in range(self.config.random_candidates)]
+        seen = self.race.readings
         return [k for k in dict.fromkeys(out) if k not in seen]
 
     # ask / tell -----------------------------------------------------------------------------------------------
@@ -205,15 +234,16 @@ class BayesianOptimisation(Racing, Strategy):
         again = self.race.next()
         if again is not None:
             return self.space.from_str(again)
-        seen = set(self.keys)
-        if len(seen) < self.config.initial:
+        if len(self.race.readings) < self.config.initial:
             return self.space.sample(self.rng)
-        candidates = self._candidates(seen)
-        evaluated = sorted(seen)
+        ranking = self.race.ranking()
+        candidates = self._candidates(ranking)
+        points = self._points(ranking)
+        evaluated = sorted(points)
         encode = self._encoder(evaluated + candidates)
-        gp = self._model(encode)
+        gp = self._model(encode, points)
         posterior = gp.predict(encode(evaluated))
-        again = self._to_reevaluate(evaluated, posterior)
+        again = self._to_reevaluate(ranking, evaluated, posterior)
         if again is not None:
             return self.space.from_str(again)
         if not candidates:
@@ -226,20 +256,16 @@ class BayesianOptimisation(Racing, Strategy):
         return self.space.from_str(candidates[int(np.argmax(ei))])
 
     def observe(self, arch: Any, value: float) -> None:
-        key = self.space.to_str(arch)
-        self.race.observe(key, float(value), self.reevaluates)
-        self.keys.append(key)
-        self.values.append(float(value))
+        self.race.observe(self.space.to_str(arch), float(value), self.reevaluates)
+        self.observations += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": rng_state(self.rng), "keys": list(self.keys), "values": list(self.values),
-                "theta": self.theta, "fitted_at": self.fitted_at, "race": self.race.state_dict()}
+        return {"rng": rng_state(self.rng), "theta": self.theta, "fitted_at": self.fitted_at,
+                "observations": self.observations}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], history: Sequence[Observed] = ()) -> None:
         set_rng_state(self.rng, state["rng"])
-        self.keys = list(state["keys"])
-        self.values = [float(v) for v in state["values"]]
+        self.race.restore(history)
         self.theta = None if state["theta"] is None else [float(t) for t in state["theta"]]
         self.fitted_at = int(state["fitted_at"])
-        first = dict(reversed(list(zip(self.keys, self.values))))  # each architecture's first reading
-        self.race.load_state_dict(state.get("race"), first)
+        self.observations = int(state.get("observations", self.race.spent))

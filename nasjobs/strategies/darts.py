@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from nasjobs.spaces.base import SearchSpace
 from nasjobs.spaces.darts import STEPS, Darts, Genotype, genotype
 from nasjobs.spaces.darts_ops import PRIMITIVES
 from nasjobs.spaces.nb201 import NB201
-from nasjobs.strategies.base import Strategy
+from nasjobs.strategies.base import Observed, Strategy
 
 CHECKPOINT_FORMAT = "darts/1"
 HOOK_EVERY = 10  # steps between calls of the loop's hook (heartbeat, cancellation)
@@ -351,7 +351,7 @@ class DartsSearch(Strategy):
     def state_dict(self) -> dict[str, Any]:
         return {}  # a search's state travels in the checkpoints that search() hands to on_epoch
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], history: Sequence[Observed] = ()) -> None:
         pass
 
     def search(self, dataset: Dataset, epochs: int, device: torch.device, checkpoint: dict | None,

@@ -4,12 +4,12 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from nasjobs.options import option
 from nasjobs.rng import rng_state, set_rng_state
 from nasjobs.spaces.base import SearchSpace
-from nasjobs.strategies.base import Strategy
+from nasjobs.strategies.base import Observed, Strategy
 from nasjobs.strategies.race import FinalRace, Racing, race_options
 
 
@@ -36,6 +36,9 @@ class RegularizedEvolution(Racing, Strategy):
 
     Not in the paper: the last `final_race` share of the budget measures the leaders again (`FinalRace`), so the
     architecture the experiment reports is not the one that drew the luckiest validation reading.
+
+    The checkpoint holds the random state and the population (at most P individuals); the race's readings come
+    back from the trials.
     """
 
     name = "evolution"
@@ -75,10 +78,10 @@ class RegularizedEvolution(Racing, Strategy):
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": rng_state(self.rng), "population": [list(p) for p in self.population],
-                "history": self.history, "race": self.race.state_dict()}
+                "history": self.history}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], history: Sequence[Observed] = ()) -> None:
         set_rng_state(self.rng, state["rng"])
         self.population = deque((key, float(value)) for key, value in state["population"])
         self.history = int(state["history"])
-        self.race.load_state_dict(state.get("race"), dict(self.population), self.history)
+        self.race.restore(history)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from nasjobs.options import option
 from nasjobs.rng import rng_state, set_rng_state
 from nasjobs.spaces.base import SearchSpace
-from nasjobs.strategies.base import Strategy
+from nasjobs.strategies.base import Observed, Strategy
 from nasjobs.strategies.race import FinalRace, Racing, race_options
 
 
@@ -29,6 +29,8 @@ class LocalSearch(Racing, Strategy):
     otherwise the current one is a local optimum and the search restarts from fresh random samples.
     Neighbours evaluated before are answered from the record without spending budget. The last `final_race`
     share of the budget measures the leaders again (`FinalRace`), so the reported best is not a lucky reading.
+    The checkpoint holds the random state and the current phase (at most one neighbourhood); what was observed
+    comes back from the trials.
     """
 
     name = "local_search"
@@ -84,15 +86,15 @@ class LocalSearch(Racing, Strategy):
             self.values[key] = float(value)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": rng_state(self.rng), "values": [[k, v] for k, v in self.values.items()],
-                "queue": list(self.queue), "phase": self.phase, "phase_keys": list(self.phase_keys),
-                "current": self.current, "race": self.race.state_dict()}
+        return {"rng": rng_state(self.rng), "queue": list(self.queue), "phase": self.phase,
+                "phase_keys": list(self.phase_keys), "current": self.current}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], history: Sequence[Observed] = ()) -> None:
         set_rng_state(self.rng, state["rng"])
-        self.values = {k: float(v) for k, v in state["values"]}
+        # Before the race every value told is an architecture's first reading (a repeat is answered with it).
+        self.values = {o.key: float(o.readings[0]) for o in history}
         self.queue = list(state["queue"])
         self.phase = state["phase"]
         self.phase_keys = list(state["phase_keys"])
         self.current = state["current"]
-        self.race.load_state_dict(state.get("race"), self.values)
+        self.race.restore(history)

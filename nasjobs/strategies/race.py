@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 from nasjobs.options import option
+from nasjobs.strategies.base import Observed
 
 
 def race_options() -> tuple[Any, Any]:
@@ -32,7 +33,8 @@ class FinalRace:
 
     It tracks what was evaluated from the strategy's `observe` calls: the first value told for an architecture
     is one evaluation; a later one counts only when the strategy was re-evaluating, since otherwise the loop
-    answers a repeated proposal from its record without spending budget.
+    answers a repeated proposal from its record without spending budget. Those are exactly the readings the
+    experiment's trials hold, so the race is no part of a checkpoint: `restore` rebuilds it from them.
     """
 
     def __init__(self, share: float, leaders: int) -> None:
@@ -78,19 +80,10 @@ class FinalRace:
         fewest = min(len(self.readings[k]) for k in top)
         return next(k for k in top if len(self.readings[k]) == fewest)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"readings": [[k, list(v)] for k, v in self.readings.items()], "spent": self.spent}
-
-    def load_state_dict(self, state: dict[str, Any] | None, observed: dict[str, float] | None = None,
-                        spent: int | None = None) -> None:
-        """Restore a checkpoint. One written before strategies raced (`state` None) starts from the `observed`
-        values the strategy kept, one reading each, and `spent` evaluations (default: one per observed)."""
-        if state is None:
-            self.readings = {k: [float(v)] for k, v in (observed or {}).items()}
-            self.spent = len(self.readings) if spent is None else spent
-            return
-        self.readings = {k: [float(x) for x in v] for k, v in state["readings"]}
-        self.spent = int(state["spent"])
+    def restore(self, history: Sequence[Observed]) -> None:
+        """Rebuild the readings from the observed history (each architecture's readings, in order first observed)."""
+        self.readings = {o.key: [float(v) for v in o.readings] for o in history}
+        self.spent = sum(len(v) for v in self.readings.values())
 
 
 class Racing:

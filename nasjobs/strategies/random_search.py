@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from nasjobs.options import option
 from nasjobs.rng import rng_state, set_rng_state
 from nasjobs.spaces.base import SearchSpace
-from nasjobs.strategies.base import Strategy
+from nasjobs.strategies.base import Observed, Strategy
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,9 @@ class RandomSearchConfig:
 class RandomSearch(Strategy):
     """Uniform sampling from the space (Li & Talwalkar 2019, "Random search and reproducibility for NAS").
 
-    With `no_repeats`, samples already proposed are redrawn, up to `max_attempts` times.
+    With `no_repeats`, samples already proposed are redrawn, up to `max_attempts` times. Every proposal is
+    either evaluated or a repeat of an evaluated architecture, so what was proposed is what the trials hold: the
+    checkpoint keeps only the random state.
     """
 
     name = "random"
@@ -46,8 +48,8 @@ class RandomSearch(Strategy):
         pass  # random search learns nothing from results
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": rng_state(self.rng), "seen": sorted(self.seen)}
+        return {"rng": rng_state(self.rng)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], history: Sequence[Observed] = ()) -> None:
         set_rng_state(self.rng, state["rng"])
-        self.seen = set(state["seen"])
+        self.seen = {o.key for o in history}

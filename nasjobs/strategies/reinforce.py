@@ -11,7 +11,7 @@ from torch import nn
 
 from nasjobs.options import option
 from nasjobs.spaces.base import SearchSpace
-from nasjobs.strategies.base import Strategy
+from nasjobs.strategies.base import Observed, Strategy
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,9 @@ class Reinforce(Strategy):
                 "generator": _encode(self.generator.get_state()), "baseline": self.baseline,
                 "proposed": [[k, t] for k, t in self.proposed.items()], "batch": [[t, r] for t, r in self.batch]}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], history: Sequence[Observed] = ()) -> None:
+        """The controller is the whole memory of the search (its weights and Adam's moments, a fixed size): the
+        history is not needed."""
         self.controller.load_state_dict(_decode(state["controller"]))
         self.optimizer.load_state_dict(_decode(state["optimizer"]))
         self.generator.set_state(_decode(state["generator"]))

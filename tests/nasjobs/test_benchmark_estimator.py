@@ -84,3 +84,18 @@ def test_it_runs_in_the_search_loop_and_reports_the_table_test_accuracy(tmp_path
     assert best.number == best_number
     index = SPACE.index(SPACE.from_str(best.arch_key))
     assert test_acc == pytest.approx(nb201_table.load("cifar10").test200[index] / 100)
+
+
+def test_params_and_macs_come_from_the_table_and_the_cell_once_per_architecture(monkeypatch) -> None:
+    """No network is built to count, and a trial's figures are worked out once per architecture: an
+    architecture evaluated again (a re-evaluation, a repeat) reuses them."""
+    est = BenchmarkEstimator(SPACE, None, BenchmarkConfig())
+    monkeypatch.setattr(NB201, "build", lambda *args: pytest.fail("a network was built to count"))
+    calls = []
+    formula = NB201.cost
+    monkeypatch.setattr(NB201, "cost", lambda self, *args: calls.append(args[0]) or formula(self, *args))
+    other = SPACE.from_index(42)
+    results = [est.evaluate(arch, 200, seed=seed) for seed, arch in enumerate([BEST, other, BEST, other, BEST])]
+    assert calls == [BEST, other]
+    assert results[0].flops == results[2].flops == pytest.approx(153.27e6, rel=0.01)
+    assert results[1].params == round(nb201_table.load("cifar10").params_m[42] * 1e6)

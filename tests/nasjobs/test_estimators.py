@@ -309,3 +309,25 @@ def test_median_stopping_compares_a_resumed_trial_with_the_curves_already_record
     resumed.estimator.load_history = lambda curves: (seen.append(list(curves)), original(curves))[1]
     resumed.run()
     assert seen == [[t.curve for t in first.trials if "stopped_at_epoch" not in t.fidelity]]
+
+
+def test_a_trial_counts_its_params_and_macs_once_per_architecture(tmp_path, monkeypatch):
+    """On a space without a cost formula the figures are counted on the network already built for training,
+    once per architecture: successive halving's promotions to later rungs reuse them."""
+    import nasjobs.metrics
+
+    counted = []
+    count = nasjobs.metrics.count_macs
+    monkeypatch.setattr(nasjobs.metrics, "count_macs", lambda model, shape: counted.append(1) or count(model, shape))
+    spec = ExperimentSpec("digits", "chain_cnn", "random", "successive_halving", budget=9, epochs=9, seed=0, top_k=1,
+                          options={"space": {"max_layers": 2, "filters": "8,16"},
+                                   "estimator": {"min_epochs": 1, "eta": 3, "bracket_size": 9}})
+    store = MemoryStore()
+    SearchRunner(spec, store, ArtifactStore(tmp_path, 1), CPU).run()
+    rungs = sum(len(t.fidelity["rungs"]) for t in store.trials)
+    assert len(store.trials) == 9 and rungs > 9  # some trials were trained again at a later rung
+    assert len(counted) == 9
+    space, digits = ChainCNN(ChainCNNConfig(max_layers=2, filters=(8, 16))), load_digits()
+    for t in store.trials:
+        model = space.build(space.from_str(t.arch_key), digits.input_shape, digits.num_classes)
+        assert (t.params, t.flops) == (count_params(model), count(model, digits.input_shape))

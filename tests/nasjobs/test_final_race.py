@@ -12,6 +12,7 @@ import pytest
 from nasjobs.bench import make_strategy, run_search
 from nasjobs.search import MemoryStore, best_trial
 from nasjobs.spaces import NB201
+from nasjobs.strategies.base import Observed
 from nasjobs.strategies.race import FinalRace
 from tests.nasjobs.killed import KilledStore, run_bench_experiment
 
@@ -40,10 +41,11 @@ def test_the_race_starts_at_its_share_of_the_budget_and_measures_the_leader_with
     assert race.next() == "a1"  # now the leader with the fewest readings
     race.observe("a1", 0.88, reevaluating=True)
     assert race.spent == 10 and race.readings["a1"] == [0.9, 0.88]
-    state = json.loads(json.dumps(race.state_dict()))
+    # Its readings are the trials' (first reading, then each re-evaluation): it restores from them alone.
+    trials = [Observed(key, tuple(readings)) for key, readings in race.readings.items()]
     again = FinalRace(share=0.25, leaders=2)
     again.budget = 10
-    again.load_state_dict(state)
+    again.restore(trials)
     assert again.readings == race.readings and again.spent == race.spent and again.next() == race.next()
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nasjobs import nb201_table
-from nasjobs.metrics import count_params
+from nasjobs.metrics import count_macs, count_params
 from nasjobs.options import OptionError, parse_config
 from nasjobs.spaces import SPACES, ArchParseError
 from nasjobs.spaces.nb201 import NB201, OPS, NB201Config
@@ -113,3 +113,17 @@ def test_describe_draws_every_edge_that_carries_data(arch: tuple) -> None:
     assert sorted(labels) == sorted(op for op in arch if op != "none")
     assert all(int(src) < int(dst) for src, dst, _ in graph.edges)
     assert SPACE.display(arch)
+
+
+@pytest.mark.parametrize("shape, classes, config", [
+    ((3, 32, 32), 10, NB201Config()), ((3, 16, 16), 120, NB201Config()),
+    ((1, 8, 8), 10, NB201Config(channels=4, cells=1)), ((3, 7, 9), 5, NB201Config(channels=3, cells=2))])
+def test_the_cost_formula_counts_what_the_built_network_holds(shape: tuple, classes: int,
+                                                             config: NB201Config) -> None:
+    """Parameters and multiply-adds by formula equal those counted on the network, odd input sizes included."""
+    space = NB201(config)
+    rng = random.Random(0)
+    for arch in [space.from_str(BEST_CIFAR10), ("none",) * 6, ("skip_connect",) * 6] + [
+            space.sample(rng) for _ in range(5)]:
+        model = space.build(arch, shape, classes)
+        assert space.cost(arch, shape, classes) == (count_params(model), count_macs(model, shape))

@@ -2,7 +2,7 @@ import json
 import random
 
 from nasjobs.spaces.chain_cnn import ChainCNN, ChainCNNConfig
-from nasjobs.strategies import STRATEGIES
+from nasjobs.strategies import STRATEGIES, Observed
 from nasjobs.strategies.random_search import RandomSearch, RandomSearchConfig
 
 SPACE = ChainCNN(ChainCNNConfig(max_layers=2, filters=(8, 16), kernels=(3,), pooling=True))
@@ -20,10 +20,13 @@ def test_it_is_reproducible_for_a_seed():
 
 def test_state_dict_round_trips_through_json_and_resumes_the_same_proposals():
     original = RandomSearch(SPACE, RandomSearchConfig(), seed=11)
+    trials = []
     for _ in range(5):
-        original.observe(original.propose(), 0.5)
+        arch = original.propose()
+        original.observe(arch, 0.5)
+        trials.append(Observed(SPACE.to_str(arch), (0.5,)))
     restored = RandomSearch(SPACE, RandomSearchConfig(), seed=999)
-    restored.load_state_dict(json.loads(json.dumps(original.state_dict())))
+    restored.load_state_dict(json.loads(json.dumps(original.state_dict())), trials)
     assert [SPACE.to_str(original.propose()) for _ in range(5)] == [SPACE.to_str(restored.propose()) for _ in range(5)]
 
 

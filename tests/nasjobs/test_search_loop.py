@@ -1,3 +1,4 @@
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -6,8 +7,11 @@ import pytest
 import torch
 
 from nasjobs.artifacts import ArtifactStore
-from nasjobs.search import (ExperimentSpec, MemoryStore, SearchCancelled, SearchRunner, SpecError, TrialRecord,
-                            validate_spec)
+from nasjobs.rng import rng_state, set_rng_state
+from nasjobs.search import (ExperimentSpec, Leaderboard, MemoryStore, SearchCancelled, SearchRunner, SpecError,
+                            TrialRecord, best_trial, evaluations_done, top_k_numbers, validate_spec)
+from nasjobs.strategies.random_search import RandomSearch
+from tests.nasjobs.killed import KilledStore
 
 CPU = torch.device("cpu")
 SPEC = ExperimentSpec("digits", "chain_cnn", "random", "train", budget=5, epochs=1, seed=4, top_k=2,
@@ -167,3 +171,53 @@ def test_a_reevaluating_strategy_spends_budget_and_the_trial_reports_the_mean(tm
     observed_first = [v for key, v in runner.strategy.observed if key == first.arch_key]
     assert observed_first == first.evaluations  # the strategy sees each single value, not the mean
     assert len(set(first.evaluations)) > 1  # each evaluation draws its own benchmark seed
+
+
+def test_the_leaderboard_ranks_as_the_best_trial_and_top_k_do_through_reevaluations():
+    rng = random.Random(0)
+    trials = []
+    board = Leaderboard([])
+    for number in range(200):
+        if trials and rng.random() < 0.3:  # a re-evaluation moves a trial's mean
+            trial = rng.choice(trials)
+            before = trial.val_acc
+            trial.evaluations.append(rng.choice([0.5, 0.7, 0.9]))
+            trial.val_acc = sum(trial.evaluations) / len(trial.evaluations)
+            board.reevaluated(trial, before)
+        else:
+            trial = TrialRecord(len(trials), f"a{number}", "", rng.choice([0.5, 0.7, 0.9]), 0, 0, 0.0, {}, [])
+            trials.append(trial)
+            board.add(trial)
+        assert board.best == best_trial(trials).number
+        assert board.top(5) == top_k_numbers(trials, 5)
+        assert board.evaluations == evaluations_done(trials)
+    assert Leaderboard(trials).order == board.order
+
+
+class OwnHistory(RandomSearch):
+    """A strategy written before the loop handed strategies their history: its checkpoint holds what it saw."""
+
+    def state_dict(self):
+        return {"rng": rng_state(self.rng), "seen": sorted(self.seen)}
+
+    def load_state_dict(self, state):
+        set_rng_state(self.rng, state["rng"])
+        self.seen = set(state["seen"])
+
+
+def test_a_strategy_that_restores_from_its_state_alone_still_resumes(tmp_path):
+    spec = ExperimentSpec("digits", "nb201", "random", "benchmark", budget=30, epochs=200, seed=2, top_k=1)
+
+    def run_own(store, root):
+        runner = SearchRunner(spec, store, ArtifactStore(root, 1), CPU)
+        runner.strategy = OwnHistory(runner.space, runner.strategy.config, runner.strategy.seed)
+        try:
+            runner.run()
+        except RuntimeError:
+            pass
+        return [t.arch_key for t in store.trials]
+
+    expected = run_own(MemoryStore(), tmp_path / "a")
+    crashed = KilledStore(survive=12)
+    run_own(crashed, tmp_path / "b")
+    assert run_own(MemoryStore(state=crashed.state, trials=list(crashed.trials)), tmp_path / "b") == expected

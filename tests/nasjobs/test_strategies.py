@@ -10,6 +10,7 @@ from functools import lru_cache
 from typing import Any
 
 import pytest
+from threadpoolctl import threadpool_limits
 
 from nasjobs import nb201_table
 from nasjobs.bench import make_strategy, run_search
@@ -18,7 +19,7 @@ from nasjobs.search import MemoryStore, best_trial
 from nasjobs.spaces import ChainCNN, NB201, SearchSpace
 from nasjobs.spaces.chain_cnn import ChainCNNConfig
 from nasjobs.spaces.nb201 import NB201Config
-from nasjobs.strategies import STRATEGIES, Strategy
+from nasjobs.strategies import STRATEGIES, Observed, Strategy
 from nasjobs.strategies.bo import BOConfig
 from nasjobs.strategies.evolution import EvolutionConfig
 from nasjobs.strategies.reinforce import Reinforce, ReinforceConfig
@@ -89,26 +90,38 @@ def fake_value(space: SearchSpace, arch: Any) -> float:
     return random.Random(space.to_str(arch)).random()
 
 
-def drive(strategy: Strategy, space: SearchSpace, steps: int) -> list[str]:
+def drive(strategy: Strategy, space: SearchSpace, steps: int,
+          trials: dict[str, list[float]] | None = None) -> list[str]:
+    """`steps` proposals, each observed; `trials` gets what the platform's trials would hold: each architecture's
+    first value, and another reading whenever the strategy re-evaluated."""
     proposals = []
     for _ in range(steps):
         arch = strategy.propose()
         key = space.to_str(arch)
         assert space.from_str(key) == arch  # a valid member of the space
         proposals.append(key)
-        strategy.observe(arch, fake_value(space, arch))
+        value = fake_value(space, arch)
+        if trials is not None and (key not in trials or strategy.reevaluates):
+            trials.setdefault(key, []).append(value)
+        strategy.observe(arch, value)
     return proposals
+
+
+def history(trials: dict[str, list[float]]) -> list[Observed]:
+    return [Observed(key, tuple(readings)) for key, readings in trials.items()]
 
 
 def resumed_and_uninterrupted(name: str, space: SearchSpace, seed: int, options: dict | None, before: int,
                               after: int) -> tuple[list[str], list[str]]:
     """The proposals of a search checkpointed after `before` steps and resumed by a fresh strategy from its JSON
-    state (what the database keeps), and those of the same search run `before + after` steps uninterrupted."""
+    state and the trials (what the database keeps), and those of the same search run `before + after` steps
+    uninterrupted."""
     expected = drive(make_strategy(name, space, seed, options), space, before + after)
     first = make_strategy(name, space, seed, options)
-    got = drive(first, space, before)
+    trials: dict[str, list[float]] = {}
+    got = drive(first, space, before, trials)
     resumed = make_strategy(name, space, seed, options)
-    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())), history(trials))
     return got + drive(resumed, space, after), expected
 
 
@@ -184,3 +197,36 @@ def test_the_bench_cli_runs_the_discrete_strategies_and_refuses_differentiable_o
     with pytest.raises(SystemExit) as exc:
         main(["strategies", "--strategies", "darts", "--budget", "3", "--runs", "1"])
     assert exc.value.code == 2 and "differentiable" in capsys.readouterr().err
+
+
+# bo at scale on a smaller bound, so the test is fast and the subset of data is in play for most of the search
+SMALL_BO = {"gp_points": 40, "gp_best": 10, "gp_recent": 10, "parents": 2, "random_candidates": 20,
+            "refit_every": 50}
+AT_SCALE = [("random", None), ("evolution", None), ("local_search", None), ("reinforce", None), ("bo", SMALL_BO)]
+
+
+@pytest.mark.parametrize("name, options", AT_SCALE, ids=[name for name, _ in AT_SCALE])
+def test_a_search_of_thousands_of_trials_resumes_exactly_from_a_checkpoint_that_does_not_grow(
+        name: str, options: dict | None, tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """2,000 evaluations on the table (the final race included): killed after two thirds of its records, the
+    experiment resumes from its checkpoint and its trials to what the uninterrupted one found. The checkpoint is
+    no bigger later than over its first 100 trials: the history lives in the trials, not in it."""
+    sizes: list[int] = []
+
+    class Sizing(MemoryStore):
+        def record_trial(self, trial: Any, strategy_state: dict[str, Any], kept: list[int]) -> None:
+            super().record_trial(trial, strategy_state, kept)
+            sizes.append(len(json.dumps(strategy_state)))
+
+    with caplog.at_level("INFO", logger="nasjobs.strategies.bo"), threadpool_limits(1):  # small matrices
+        expected = run_bench_experiment(name, options, Sizing(), tmp_path / "a", budget=2000)
+    assert len(expected) > 1000
+    assert max(sizes[100:]) <= 1.05 * max(sizes[:100])
+    if name == "bo":
+        assert "fitted from now on to the best 10, the latest 10 and 20 drawn at random" in caplog.text
+    crashed = KilledStore(survive=2 * len(sizes) // 3)
+    with threadpool_limits(1):
+        run_bench_experiment(name, options, crashed, tmp_path / "b", budget=2000)
+        resumed = MemoryStore(state=json.loads(json.dumps(crashed.state)), trials=copy.deepcopy(crashed.trials))
+        assert 0 < len(resumed.trials) < len(expected)
+        assert run_bench_experiment(name, options, resumed, tmp_path / "b", budget=2000) == expected

@@ -48,9 +48,16 @@ class SearchSpace(ABC, Generic[A]):
     name: ClassVar[str]
     title: ClassVar[str]
     Config: ClassVar[type]
+    kinds: ClassVar[tuple[str, ...]] = ("image",)  # the dataset kinds it can build for (`nasjobs.datasets.KINDS`)
 
     def __init__(self, config: Any) -> None:
         self.config = config
+
+    def check_dataset(self, dataset: str, kind: str) -> None:
+        """Raise ValueError naming the conflict if this space (with its config) cannot build for `dataset`."""
+        if kind not in self.kinds:
+            raise ValueError(f"the {self.name} space builds networks for {' or '.join(self.kinds)} data; "
+                             f"{dataset!r} is {kind} data")
 
     @abstractmethod
     def sample(self, rng: random.Random) -> A: ...
@@ -85,8 +92,9 @@ class SearchSpace(ABC, Generic[A]):
         """Number of architectures in the space (exact)."""
 
     @abstractmethod
-    def build(self, arch: A, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-        """A trainable network for inputs of shape (channels, height, width)."""
+    def build(self, arch: A, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        """A trainable network for inputs of `input_shape`: (channels, height, width) for images, (channels,
+        length) for signals, (features,) for tables."""
 
     @abstractmethod
     def describe(self, arch: A) -> Graph: ...

@@ -112,3 +112,33 @@ class SearchSpace(ABC, Generic[A]):
         """Edit distance between two architectures: differing token positions."""
         ta, tb = self.to_tokens(a), self.to_tokens(b)
         return sum(x != y for x, y in zip(ta, tb)) + abs(len(ta) - len(tb))
+
+
+class EditSpace(SearchSpace[A]):
+    """A space whose mutations are edits: `_edit_sites` names the kinds of edit possible on an architecture and
+    where each applies, `_changes` lists the architectures one edit of a kind at a site away. `mutate` picks the
+    kind uniformly among those possible, then a site, then a result; `neighbours` are all results."""
+
+    @abstractmethod
+    def _check(self, arch: A) -> None:
+        """Raise ArchParseError unless `arch` is a member of the space."""
+
+    @abstractmethod
+    def _edit_sites(self, arch: A) -> dict[str, list[int]]: ...
+
+    @abstractmethod
+    def _changes(self, arch: A, kind: str, site: int) -> list[A]: ...
+
+    def mutate(self, arch: A, rng: random.Random) -> A:
+        self._check(arch)
+        sites = self._edit_sites(arch)
+        if not sites:
+            raise ValueError("this space has a single architecture; nothing to mutate")
+        kind = rng.choice(sorted(sites))
+        return rng.choice(self._changes(arch, kind, rng.choice(sites[kind])))
+
+    def neighbours(self, arch: A) -> list[A]:
+        self._check(arch)
+        out = [n for kind, sites in sorted(self._edit_sites(arch).items()) for site in sites
+               for n in self._changes(arch, kind, site)]
+        return list(dict.fromkeys(a for a in out if a != arch))

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nasjobs.options import coerce, option, option_specs
-from nasjobs.spaces.base import ArchParseError, Graph, SearchSpace
+from nasjobs.spaces.base import ArchParseError, EditSpace, Graph
 
 FILTER_CHOICES = (8, 16, 24, 32, 48, 64, 96, 128, 256)
 KERNEL_CHOICES = (1, 3, 5, 7)
@@ -114,7 +114,7 @@ def _concat(maps: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([m if tuple(m.shape[2:]) == size else pool(m, size) for m in maps], dim=1)
 
 
-class ChainCNN(SearchSpace[ChainArch]):
+class ChainCNN(EditSpace[ChainArch]):
     """Zoph & Le 2017, "Neural architecture search with reinforcement learning", sections 3.3 and 4.1 (CNNs).
 
     A network is 1 to `max_layers` conv layers, each choosing its filter count, kernel height, kernel width,
@@ -126,6 +126,9 @@ class ChainCNN(SearchSpace[ChainArch]):
     written only for a non-square kernel, `s<stride>` only for a stride above 1, `p` for pooling, and `@...` only
     when the inputs are not just the previous layer (0 is the image), e.g. `c32k3p-c64k3x5s2@0.1`. A plain chain
     reads as before: `c32k3p-c64k5`.
+
+    A mutation is one edit (`EditSpace`), its kind chosen uniformly among those possible: change one layer's
+    filters, kernel height, kernel width, stride or pooling, toggle one of its skip inputs, or add or remove a layer.
 
     Every architecture runs on any input size: convolutions pad to "same" (stride s gives ceil(n / s)), and a
     pooling step on a map narrower than 2 pixels is left out when the network is built.
@@ -239,22 +242,6 @@ class ChainCNN(SearchSpace[ChainArch]):
                  "pool": every if len(self._pools) > 1 else [], "skip": every[1:] if c.skips else [],
                  "add": list(range(1, n + 2)) if n < c.max_layers else [], "remove": every if n > 1 else []}
         return {kind: numbers for kind, numbers in sites.items() if numbers}
-
-    def mutate(self, arch: ChainArch, rng: random.Random) -> ChainArch:
-        """One edit, its kind chosen uniformly among those possible: change one layer's filters, kernel height,
-        kernel width, stride or pooling, toggle one of its skip inputs, or add or remove a layer."""
-        self._check(arch)
-        sites = self._edit_sites(arch)
-        if not sites:
-            raise ValueError("this space has a single architecture; nothing to mutate")
-        kind = rng.choice(sorted(sites))
-        return rng.choice(self._changes(arch, kind, rng.choice(sites[kind])))
-
-    def neighbours(self, arch: ChainArch) -> list[ChainArch]:
-        self._check(arch)
-        out = [n for kind, numbers in sorted(self._edit_sites(arch).items()) for number in numbers
-               for n in self._changes(arch, kind, number)]
-        return list(dict.fromkeys(a for a in out if a != arch))
 
     def to_str(self, arch: ChainArch) -> str:
         parts = []

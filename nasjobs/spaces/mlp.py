@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from nasjobs.options import coerce, option, option_specs
-from nasjobs.spaces.base import ArchParseError, Graph, SearchSpace
+from nasjobs.spaces.base import ArchParseError, EditSpace, Graph
 
 WIDTH_CHOICES = (8, 16, 32, 64, 128, 256, 512, 1024)
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -67,7 +67,7 @@ class Block(nn.Module):
         return out + self.shortcut(x) if self.shortcut is not None else out
 
 
-class MLP(SearchSpace[MLPArch]):
+class MLP(EditSpace[MLPArch]):
     """Fully connected networks for tabular data (flattened input: images and signals work too).
 
     An architecture is 1 to `max_layers` hidden layers, each of its own width, sharing one activation, one
@@ -76,7 +76,8 @@ class MLP(SearchSpace[MLPArch]):
     tabular NAS and hyperparameter benchmarks (e.g. Zimmer et al. 2021, Auto-PyTorch Tabular).
 
     Canonical string: widths joined by '-', then `:activation`, `:d<rate>` for a dropout above 0, `:bn`, `:res`,
-    e.g. `128-64:relu:d0.1:bn:res` or `32:gelu`.
+    e.g. `128-64:relu:d0.1:bn:res` or `32:gelu`. A mutation is one edit (`EditSpace`): one layer's width, a layer
+    added or removed, or the activation, dropout rate, batch norm or residuals changed.
     """
 
     name = "mlp"
@@ -117,21 +118,6 @@ class MLP(SearchSpace[MLPArch]):
                  "add": list(range(n + 1)) if n < c.max_layers else [], "remove": list(range(n)) if n > 1 else []}
         sites.update({k: [0] for k, v in self._choices().items() if len(v) > 1})
         return {k: v for k, v in sites.items() if v}
-
-    def mutate(self, arch: MLPArch, rng: random.Random) -> MLPArch:
-        """One edit, its kind chosen uniformly among those possible: one layer's width, a layer added or removed,
-        or the activation, dropout rate, batch norm or residuals changed."""
-        self._check(arch)
-        sites = self._edit_sites(arch)
-        if not sites:
-            raise ValueError("this space has a single architecture; nothing to mutate")
-        kind = rng.choice(sorted(sites))
-        return rng.choice(self._changes(arch, kind, rng.choice(sites[kind])))
-
-    def neighbours(self, arch: MLPArch) -> list[MLPArch]:
-        self._check(arch)
-        return list(dict.fromkeys(n for kind, positions in sorted(self._edit_sites(arch).items())
-                                  for p in positions for n in self._changes(arch, kind, p)))
 
     def to_str(self, arch: MLPArch) -> str:
         text = "-".join(map(str, arch.widths)) + f":{arch.activation}"

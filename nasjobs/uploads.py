@@ -62,7 +62,8 @@ def _safe_members(archive: zipfile.ZipFile, limits: DecodeLimits) -> list[zipfil
     for info in infos:
         name = info.filename
         path = PurePosixPath(name.replace("\\", "/"))
-        if name.startswith(("/", "\\")) or path.is_absolute() or ".." in path.parts or ":" in path.parts[0]:
+        # An absolute path, a parent step or a drive letter (C:) could place a file outside any target folder.
+        if name.startswith(("/", "\\")) or ".." in path.parts or (path.parts and ":" in path.parts[0]):
             raise DecodeError(f"the zip member {name!r} points outside the archive's folder; refused")
         if stat.S_ISLNK(info.external_attr >> 16):
             raise DecodeError(f"the zip member {name!r} is a symbolic link; links are refused")

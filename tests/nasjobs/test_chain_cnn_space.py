@@ -293,6 +293,9 @@ def test_signals_build_one_dimensional_networks_with_skips_and_pooling():
     assert count_macs(net, (2, 40)) == 40 * 2 * 5 * 16 + 10 * 18 * 3 * 8 + 10 * 24 * 16 + 16 * 10
     with pytest.raises(ValueError, match="square_kernels"):
         ChainCNN().build(ChainCNN().from_str("c16k3"), (1, 40), 10)
+    from nasjobs.estimators.zero_cost import _weights
+
+    assert len(_weights(net)) == 4  # zero-cost proxies score the 1-D convolutions too, not just the classifier
 
 
 def test_a_chain_cnn_learns_mnist1d_signals():

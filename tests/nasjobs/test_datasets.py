@@ -317,6 +317,8 @@ def spec(dataset: str, space: str, estimator: str = "train", strategy: str = "ra
     (spec("nb201-cifar10", "nb201", "benchmark", "darts"), "strategy", "lookup table"),
     (spec("mnist1d", "mlp", options={"estimator": {"flip": True}}), "estimator", "augment images"),
     (spec("svhn", "chain_cnn"), "dataset", "train_32x32.mat"),
+    (spec("mnist1d", "chain_cnn", "weight_sharing", options={"space": {"square_kernels": True}}), "estimator",
+     "image supernet"),
 ])
 def test_incompatible_pairs_are_refused_naming_the_conflict(experiment, field, message, monkeypatch, tmp_path):
     monkeypatch.setenv("NAS_DATA_ROOT", str(tmp_path))

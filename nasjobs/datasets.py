@@ -260,7 +260,8 @@ def load_decoded(folder: Path) -> Decoded:
     """Read a folder `save_decoded` wrote (never unpickling anything), checking arrays against the manifest."""
     folder = Path(folder)
     manifest = read_manifest(folder)
-    load = lambda key: np.load(folder / f"{key}.npy", allow_pickle=False)  # noqa: E731
+    # Memory-mapped: a preview reads a few samples, not the whole file.
+    load = lambda key: np.load(folder / f"{key}.npy", mmap_mode="r", allow_pickle=False)  # noqa: E731
     x, y = load("x"), load("y")
     names = tuple(manifest["class_names"])
     test = (load("x_test"), load("y_test")) if manifest.get("test_count") is not None else None

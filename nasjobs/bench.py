@@ -97,18 +97,18 @@ def bench_spec(strategy: str, dataset: str, budget: int, seed: int,
                options: dict[str, Any] | None = None) -> ExperimentSpec:
     """The experiment a benchmark run is: the `benchmark` estimator on `dataset`'s table, one 200-epoch
     validation seed per evaluation, drawn from the trial's seed (as the platform draws it)."""
-    return ExperimentSpec("digits", "nb201", strategy, "benchmark", budget=budget, epochs=200, seed=seed,
+    return ExperimentSpec(f"nb201-{dataset}", "nb201", strategy, "benchmark", budget=budget, epochs=200, seed=seed,
                           options={"strategy": dict(options or {}),
-                                   "estimator": {"table": dataset, "fidelity": "200", "count_flops": False}},
+                                   "estimator": {"fidelity": "200", "count_flops": False}},
                           top_k=1)
 
 
 def run_search(strategy: str, dataset: str, budget: int, seed: int,
                options: dict[str, Any] | None = None) -> RunResult:
     """One run of the platform's own loop (`SearchRunner` with a `MemoryStore`): budget, repeats, re-evaluations
-    and the reported best are exactly an experiment's. The dataset `digits` is only the spec's formality (loaded
-    once, cached); the benchmark estimator never touches it. The peer `optuna_tpe`, not a registered strategy,
-    takes the place of the runner's strategy with the seed the runner would have given it."""
+    and the reported best are exactly an experiment's; the dataset `nb201-<dataset>` names the table. The peer
+    `optuna_tpe`, not a registered strategy, takes the place of the runner's strategy with the seed the runner
+    would have given it."""
     started = time.perf_counter()
     store = RecordingStore()
     with tempfile.TemporaryDirectory() as root:  # stays empty: a table lookup has no weights

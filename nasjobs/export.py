@@ -17,14 +17,14 @@ MAX_BATCH = 65_536
 README = """{title}
 
 Architecture ({space}): {arch}
-Input: float tensors of shape (batch, {c}, {h}, {w}), normalised as the platform's `{dataset}` dataset is;
+Input: float tensors of shape (batch, {dims}), normalised as the platform's `{dataset}` dataset is;
 output: (batch, {classes}) class logits. Weights: {weights}.
 
 Run it with PyTorch alone (version {torch_version} or newer):
 
     import torch
     model = torch.export.load("model.pt2").module()
-    logits = model(torch.zeros(1, {c}, {h}, {w}))
+    logits = model(torch.zeros(1, {dims}))
 
 weights.pt holds the same weights as a plain state_dict, architecture.json the architecture and the figures
 the platform measured.
@@ -53,18 +53,19 @@ def export_archive(spec: ExperimentSpec, arch_key: str, state: dict[str, torch.T
     if state is not None:
         model.load_state_dict(state)
     model.eval()
-    c, h, w = dataset.input_shape
+    shape = list(dataset.input_shape)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    program = torch.export.export(model, (torch.zeros(2, c, h, w),), dynamic_shapes=({0: batch},))
+    program = torch.export.export(model, (torch.zeros(2, *shape),), dynamic_shapes=({0: batch},))
     graph = io.BytesIO()
     torch.export.save(program, graph)
     weights = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
     info = {"space": spec.space, "space_options": spec.options["space"], "arch": arch_key,
-            "display": space.display(arch), "dataset": spec.dataset, "input_shape": [c, h, w],
+            "display": space.display(arch), "dataset": spec.dataset, "input_shape": shape,
             "num_classes": dataset.num_classes, "trained": state is not None, "estimator": spec.estimator,
             "estimator_options": spec.options["estimator"], **meta}
-    readme = README.format(title=title, space=spec.space, arch=arch_key, c=c, h=h, w=w, dataset=spec.dataset,
+    readme = README.format(title=title, space=spec.space, arch=arch_key, dims=", ".join(map(str, shape)),
+                           dataset=spec.dataset,
                            classes=dataset.num_classes, torch_version=torch.__version__.split("+")[0],
                            weights="trained by the experiment" if state is not None else
                            "NOT trained (freshly initialised): the trial's weights were not kept")

@@ -1,6 +1,8 @@
 """Cost of a network: parameters and multiply-adds for one input."""
 from __future__ import annotations
 
+from math import prod
+
 import torch
 from torch import nn
 
@@ -9,14 +11,13 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Multiply-accumulate operations of one forward pass on a single input (convolutions and linear layers)."""
     total = 0
 
-    def conv_hook(module: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> None:
+    def conv_hook(module: nn.Conv1d | nn.Conv2d, inputs: tuple, output: torch.Tensor) -> None:
         nonlocal total
-        kh, kw = module.kernel_size
-        total += output.numel() * (module.in_channels // module.groups) * kh * kw
+        total += output.numel() * (module.in_channels // module.groups) * prod(module.kernel_size)
 
     def linear_hook(module: nn.Linear, inputs: tuple, output: torch.Tensor) -> None:
         nonlocal total
@@ -24,7 +25,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
 
     handles = []
     for m in model.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
             handles.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
             handles.append(m.register_forward_hook(linear_hook))

@@ -11,6 +11,8 @@ import numpy as np
 
 TABLE_PATH = Path(__file__).resolve().parent / "data" / "nb201.csv.gz"
 DATASETS = ("cifar10", "cifar100", "imagenet16-120")
+# Input shape (channels, height, width) the benchmark trained each dataset at, and its number of classes.
+INPUTS = {"cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100), "imagenet16-120": ((3, 16, 16), 120)}
 NUM_ARCHS = 15625
 
 

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Protocol
 import torch
 
 from nasjobs.artifacts import ArtifactStore
-from nasjobs.datasets import DATASETS
+from nasjobs.datasets import BENCHMARK_KIND, DATASETS
 from nasjobs.estimators import ESTIMATORS
 from nasjobs.metrics import count_macs, count_params
 from nasjobs.options import OptionError, config_to_json, parse_config
@@ -92,7 +92,27 @@ def validate_spec(spec: ExperimentSpec) -> ExperimentSpec:
         spec.component_class("estimator").check_space(space)
     except ValueError as exc:
         raise SpecError("estimator", str(exc)) from None
+    check_dataset(spec, space, configs["estimator"])
     return dataclasses.replace(spec, options=normalised)
+
+
+def check_dataset(spec: ExperimentSpec, space: Any, estimator_config: Any) -> None:
+    """Refuse a dataset the space cannot build for, the estimator cannot use or the machine does not hold."""
+    entry = DATASETS.get(spec.dataset)
+    kind = getattr(entry, "kind", "image")  # a plug-in registered as a bare loader predates kinds: images
+    checks = (("space", space.check_dataset, (spec.dataset, kind)),
+              ("estimator", spec.component_class("estimator").check_dataset, (estimator_config, spec.dataset, kind)))
+    for name, check, args in checks:
+        try:
+            check(*args)
+        except ValueError as exc:
+            raise SpecError(name, str(exc)) from None
+    if kind == BENCHMARK_KIND and getattr(spec.component_class("strategy"), "differentiable", False):
+        raise SpecError("strategy", f"{spec.dataset!r} is a lookup table; a differentiable search trains a "
+                                    "supernet on samples, which a table has none of")
+    reason = entry.unavailable() if hasattr(entry, "unavailable") else ""
+    if reason:
+        raise SpecError("dataset", reason)
 
 
 @dataclass

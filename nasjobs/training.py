@@ -8,7 +8,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from nasjobs.augment import Augmentation
 from nasjobs.datasets import Split
+from nasjobs.rng import derive_seed
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class SGDSettings:
     batch_size: int
     auxiliary_weight: float = 0.4  # weight of an auxiliary head's loss (Szegedy et al. 2015; DARTS uses 0.4)
     grad_clip: float = 5.0  # gradient-norm clip; 0 turns it off
+    augmentation: Augmentation = Augmentation()  # applied to each training batch on the device
 
 
 def seeded_init(build: Callable[[], nn.Module], seed: int) -> nn.Module:
@@ -55,6 +58,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=max(1, total_epochs * steps_per_epoch))
         self.generator = torch.Generator().manual_seed(seed)
+        # Its own generator on the device, so augmented batches never leave it and data order stays as without.
+        self.augment_generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "augment"))
         self.loss_fn = nn.CrossEntropyLoss()
         self.epoch = 0
         self.curve: list[float] = []
@@ -62,6 +67,8 @@ class Trainer:
     def _step(self, idx: torch.Tensor) -> None:
         settings = self.settings
         x, y = self.train.x[idx].to(self.device), self.train.y[idx].to(self.device)
+        if settings.augmentation.active:
+            x = settings.augmentation(x, self.augment_generator)
         self.optimizer.zero_grad(set_to_none=True)
         out = self.model(x)
         if isinstance(out, tuple):  # (logits, auxiliary logits) from a network with an auxiliary head
@@ -94,13 +101,16 @@ class Trainer:
     def state_dict(self) -> dict:
         return {"model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "generator": self.generator.get_state(), "epoch": self.epoch, "curve": list(self.curve)}
+                "generator": self.generator.get_state(), "augment_generator": self.augment_generator.get_state(),
+                "epoch": self.epoch, "curve": list(self.curve)}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
+        if "augment_generator" in state:  # checkpoints from before augmentation existed have none
+            self.augment_generator.set_state(state["augment_generator"])
         self.epoch = int(state["epoch"])
         self.curve = [float(v) for v in state["curve"]]
 

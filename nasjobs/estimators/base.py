@@ -50,6 +50,16 @@ class Estimator(ABC):
         Called when an experiment is submitted, so an impossible combination is a form error, not a failed run.
         """
 
+    @classmethod
+    def check_dataset(cls, config: Any, dataset: str, kind: str) -> None:
+        """Raise ValueError with a readable reason if this estimator, with `config`, cannot use `dataset` (of
+        `kind`). By default anything but a lookup table, which has no samples to train or score on."""
+        from nasjobs.datasets import BENCHMARK_KIND
+
+        if kind == BENCHMARK_KIND:
+            raise ValueError(f"{dataset!r} is a NAS-Bench-201 lookup table with no samples; only the benchmark "
+                             f"estimator can use it, not {cls.name}")
+
     @abstractmethod
     def evaluate(self, arch: Any, budget: int, *, seed: int, hook: EpochHook | None = None) -> EvalResult:
         """Estimate `arch`'s validation accuracy, spending `budget` (epochs for training estimators)."""

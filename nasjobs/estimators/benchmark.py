@@ -8,19 +8,14 @@ from typing import Any
 import torch
 
 from nasjobs import nb201_table
-from nasjobs.datasets import Dataset
+from nasjobs.datasets import BENCHMARK_KIND, Dataset
 from nasjobs.estimators.base import EpochHook, EvalResult, Estimator
 from nasjobs.options import option
 from nasjobs.spaces.base import SearchSpace
 from nasjobs.spaces.nb201 import NB201, NB201Config
 
-# Input shape the benchmark trained each dataset at, and its classes (for the multiply-adds).
-TABLE_INPUTS = {"cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100), "imagenet16-120": ((3, 16, 16), 120)}
-
-
 @dataclass(frozen=True)
 class BenchmarkConfig:
-    table: str = option("cifar10", "Which dataset's figures to look up", choices=nb201_table.DATASETS)
     fidelity: str = option("200", "'200': one 200-epoch validation seed, drawn from the trial's seed; "
                                   "'12': the 12-epoch validation value", choices=("200", "12"))
     count_flops: bool = option(True, "Report the network's multiply-adds (from the cell, no network is built)")
@@ -31,7 +26,8 @@ class BenchmarkEstimator(Estimator):
 
     With fidelity "200" the observed value is the 200-epoch validation accuracy of one training seed, chosen
     with `random.Random(seed)`, so a search sees the noise a real run would. `train_seconds` is the table's
-    training time on the benchmark's hardware: a simulated cost, not time spent here.
+    training time on the benchmark's hardware: a simulated cost, not time spent here. The experiment's dataset
+    (`nb201-cifar10`, `nb201-cifar100`, `nb201-imagenet16-120`) names the table.
     """
 
     name = "benchmark"
@@ -39,7 +35,14 @@ class BenchmarkEstimator(Estimator):
     Config = BenchmarkConfig
     trains_networks = False
 
-    def __init__(self, space: SearchSpace, dataset: Dataset | None, config: BenchmarkConfig,
+    @classmethod
+    def check_dataset(cls, config: BenchmarkConfig, dataset: str, kind: str) -> None:
+        if kind != BENCHMARK_KIND:
+            tables = ", ".join(f"nb201-{t}" for t in nb201_table.DATASETS)
+            raise ValueError(f"the benchmark estimator looks figures up in a NAS-Bench-201 table; choose one of "
+                             f"the datasets {tables}, not {dataset!r}")
+
+    def __init__(self, space: SearchSpace, dataset: Dataset, config: BenchmarkConfig,
                  device: torch.device | None = None) -> None:
         if not isinstance(space, NB201):
             raise ValueError(f"the benchmark estimator looks up NAS-Bench-201 figures and works only with the "
@@ -48,8 +51,9 @@ class BenchmarkEstimator(Estimator):
         if (space.config.channels, space.config.cells) != (default.channels, default.cells):
             raise ValueError(f"the table was measured with channels={default.channels} and cells={default.cells}; "
                              f"this space has channels={space.config.channels}, cells={space.config.cells}")
+        self.check_dataset(config, dataset.name, dataset.kind)
         super().__init__(space, dataset, config, device or torch.device("cpu"))
-        self.table = nb201_table.load(config.table)
+        self.table = nb201_table.load(dataset.lookup)
 
     def evaluate(self, arch: Any, budget: int, *, seed: int, hook: EpochHook | None = None) -> EvalResult:
         """Look `arch` up; `budget` is ignored (the table fixes the schedule; `fidelity` records it)."""
@@ -64,7 +68,7 @@ class BenchmarkEstimator(Estimator):
             percent = float(t.val12[i])
             fidelity = {"epochs": 12, "train_seconds": "simulated (table, 12/200 of the 200-epoch time)"}
             seconds = float(t.train_time_s[i]) * 12 / 200
-        fidelity.update({"estimator": self.name, "table": self.config.table, "index": i})
+        fidelity.update({"estimator": self.name, "table": self.table.name, "index": i})
         val_acc = percent / 100.0
         if hook is not None:
             hook(fidelity["epochs"], val_acc)
@@ -77,7 +81,7 @@ class BenchmarkEstimator(Estimator):
         input the benchmark trained on, whatever the experiment's dataset. Once per architecture."""
         key = self.space.to_str(arch)
         if key not in self.costs:
-            shape, classes = TABLE_INPUTS[self.config.table]
+            shape, classes = nb201_table.INPUTS[self.table.name]
             _, macs = self.space.cost(arch, shape, classes)
             self.costs[key] = round(float(self.table.params_m[self.space.index(arch)]) * 1e6), macs
         return self.costs[key]

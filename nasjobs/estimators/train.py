@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from nasjobs.augment import Augmentation
 from nasjobs.estimators.base import EpochHook, EvalResult, Estimator
 from nasjobs.options import option
 from nasjobs.training import SGDSettings, accuracy, seeded_init, train_epochs
@@ -21,6 +22,10 @@ class TrainConfig:
     grad_clip: float = option(5.0, "Clip the gradient norm to this (0: off)", min=0.0, max=1000.0)
     auxiliary_weight: float = option(0.4, "Loss weight of an auxiliary head, for spaces that have one",
                                      min=0.0, max=10.0)
+    crop_padding: int = option(0, "Images: random crop after zero padding by this many pixels (0: off; CIFAR "
+                                  "uses 4)", min=0, max=64)
+    flip: bool = option(False, "Images: random horizontal flip")
+    cutout: int = option(0, "Images: zero one random square of this side (0: off; 16 on CIFAR-10)", min=0, max=512)
 
 
 class TrainEstimator(Estimator):
@@ -32,7 +37,14 @@ class TrainEstimator(Estimator):
 
     def _settings(self) -> SGDSettings:
         c = self.config
-        return SGDSettings(c.lr, c.momentum, c.weight_decay, c.batch_size, c.auxiliary_weight, c.grad_clip)
+        return SGDSettings(c.lr, c.momentum, c.weight_decay, c.batch_size, c.auxiliary_weight, c.grad_clip,
+                           Augmentation(c.crop_padding, c.flip, c.cutout))
+
+    @classmethod
+    def check_dataset(cls, config: TrainConfig, dataset: str, kind: str) -> None:
+        super().check_dataset(config, dataset, kind)
+        if kind != "image" and Augmentation(config.crop_padding, config.flip, config.cutout).active:
+            raise ValueError(f"crop, flip and cutout augment images; {dataset!r} is {kind} data: turn them off")
 
     def _build(self, arch: Any, seed: int) -> torch.nn.Module:
         ds = self.dataset

@@ -171,6 +171,12 @@ class WeightSharingEstimator(TrainEstimator):
             raise ValueError(f"weight sharing has a supernet for the {', '.join(sorted(SUPERNETS))} space(s) only, "
                              f"not for {space.name!r}")
 
+    @classmethod
+    def check_dataset(cls, config: WeightSharingConfig, dataset: str, kind: str) -> None:
+        super().check_dataset(config, dataset, kind)
+        if kind != "image":  # the supernets are 2-D convolutional networks
+            raise ValueError(f"weight sharing trains an image supernet; {dataset!r} is {kind} data")
+
     # the supernet, trained once -----------------------------------------------------------------------------
     def supernet_key(self) -> str:
         """A fingerprint of everything the supernet's weights depend on, used as its file name."""
@@ -179,6 +185,8 @@ class WeightSharingEstimator(TrainEstimator):
                  "dataset": self.dataset.name, "epochs": c.supernet_epochs, "seed": c.supernet_seed,
                  "lr": c.lr, "momentum": c.momentum, "weight_decay": c.weight_decay, "batch_size": c.batch_size,
                  "grad_clip": c.grad_clip}
+        if c.crop_padding or c.flip or c.cutout:  # absent when off, so keys of earlier supernets still match
+            parts["augmentation"] = [c.crop_padding, c.flip, c.cutout]
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def checkpoint_path(self) -> Path | None:

@@ -27,7 +27,7 @@ def _logits(out: Any) -> torch.Tensor:
 
 def _weights(model: nn.Module) -> list[torch.Tensor]:
     """The prunable weights the zero-cost literature scores: those of convolutions and linear layers."""
-    return [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return [m.weight for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
 
 
 def synflow(model: nn.Module, batch: Split) -> float:

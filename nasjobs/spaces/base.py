@@ -48,9 +48,16 @@ class SearchSpace(ABC, Generic[A]):
     name: ClassVar[str]
     title: ClassVar[str]
     Config: ClassVar[type]
+    kinds: ClassVar[tuple[str, ...]] = ("image",)  # the dataset kinds it can build for (`nasjobs.datasets.KINDS`)
 
     def __init__(self, config: Any) -> None:
         self.config = config
+
+    def check_dataset(self, dataset: str, kind: str) -> None:
+        """Raise ValueError naming the conflict if this space (with its config) cannot build for `dataset`."""
+        if kind not in self.kinds:
+            raise ValueError(f"the {self.name} space builds networks for {' or '.join(self.kinds)} data; "
+                             f"{dataset!r} is {kind} data")
 
     @abstractmethod
     def sample(self, rng: random.Random) -> A: ...
@@ -85,8 +92,9 @@ class SearchSpace(ABC, Generic[A]):
         """Number of architectures in the space (exact)."""
 
     @abstractmethod
-    def build(self, arch: A, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-        """A trainable network for inputs of shape (channels, height, width)."""
+    def build(self, arch: A, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        """A trainable network for inputs of `input_shape`: (channels, height, width) for images, (channels,
+        length) for signals, (features,) for tables."""
 
     @abstractmethod
     def describe(self, arch: A) -> Graph: ...
@@ -110,3 +118,33 @@ class SearchSpace(ABC, Generic[A]):
         """Edit distance between two architectures: differing token positions."""
         ta, tb = self.to_tokens(a), self.to_tokens(b)
         return sum(x != y for x, y in zip(ta, tb)) + abs(len(ta) - len(tb))
+
+
+class EditSpace(SearchSpace[A]):
+    """A space whose mutations are edits: `_edit_sites` names the kinds of edit possible on an architecture and
+    where each applies, `_changes` lists the architectures one edit of a kind at a site away. `mutate` picks the
+    kind uniformly among those possible, then a site, then a result; `neighbours` are all results."""
+
+    @abstractmethod
+    def _check(self, arch: A) -> None:
+        """Raise ArchParseError unless `arch` is a member of the space."""
+
+    @abstractmethod
+    def _edit_sites(self, arch: A) -> dict[str, list[int]]: ...
+
+    @abstractmethod
+    def _changes(self, arch: A, kind: str, site: int) -> list[A]: ...
+
+    def mutate(self, arch: A, rng: random.Random) -> A:
+        self._check(arch)
+        sites = self._edit_sites(arch)
+        if not sites:
+            raise ValueError("this space has a single architecture; nothing to mutate")
+        kind = rng.choice(sorted(sites))
+        return rng.choice(self._changes(arch, kind, rng.choice(sites[kind])))
+
+    def neighbours(self, arch: A) -> list[A]:
+        self._check(arch)
+        out = [n for kind, sites in sorted(self._edit_sites(arch).items()) for site in sites
+               for n in self._changes(arch, kind, site)]
+        return list(dict.fromkeys(a for a in out if a != arch))

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nasjobs.options import coerce, option, option_specs
-from nasjobs.spaces.base import ArchParseError, Graph, SearchSpace
+from nasjobs.spaces.base import ArchParseError, EditSpace, Graph
 
 FILTER_CHOICES = (8, 16, 24, 32, 48, 64, 96, 128, 256)
 KERNEL_CHOICES = (1, 3, 5, 7)
@@ -29,6 +29,8 @@ class ChainCNNConfig:
     pooling: bool = option(True, "Allow 2x2 max pooling after a layer")
     skips: bool = option(True, "Allow skip connections: a layer may read the concatenation of any earlier "
                                "layers' outputs (the paper's anchor points)")
+    square_kernels: bool = option(False, "Every kernel has one size for height and width; required for signals, "
+                                         "whose 1-D kernels have a single size")
 
     def __post_init__(self) -> None:
         # The same checks and normal forms as a submitted form, also for configs built in code: an empty
@@ -106,11 +108,13 @@ class ChainNetwork(nn.Sequential):
 def _concat(maps: list[torch.Tensor]) -> torch.Tensor:
     if len(maps) == 1:
         return maps[0]
-    size = (min(m.shape[-2] for m in maps), min(m.shape[-1] for m in maps))
-    return torch.cat([m if tuple(m.shape[-2:]) == size else F.adaptive_max_pool2d(m, size) for m in maps], dim=1)
+    dims = maps[0].dim() - 2  # 2 for images, 1 for signals
+    size = tuple(min(m.shape[2 + d] for m in maps) for d in range(dims))
+    pool = F.adaptive_max_pool2d if dims == 2 else F.adaptive_max_pool1d
+    return torch.cat([m if tuple(m.shape[2:]) == size else pool(m, size) for m in maps], dim=1)
 
 
-class ChainCNN(SearchSpace[ChainArch]):
+class ChainCNN(EditSpace[ChainArch]):
     """Zoph & Le 2017, "Neural architecture search with reinforcement learning", sections 3.3 and 4.1 (CNNs).
 
     A network is 1 to `max_layers` conv layers, each choosing its filter count, kernel height, kernel width,
@@ -123,17 +127,34 @@ class ChainCNN(SearchSpace[ChainArch]):
     when the inputs are not just the previous layer (0 is the image), e.g. `c32k3p-c64k3x5s2@0.1`. A plain chain
     reads as before: `c32k3p-c64k5`.
 
+    A mutation is one edit (`EditSpace`), its kind chosen uniformly among those possible: change one layer's
+    filters, kernel height, kernel width, stride or pooling, toggle one of its skip inputs, or add or remove a layer.
+
     Every architecture runs on any input size: convolutions pad to "same" (stride s gives ceil(n / s)), and a
     pooling step on a map narrower than 2 pixels is left out when the network is built.
+
+    For signals, input (channels, length), the same architecture builds 1-D convolutions of `kernel_h` taps, 1-D
+    pooling by 2 and 1-D global pooling; the space must then have `square_kernels`, so that no searched choice
+    (the kernel width) is left without effect.
     """
 
     name = "chain_cnn"
     title = "Chain CNN"
     Config = ChainCNNConfig
+    kinds = ("image", "signal")
 
     def __init__(self, config: ChainCNNConfig | None = None) -> None:
         super().__init__(config or ChainCNNConfig())
         self._pools = (False, True) if self.config.pooling else (False,)
+
+    def check_dataset(self, dataset: str, kind: str) -> None:
+        super().check_dataset(dataset, kind)
+        if kind == "signal" and not self.config.square_kernels:
+            raise ValueError(f"{dataset!r} holds 1-D signals, whose kernels have one size: turn on the chain_cnn "
+                             "option square_kernels")
+
+    def _kernel_widths(self, kernel_h: int) -> tuple[int, ...]:
+        return (kernel_h,) if self.config.square_kernels else self.config.kernels
 
     # representation -------------------------------------------------------------------------------------------
     def _input_choices(self, number: int) -> int:
@@ -146,7 +167,8 @@ class ChainCNN(SearchSpace[ChainArch]):
         if c.skips and number > 1:  # uniform over the non-empty subsets of the earlier layers
             mask = rng.randrange(1, 2 ** number)
             inputs = tuple(r for r in range(number) if mask >> r & 1)
-        return ConvLayer(rng.choice(c.filters), rng.choice(c.kernels), rng.choice(c.kernels), rng.choice(c.strides),
+        filters, kernel_h = rng.choice(c.filters), rng.choice(c.kernels)
+        return ConvLayer(filters, kernel_h, rng.choice(self._kernel_widths(kernel_h)), rng.choice(c.strides),
                          rng.choice(self._pools), inputs)
 
     def sample(self, rng: random.Random) -> ChainArch:
@@ -155,8 +177,8 @@ class ChainCNN(SearchSpace[ChainArch]):
 
     def _settings(self) -> list[tuple[int, int, int, int, bool]]:
         c = self.config
-        return [(f, kh, kw, s, p) for f in c.filters for kh in c.kernels for kw in c.kernels for s in c.strides
-                for p in self._pools]
+        return [(f, kh, kw, s, p) for f in c.filters for kh in c.kernels for kw in self._kernel_widths(kh)
+                for s in c.strides for p in self._pools]
 
     @staticmethod
     def _insert(arch: ChainArch, number: int, setting: tuple[int, int, int, int, bool]) -> ChainArch:
@@ -206,33 +228,20 @@ class ChainCNN(SearchSpace[ChainArch]):
         c = self.config
         values = {"filters": c.filters, "kernel_h": c.kernels, "kernel_w": c.kernels, "stride": c.strides,
                   "pool": self._pools}[kind]
-        return [self._replace(arch, number, **{kind: v}) for v in values if v != getattr(old, kind)]
+        # With square kernels the width follows the height.
+        square = ("kernel_w",) if c.square_kernels and kind == "kernel_h" else ()
+        return [self._replace(arch, number, **{k: v for k in (kind, *square)}) for v in values
+                if v != getattr(old, kind)]
 
     def _edit_sites(self, arch: ChainArch) -> dict[str, list[int]]:
         """For each kind of edit possible on `arch`, the layer numbers it can apply to."""
         c, n = self.config, len(arch.layers)
         every = list(range(1, n + 1))
         sites = {"filters": every if len(c.filters) > 1 else [], "kernel_h": every if len(c.kernels) > 1 else [],
-                 "kernel_w": every if len(c.kernels) > 1 else [], "stride": every if len(c.strides) > 1 else [],
+                 "kernel_w": every if len(c.kernels) > 1 and not c.square_kernels else [], "stride": every if len(c.strides) > 1 else [],
                  "pool": every if len(self._pools) > 1 else [], "skip": every[1:] if c.skips else [],
                  "add": list(range(1, n + 2)) if n < c.max_layers else [], "remove": every if n > 1 else []}
         return {kind: numbers for kind, numbers in sites.items() if numbers}
-
-    def mutate(self, arch: ChainArch, rng: random.Random) -> ChainArch:
-        """One edit, its kind chosen uniformly among those possible: change one layer's filters, kernel height,
-        kernel width, stride or pooling, toggle one of its skip inputs, or add or remove a layer."""
-        self._check(arch)
-        sites = self._edit_sites(arch)
-        if not sites:
-            raise ValueError("this space has a single architecture; nothing to mutate")
-        kind = rng.choice(sorted(sites))
-        return rng.choice(self._changes(arch, kind, rng.choice(sites[kind])))
-
-    def neighbours(self, arch: ChainArch) -> list[ChainArch]:
-        self._check(arch)
-        out = [n for kind, numbers in sorted(self._edit_sites(arch).items()) for number in numbers
-               for n in self._changes(arch, kind, number)]
-        return list(dict.fromkeys(a for a in out if a != arch))
 
     def to_str(self, arch: ChainArch) -> str:
         parts = []
@@ -272,6 +281,9 @@ class ChainCNN(SearchSpace[ChainArch]):
             for name, size in (("height", l.kernel_h), ("width", l.kernel_w)):
                 if size not in c.kernels:
                     raise ArchParseError(f"layer {k}: kernel {name} {size} is not one of {c.kernels}")
+            if c.square_kernels and l.kernel_w != l.kernel_h:
+                raise ArchParseError(f"layer {k}: kernel {l.kernel_h}x{l.kernel_w} is not square, as this space "
+                                     "requires")
             if l.stride not in c.strides:
                 raise ArchParseError(f"layer {k}: stride {l.stride} is not one of {c.strides}")
             if l.pool not in self._pools:
@@ -288,7 +300,8 @@ class ChainCNN(SearchSpace[ChainArch]):
         c = self.config
         vocab = [[str(n) for n in range(1, c.max_layers + 1)]]
         for k in range(1, c.max_layers + 1):
-            vocab += [[f"f{f}" for f in c.filters], [f"kh{s}" for s in c.kernels], [f"kw{s}" for s in c.kernels],
+            widths = ["kw=kh"] if c.square_kernels else [f"kw{s}" for s in c.kernels]
+            vocab += [[f"f{f}" for f in c.filters], [f"kh{s}" for s in c.kernels], widths,
                       [f"s{s}" for s in c.strides], ["pool" if p else "nopool" for p in self._pools]]
             vocab += [["-", f"@{r}"] for r in self._anchors(k)]
         return vocab
@@ -304,7 +317,8 @@ class ChainCNN(SearchSpace[ChainArch]):
         for k in range(1, c.max_layers + 1):
             if k <= len(arch.layers):
                 l = arch.layers[k - 1]
-                tokens += [c.filters.index(l.filters), c.kernels.index(l.kernel_h), c.kernels.index(l.kernel_w),
+                tokens += [c.filters.index(l.filters), c.kernels.index(l.kernel_h),
+                           self._kernel_widths(l.kernel_h).index(l.kernel_w),
                            c.strides.index(l.stride), self._pools.index(l.pool)]
                 tokens += [int(r in l.inputs) for r in self._anchors(k)]
             else:  # positions past the depth carry no information; 0 keeps the encoding canonical
@@ -323,8 +337,9 @@ class ChainCNN(SearchSpace[ChainArch]):
             anchors = self._anchors(k)
             chosen = tuple(r for r, t in zip(anchors, tokens[p + 5:p + 5 + len(anchors)]) if t)
             inputs = (chosen or (0,)) if anchors else chain_inputs(k)
-            layers.append(ConvLayer(c.filters[f], c.kernels[kh], c.kernels[kw], c.strides[s], self._pools[pool],
-                                    inputs))
+            kernel_h = c.kernels[kh]
+            layers.append(ConvLayer(c.filters[f], kernel_h, self._kernel_widths(kernel_h)[kw], c.strides[s],
+                                    self._pools[pool], inputs))
             p += 5 + len(anchors)
         return ChainArch(tuple(layers))
 
@@ -337,28 +352,35 @@ class ChainCNN(SearchSpace[ChainArch]):
         return total
 
     # networks -------------------------------------------------------------------------------------------------
-    def build(self, arch: ChainArch, input_shape: tuple[int, int, int], num_classes: int) -> ChainNetwork:
+    def build(self, arch: ChainArch, input_shape: tuple[int, ...], num_classes: int) -> ChainNetwork:
         self._check(arch)
-        channels, height, width = input_shape
-        sizes = [(channels, height, width)]  # (channels, height, width) of the image and of each layer's output
+        if len(input_shape) not in (2, 3):
+            raise ValueError(f"chain_cnn builds for images (C, H, W) or signals (C, L), not shape {input_shape}")
+        one_d = len(input_shape) == 2
+        if one_d and not self.config.square_kernels:
+            raise ValueError("signals need a chain_cnn space with square_kernels")
+        conv, norm, pool, gap = (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d) if one_d else \
+            (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
+        # (channels, *spatial extent) of the input and of each layer's output
+        sizes: list[tuple[int, ...]] = [tuple(input_shape)]
         modules: list[nn.Module] = []
         spans: list[tuple[int, int]] = []
         for l in arch.layers:
             c_in = sum(sizes[r][0] for r in l.inputs)
-            h, w = min(sizes[r][1] for r in l.inputs), min(sizes[r][2] for r in l.inputs)
+            extent = [min(sizes[r][1 + d] for r in l.inputs) for d in range(len(input_shape) - 1)]
+            kernel = (l.kernel_h,) if one_d else (l.kernel_h, l.kernel_w)
             start = len(modules)
-            modules += [nn.Conv2d(c_in, l.filters, (l.kernel_h, l.kernel_w), stride=l.stride,
-                                  padding=(l.kernel_h // 2, l.kernel_w // 2), bias=False),
-                        nn.BatchNorm2d(l.filters), nn.ReLU(inplace=True)]
-            h, w = -(-h // l.stride), -(-w // l.stride)  # odd kernels padded by k // 2: ceil(n / stride)
+            modules += [conv(c_in, l.filters, kernel, stride=l.stride, padding=tuple(k // 2 for k in kernel),
+                             bias=False), norm(l.filters), nn.ReLU(inplace=True)]
+            extent = [-(-n // l.stride) for n in extent]  # odd kernels padded by k // 2: ceil(n / stride)
             # Pooling a 1-pixel map is impossible; skipping it keeps every architecture valid for any input size.
-            if l.pool and min(h, w) >= 2:
-                modules.append(nn.MaxPool2d(2))
-                h, w = h // 2, w // 2
+            if l.pool and min(extent) >= 2:
+                modules.append(pool(2))
+                extent = [n // 2 for n in extent]
             spans.append((start, len(modules)))
-            sizes.append((l.filters, h, w))
+            sizes.append((l.filters, *extent))
         head = _unconsumed(arch)
-        modules += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(sum(sizes[k][0] for k in head), num_classes)]
+        modules += [gap(1), nn.Flatten(), nn.Linear(sum(sizes[k][0] for k in head), num_classes)]
         return ChainNetwork(modules, spans, [l.inputs for l in arch.layers], head)
 
     def describe(self, arch: ChainArch) -> Graph:

@@ -125,6 +125,7 @@ class NB201(SearchSpace[NB201Arch]):
     """
 
     name = "nb201"
+    kinds = ("image", "nb201")  # nb201: the benchmark's own tables, for the benchmark estimator
     title = "NAS-Bench-201 cell"
     Config = NB201Config
 

@@ -9,7 +9,8 @@ CPU = torch.device("cpu")
 
 
 def searched(tmp_path, space, estimator, options):
-    spec = ExperimentSpec("digits", space, "random", estimator, budget=5, epochs=4, seed=2, top_k=1, options=options)
+    dataset = "nb201-cifar10" if estimator == "benchmark" else "digits"
+    spec = ExperimentSpec(dataset, space, "random", estimator, budget=5, epochs=4, seed=2, top_k=1, options=options)
     runner = SearchRunner(spec, MemoryStore(), ArtifactStore(tmp_path, 1), CPU)
     runner.run()
     return runner

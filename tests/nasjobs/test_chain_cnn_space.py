@@ -1,4 +1,5 @@
 import itertools
+import math
 import random
 
 import pytest
@@ -259,3 +260,50 @@ def test_the_defaults_keep_a_digits_trial_small():
     c = ChainCNNConfig()
     assert (c.max_layers, c.filters, c.kernels, c.strides, c.pooling, c.skips) == (4, (16, 32, 64), (1, 3, 5), (1,),
                                                                                    True, True)
+
+
+SQUARE = ChainCNN(ChainCNNConfig(max_layers=3, filters=(8, 16), kernels=(1, 3, 5), strides=(1, 2),
+                                 square_kernels=True))
+
+
+def test_with_square_kernels_every_layer_is_square_and_the_width_follows_the_height():
+    rng = random.Random(0)
+    arch = SQUARE.sample(rng)
+    for _ in range(300):
+        arch = SQUARE.mutate(arch, rng)
+        assert all(l.kernel_h == l.kernel_w for l in arch.layers)
+        assert SQUARE.from_tokens(SQUARE.to_tokens(arch)) == arch
+        assert all(l.kernel_h == l.kernel_w for n in SQUARE.neighbours(arch) for l in n.layers)
+    # per layer 2 filters x 3 kernels x 2 strides x pooling or not; layer k reads one of 2^k - 1 input sets
+    per_layer = [2 * 3 * 2 * 2 * (2 ** k - 1) for k in range(1, 4)]
+    assert SQUARE.size() == sum(math.prod(per_layer[:d]) for d in range(1, 4))
+    with pytest.raises(ArchParseError, match="square"):
+        SQUARE.from_str("c8k3x5")
+
+
+def test_signals_build_one_dimensional_networks_with_skips_and_pooling():
+    arch = SQUARE.from_str("c16k5p-c8k3s2@0.1-c16k1p@1.2")
+    net = SQUARE.build(arch, (2, 40), 10)
+    assert net(torch.randn(4, 2, 40)).shape == (4, 10)
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in net.modules())
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv1d)]
+    assert [c.kernel_size for c in convs] == [(5,), (3,), (1,)] and convs[1].in_channels == 2 + 16
+    # outputs x inputs x taps: 40 x 2 x 5 x 16; pooled to 20, read with the 40-step input pooled to 20 (18 channels),
+    # stride 2: 10 x 18 x 3 x 8; layers 1 and 2 at 10 steps (24 channels): 10 x 24 x 1 x 16; linear 16 x 10
+    assert count_macs(net, (2, 40)) == 40 * 2 * 5 * 16 + 10 * 18 * 3 * 8 + 10 * 24 * 16 + 16 * 10
+    with pytest.raises(ValueError, match="square_kernels"):
+        ChainCNN().build(ChainCNN().from_str("c16k3"), (1, 40), 10)
+    from nasjobs.estimators.zero_cost import _weights
+
+    assert len(_weights(net)) == 4  # zero-cost proxies score the 1-D convolutions too, not just the classifier
+
+
+def test_a_chain_cnn_learns_mnist1d_signals():
+    from nasjobs.datasets import load_mnist1d
+    from nasjobs.estimators.train import TrainConfig, TrainEstimator
+
+    space = ChainCNN(ChainCNNConfig(filters=(16,), kernels=(5,), square_kernels=True))
+    estimator = TrainEstimator(space, load_mnist1d(), TrainConfig(batch_size=128), torch.device("cpu"))
+    result = estimator.evaluate(space.from_str("c16k5p-c16k5"), 3, seed=0)
+    assert result.val_acc > 0.3  # ten classes: chance is 0.1
+    assert result.curve[-1] > result.curve[0]

@@ -62,8 +62,9 @@ def test_a_proxy_trained_at_lower_width_exports_at_that_width(tmp_path):
 
 
 def test_without_weights_the_export_is_a_fresh_network_and_says_so():
-    spec = ExperimentSpec("digits", "nb201", "random", "benchmark", budget=1, epochs=1, seed=0)  # a table lookup
+    spec = ExperimentSpec("nb201-cifar100", "nb201", "random", "benchmark", budget=1, epochs=1, seed=0)  # a lookup
     key = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"
     model, _, info, readme = unpack(export_archive(spec, key, None))
     assert info["trained"] is False and "NOT trained" in readme
-    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert info["input_shape"] == [3, 32, 32] and "(batch, 3, 32, 32)" in readme
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 100)

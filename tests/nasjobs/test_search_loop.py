@@ -159,7 +159,7 @@ class ReevaluateFirst:
 
 
 def test_a_reevaluating_strategy_spends_budget_and_the_trial_reports_the_mean(tmp_path):
-    spec = ExperimentSpec("digits", "nb201", "random", "benchmark", budget=6, epochs=1, seed=3, top_k=1)
+    spec = ExperimentSpec("nb201-cifar10", "nb201", "random", "benchmark", budget=6, epochs=1, seed=3, top_k=1)
     store = MemoryStore()
     runner = SearchRunner(spec, store, ArtifactStore(tmp_path, 1), CPU)
     runner.strategy = ReevaluateFirst(runner.space, 0)

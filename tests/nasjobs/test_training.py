@@ -76,3 +76,49 @@ def test_a_network_with_an_auxiliary_head_trains_with_the_weighted_auxiliary_los
     arch = space.sample(__import__("random").Random(0))
     result = TrainEstimator(space, load_digits(), TrainConfig(), CPU).evaluate(arch, 1, seed=0)
     assert 0.0 <= result.val_acc <= 1.0 and len(result.curve) == 1
+
+
+def test_augmentation_crops_flips_and_cuts_out_from_its_generator_alone():
+    from nasjobs.augment import Augmentation
+
+    x = torch.arange(1, 4 * 2 * 6 * 6 + 1, dtype=torch.float32).reshape(4, 2, 6, 6)
+    draw = lambda aug, seed: aug(x, torch.Generator().manual_seed(seed))  # noqa: E731
+    crop = Augmentation(crop_padding=2)
+    assert torch.equal(draw(crop, 0), draw(crop, 0)) and not torch.equal(draw(crop, 0), draw(crop, 1))
+    cropped = draw(crop, 0)
+    for image, source in zip(cropped, x):  # a shifted window of the zero-padded image: every pixel is 0 or kept
+        kept = image[image != 0]
+        assert set(kept.tolist()) <= set(source.flatten().tolist()) and len(kept) >= 2 * 4 * 4
+    flipped = draw(Augmentation(flip=True), 3)
+    assert all(torch.equal(f, s) or torch.equal(f, s.flip(-1)) for f, s in zip(flipped, x))
+    cut = draw(Augmentation(cutout=3), 5)
+    zeroed = (cut == 0).all(dim=1)  # both channels together
+    assert all(0 < int(z.sum()) <= 9 for z in zeroed) and torch.equal(cut[~(cut == 0)], x[~(cut == 0)])
+    assert not Augmentation().active
+
+
+def test_training_with_augmentation_is_reproducible_and_differs_from_without():
+    arch = SPACE.from_str("c16k3p-c16k5")
+    plain = TrainEstimator(SPACE, load_digits(), TrainConfig(), CPU).evaluate(arch, 1, seed=7)
+    augmented = TrainEstimator(SPACE, load_digits(), TrainConfig(crop_padding=1, flip=True, cutout=2), CPU)
+    a, b = augmented.evaluate(arch, 1, seed=7), augmented.evaluate(arch, 1, seed=7)
+    assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+    assert any(not torch.equal(a.state[k], plain.state[k]) for k in a.state)
+
+
+def test_a_resumed_augmented_training_matches_an_uninterrupted_one():
+    from nasjobs.augment import Augmentation
+    from nasjobs.training import SGDSettings, Trainer, seeded_init
+
+    ds = load_digits()
+    settings = SGDSettings(0.05, 0.9, 5e-4, 64, augmentation=Augmentation(crop_padding=1, cutout=2))
+    build = lambda: seeded_init(lambda: SPACE.build(SPACE.from_str("c16k3"), (1, 8, 8), 10), 0)  # noqa: E731
+    straight = Trainer(build(), ds.train, ds.val, settings, 2, 3, CPU)
+    straight.run(2)
+    first = Trainer(build(), ds.train, ds.val, settings, 2, 3, CPU)
+    first.run(1)
+    resumed = Trainer(build(), ds.train, ds.val, settings, 2, 3, CPU)
+    resumed.load_state_dict(first.state_dict())
+    resumed.run(2)
+    assert resumed.curve == straight.curve
+    assert all(torch.equal(v, straight.model.state_dict()[k]) for k, v in resumed.model.state_dict().items())

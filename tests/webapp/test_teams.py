@@ -107,7 +107,7 @@ def test_the_monthly_quota_sends_the_experiment_that_would_exceed_it_to_review(a
     assert "to 1,100 of its 1,000 trial-epochs this month" in second.review_reason
     # A table lookup trains nothing and costs nothing.
     lookup = services.experiment_create(user=alice, name="lookup", spec=ExperimentSpec(
-        "digits", "nb201", "random", "benchmark", budget=1000, epochs=200, seed=0), enqueue=False)
+        "nb201-cifar10", "nb201", "random", "benchmark", budget=1000, epochs=200, seed=0), enqueue=False)
     assert lookup.cost == 0 and lookup.status == "queued"
 
 

@@ -206,7 +206,7 @@ class OwnHistory(RandomSearch):
 
 
 def test_a_strategy_that_restores_from_its_state_alone_still_resumes(tmp_path):
-    spec = ExperimentSpec("digits", "nb201", "random", "benchmark", budget=30, epochs=200, seed=2, top_k=1)
+    spec = ExperimentSpec("nb201-cifar10", "nb201", "random", "benchmark", budget=30, epochs=200, seed=2, top_k=1)
 
     def run_own(store, root):
         runner = SearchRunner(spec, store, ArtifactStore(root, 1), CPU)

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+import _root  # noqa: F401  (the repository root on the path, before the project's imports)
+
 from nasjobs.options import parse_config
 from nasjobs.spaces import Darts
 from nasjobs.strategies.darts import DartsConfig, Searcher

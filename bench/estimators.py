@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import torch
 
+import _root  # noqa: F401  (the repository root on the path, before the project's imports)
+
 from nasjobs.calibration import rank_correlation
 from nasjobs.datasets import Dataset, load_digits
 from nasjobs.estimators import Estimator

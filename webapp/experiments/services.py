@@ -66,11 +66,9 @@ def submission_team(user: AbstractBaseUser | None, team: Team | str | int | None
     if not isinstance(team, Team):
         lookup = {"pk": int(team)} if str(team).isdigit() else {"name": str(team)}
         team = Team.objects.filter(**lookup).first()
-        if team is None or (user is not None and not user.is_staff and not member_teams(user).filter(
-                pk=team.pk).exists()):
-            raise SpecError("team", "no such team among yours")
-    elif user is not None and not user.is_staff and not member_teams(user).filter(pk=team.pk).exists():
-        raise SpecError("team", "you are not a member of this team")
+    if team is None or (user is not None and not user.is_staff and not member_teams(user).filter(
+            pk=team.pk).exists()):
+        raise SpecError("team", "no such team among yours")
     return team
 
 

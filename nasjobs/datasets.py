@@ -307,14 +307,25 @@ def cached(name: str, make: Callable[[], tuple[str, np.ndarray, np.ndarray, Sequ
 
 
 # built-ins --------------------------------------------------------------------------------------------------
-@lru_cache(maxsize=None)
-def load_digits() -> Dataset:
-    """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), shipped inside the package."""
+DIGITS_VERSION = "sklearn-digits-v1"  # x / 16 as float32, scikit-learn's order; other values need a new folder
+
+
+def generate_digits() -> tuple[str, np.ndarray, np.ndarray, list[str], None]:
+    """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), shipped inside the package, as floats
+    in [0, 1] (its pixels count 0..16)."""
     from sklearn.datasets import load_digits as sk_load_digits
 
     bunch = sk_load_digits()
-    x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
-    return build_dataset("digits", "image", x, bunch.target, [str(d) for d in range(10)])
+    return ("image", (bunch.images.astype(np.float32) / 16.0)[:, None, :, :], bunch.target.astype(np.int64),
+            [str(d) for d in range(10)], None)
+
+
+@lru_cache(maxsize=None)
+def load_digits() -> Dataset:
+    """The digits as a dataset: 60/20/20 stratified train/validation/test split (`SPLIT_FRACTIONS`)."""
+    decoded = cached(DIGITS_VERSION, generate_digits)
+    x, _ = as_float(decoded)
+    return build_dataset("digits", "image", x, decoded.y, decoded.class_names)
 
 
 MNIST1D_VERSION = "mnist1d-0.0.2-default-v1"  # a new generator or new arguments need a new cache folder
@@ -344,6 +355,22 @@ def load_mnist1d() -> Dataset:
     decoded = cached(MNIST1D_VERSION, generate_mnist1d)
     x, test = as_float(decoded)
     return build_dataset("mnist1d", "signal", x, decoded.y, decoded.class_names, test)
+
+
+# The built-ins whose samples are generated into `data_dir()/builtin` (a page previews them from there).
+BUILTIN_CACHES = {"digits": (DIGITS_VERSION, generate_digits),
+                  "mnist1d": (MNIST1D_VERSION, generate_mnist1d)}
+
+
+def builtin_folder(name: str) -> Path | None:
+    """The stored folder of a generated built-in (written on first use), or None for one without samples there
+    (a NAS-Bench-201 table, a torchvision dataset) or when it cannot be written."""
+    if name not in BUILTIN_CACHES:
+        return None
+    version, make = BUILTIN_CACHES[name]
+    cached(version, make)
+    folder = data_dir() / "builtin" / version
+    return folder if folder.exists() else None
 
 
 def benchmark_dataset(table: str) -> Dataset:

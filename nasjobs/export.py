@@ -31,6 +31,15 @@ the platform measured.
 """
 
 
+def _weights_note(spec: ExperimentSpec, trained: bool) -> str:
+    if trained:
+        return "trained by the experiment"
+    if not spec.component_class("estimator").trains_networks:
+        return (f"NOT trained (freshly initialised): the experiment looked its figures up in {spec.dataset} and "
+                "trained no network; train this one before using it")
+    return "NOT trained (freshly initialised): the trial's weights were not kept"
+
+
 def export_archive(spec: ExperimentSpec, arch_key: str, state: dict[str, torch.Tensor] | None,
                    meta: dict[str, Any] | None = None) -> bytes:
     """The zip archive (bytes) of one architecture of `spec`'s space, with `state` loaded when given. `meta`
@@ -67,8 +76,7 @@ def export_archive(spec: ExperimentSpec, arch_key: str, state: dict[str, torch.T
     readme = README.format(title=title, space=spec.space, arch=arch_key, dims=", ".join(map(str, shape)),
                            dataset=spec.dataset,
                            classes=dataset.num_classes, torch_version=torch.__version__.split("+")[0],
-                           weights="trained by the experiment" if state is not None else
-                           "NOT trained (freshly initialised): the trial's weights were not kept")
+                           weights=_weights_note(spec, state is not None))
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("model.pt2", graph.getvalue())

@@ -63,13 +63,19 @@ LIMITS = {"budget": (1, 100_000), "epochs": (1, 10_000), "seed": (0, 2**31 - 1),
           "patience": (0, 100_000), "max_seconds": (0, 30 * 24 * 3600)}
 
 
-def validate_spec(spec: ExperimentSpec) -> ExperimentSpec:
-    """Check every field and option; returns the spec with options normalised to their JSON form."""
-    for name, registry in (("dataset", DATASETS), ("space", SPACES), ("strategy", STRATEGIES),
-                           ("estimator", ESTIMATORS)):
-        value = getattr(spec, name)
+def check_names(spec: ExperimentSpec, fields: tuple[str, ...] = ("dataset", *COMPONENTS)) -> None:
+    """Check that the dataset and the components are registered (a component before its options can be
+    resolved)."""
+    registries = {"dataset": DATASETS, "space": SPACES, "strategy": STRATEGIES, "estimator": ESTIMATORS}
+    for name in fields:
+        registry, value = registries[name], getattr(spec, name)
         if value not in registry:
             raise SpecError(name, f"unknown {registry.kind} {value!r}; choose one of {', '.join(registry.names())}")
+
+
+def validate_spec(spec: ExperimentSpec) -> ExperimentSpec:
+    """Check every field and option; returns the spec with options normalised to their JSON form."""
+    check_names(spec)
     for name, (low, high) in LIMITS.items():
         value = getattr(spec, name)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:

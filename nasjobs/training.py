@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,13 +32,40 @@ def seeded_init(build: Callable[[], nn.Module], seed: int) -> nn.Module:
         return build()
 
 
+def resident_bytes() -> int:
+    """Splits up to this size (`NAS_RESIDENT_MB`, default 2048, together) are copied to the training device once
+    and stay there for the whole trial; larger ones stay in host memory and move one batch at a time."""
+    return int(float(os.environ.get("NAS_RESIDENT_MB", "") or 2048) * 1024**2)
+
+
+_ON_DEVICE: dict[tuple[int, str], tuple[Split, Split]] = {}  # (id of the host split, device) -> (host, device copy)
+
+
+def on_device(split: Split, device: torch.device, budget: int | None = None) -> Split:
+    """The split where training reads it: on the device when it fits `resident_bytes()` (copied once per process,
+    so successive trials share the copy), else the host split itself, from which each batch is copied."""
+    if device.type == "cpu":
+        return split
+    key = (id(split.x), str(device))
+    if key in _ON_DEVICE:
+        return _ON_DEVICE[key][1]
+    size = split.x.element_size() * split.x.nelement() + split.y.element_size() * split.y.nelement()
+    if size > (resident_bytes() if budget is None else budget):
+        return split
+    moved = Split(split.x.to(device), split.y.to(device))
+    if len(_ON_DEVICE) >= 4:  # a worker trains on one or two datasets at a time
+        _ON_DEVICE.pop(next(iter(_ON_DEVICE)))
+    _ON_DEVICE[key] = (split, moved)  # the host split is kept, so its id is not reused while cached
+    return moved
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, split: Split, device: torch.device, batch_size: int = 512) -> float:
     model.eval()
     correct = 0
     for start in range(0, len(split), batch_size):
-        x = split.x[start:start + batch_size].to(device)
-        y = split.y[start:start + batch_size].to(device)
+        x = split.x[start:start + batch_size].to(device, non_blocking=True)
+        y = split.y[start:start + batch_size].to(device, non_blocking=True)
         correct += (model(x).argmax(dim=1) == y).sum().item()
     return correct / max(1, len(split))
 
@@ -51,6 +79,10 @@ class Trainer:
     def __init__(self, model: nn.Module, train: Split, val: Split, settings: SGDSettings, total_epochs: int,
                  seed: int, device: torch.device) -> None:
         self.model = model.to(device)
+        budget = resident_bytes()
+        train = on_device(train, device, budget)
+        val = on_device(val, device, budget - (train.x.nelement() * train.x.element_size()
+                                                if train.x.device.type != "cpu" else 0))
         self.train, self.val, self.settings, self.device = train, val, settings, device
         self.optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                          weight_decay=settings.weight_decay, nesterov=settings.momentum > 0)
@@ -66,7 +98,10 @@ class Trainer:
 
     def _step(self, idx: torch.Tensor) -> None:
         settings = self.settings
-        x, y = self.train.x[idx].to(self.device), self.train.y[idx].to(self.device)
+        if self.train.x.device != idx.device:
+            idx = idx.to(self.train.x.device)
+        x = self.train.x[idx].to(self.device, non_blocking=True)
+        y = self.train.y[idx].to(self.device, non_blocking=True)
         if settings.augmentation.active:
             x = settings.augmentation(x, self.augment_generator)
         self.optimizer.zero_grad(set_to_none=True)

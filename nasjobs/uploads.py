@@ -99,20 +99,77 @@ def _class_layout(files: list[zipfile.ZipInfo]) -> list[tuple[str, zipfile.ZipIn
     return out
 
 
-def _open_image(data: bytes, name: str, limits: DecodeLimits) -> Any:
+def _open_image(source: Any, name: str, limits: DecodeLimits, load: bool = True) -> Any:
+    """An image from bytes or a file object; with `load=False` only its header is read (size, mode), which is
+    how an upload is checked before any pixel is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         if image.width * image.height > limits.max_pixels:
             raise DecodeError(f"{name!r} has {image.width}x{image.height} pixels; at most {limits.max_pixels} are "
                               "accepted per image")
-        image.load()
+        if load:
+            image.load()
     except DecodeError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DecodeError(f"{name!r} is not a readable image ({exc})") from None
     return image
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    try:
+        return archive.read(info)
+    except (zipfile.BadZipFile, OSError, RuntimeError) as exc:  # a CRC error, an encrypted member
+        raise DecodeError(f"{info.filename!r} cannot be read from the zip ({exc})") from None
+
+
+@dataclass(frozen=True)
+class ImageZipPlan:
+    """What `scan_image_zip` found: every member checked, nothing decoded yet."""
+
+    members: tuple[tuple[str, zipfile.ZipInfo], ...]
+    class_names: tuple[str, ...]
+    labels: tuple[int, ...]
+    grey: bool
+    shape: tuple[int, int, int]  # (channels, height, width) once decoded
+
+
+def _open_zip(zip_path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DecodeError(f"the upload is not a zip archive ({exc})") from None
+
+
+def scan_image_zip(zip_path: Path, *, resize: tuple[int, int] | None = None,
+                   limits: DecodeLimits = DecodeLimits()) -> ImageZipPlan:
+    """Every check of an ImageFolder zip that can be made without decoding pixels (the layout, the members'
+    paths and sizes, their suffixes, the classes and their counts, each image's header: format, mode and size),
+    so that a web request refuses a bad upload at once and decoding is left to a worker. Raises DecodeError."""
+    with _open_zip(zip_path) as archive:
+        members = _class_layout(_safe_members(archive, limits))
+        for _, info in members:
+            if not info.filename.lower().endswith(IMAGE_SUFFIXES):
+                raise DecodeError(f"{info.filename!r} is not an image; accepted: "
+                                  f"{', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)}")
+        class_names = sorted({c for c, _ in members})
+        labels = [class_names.index(c) for c, _ in members]
+        _check_classes(labels, class_names, "images", limits)
+        modes, sizes = set(), Counter()
+        for _, info in members:
+            with _open_image(_read_member(archive, info), info.filename, limits, load=False) as image:
+                modes.add(image.mode)
+                sizes[(image.height, image.width)] += 1
+    if resize is None and len(sizes) > 1:
+        shown = ", ".join(f"{w}x{h}" for (h, w), _ in sizes.most_common(3))
+        (h, w), _ = sizes.most_common(1)[0]
+        raise DecodeError(f"the images have {len(sizes)} different sizes ({shown}, ...); choose a resize size "
+                          f"(for example {w}x{h}) to bring them to one")
+    grey = modes <= GREY_MODES
+    height, width = resize if resize is not None else next(iter(sizes))
+    return ImageZipPlan(tuple(members), tuple(class_names), tuple(labels), grey, (1 if grey else 3, height, width))
 
 
 def decode_image_zip(zip_path: Path, target: Path, *, resize: tuple[int, int] | None = None,
@@ -124,45 +181,21 @@ def decode_image_zip(zip_path: Path, target: Path, *, resize: tuple[int, int] | 
     have one size. Class names are the folder names, sorted. Any problem raises DecodeError and leaves nothing
     on disk; nothing is extracted, members are read from the archive into memory.
     """
-    try:
-        archive = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DecodeError(f"the upload is not a zip archive ({exc})") from None
-    with archive:
-        members = _class_layout(_safe_members(archive, limits))
-        for _, info in members:
-            if not info.filename.lower().endswith(IMAGE_SUFFIXES):
-                raise DecodeError(f"{info.filename!r} is not an image; accepted: "
-                                  f"{', '.join(s.lstrip('.') for s in IMAGE_SUFFIXES)}")
-        class_names = sorted({c for c, _ in members})
-        labels = [class_names.index(c) for c, _ in members]
-        _check_classes(labels, class_names, "images", limits)
-        images = []
-        for _, info in members:
-            try:
-                data = archive.read(info)
-            except (zipfile.BadZipFile, OSError, RuntimeError) as exc:  # a CRC error, an encrypted member
-                raise DecodeError(f"{info.filename!r} cannot be read from the zip ({exc})") from None
-            images.append(_open_image(data, info.filename, limits))
-    grey = all(im.mode in GREY_MODES for im in images)
-    sizes = Counter((im.height, im.width) for im in images)
-    if resize is None and len(sizes) > 1:
-        shown = ", ".join(f"{w}x{h}" for (h, w), _ in sizes.most_common(3))
-        (h, w), _ = sizes.most_common(1)[0]
-        raise DecodeError(f"the images have {len(sizes)} different sizes ({shown}, ...); choose a resize size "
-                          f"(for example {w}x{h}) to bring them to one")
     from PIL import Image
 
+    plan = scan_image_zip(zip_path, resize=resize, limits=limits)
     arrays = []
-    for im in images:
-        im = im.convert("L" if grey else "RGB")
-        if resize is not None and (im.height, im.width) != tuple(resize):
-            im = im.resize((resize[1], resize[0]), Image.Resampling.BILINEAR)
-        a = np.asarray(im, dtype=np.uint8)
-        arrays.append(a[None] if grey else a.transpose(2, 0, 1))
+    with _open_zip(zip_path) as archive:
+        for _, info in plan.members:
+            im = _open_image(_read_member(archive, info), info.filename, limits)
+            im = im.convert("L" if plan.grey else "RGB")
+            if resize is not None and (im.height, im.width) != tuple(resize):
+                im = im.resize((resize[1], resize[0]), Image.Resampling.BILINEAR)
+            a = np.asarray(im, dtype=np.uint8)
+            arrays.append(a[None] if plan.grey else a.transpose(2, 0, 1))
     x = np.stack(arrays)
     meta = {"title": title, "source": "image zip", "resize": list(resize) if resize else None}
-    save_decoded(target, "image", x, np.asarray(labels, dtype=np.int64), class_names, meta)
+    save_decoded(target, "image", x, np.asarray(plan.labels, dtype=np.int64), plan.class_names, meta)
     return load_decoded(target).manifest
 
 
@@ -177,12 +210,18 @@ def _label_order(values: list[str]) -> list[str]:
     return sorted(unique, key=lambda v: numbers[v])
 
 
-def decode_csv(csv_path: Path, target: Path, *, label: str, limits: DecodeLimits = DecodeLimits(),
-               title: str = "", max_bytes: int = 512 * 1024**2) -> dict[str, Any]:
-    """Decode a CSV with a header row into `target` as a table dataset; returns the manifest.
+@dataclass(frozen=True)
+class ParsedCsv:
+    x: np.ndarray
+    y: np.ndarray
+    class_names: list[str]
+    features: list[str]
 
-    The column named `label` holds the classes (numbers or text); every other column must be a finite number in
-    every row. Any problem raises DecodeError and leaves nothing on disk."""
+
+def parse_csv(csv_path: Path, *, label: str, limits: DecodeLimits = DecodeLimits(),
+              max_bytes: int = 512 * 1024**2) -> ParsedCsv:
+    """Read a CSV with a header row as a table: the column named `label` holds the classes (numbers or text);
+    every other column must be a finite number in every row. Writes nothing; raises DecodeError."""
     path = Path(csv_path)
     if path.stat().st_size > max_bytes:
         raise DecodeError(f"the CSV is {path.stat().st_size / 1024**2:.0f} MiB; at most "
@@ -225,8 +264,16 @@ def decode_csv(csv_path: Path, target: Path, *, label: str, limits: DecodeLimits
     class_names = _label_order(labels)
     y = np.asarray([class_names.index(v) for v in labels], dtype=np.int64)
     _check_classes(list(y), class_names, "rows", limits)
-    meta = {"title": title, "source": "csv", "label_column": label, "feature_names": features}
-    save_decoded(target, "table", x, y, class_names, meta)
+    return ParsedCsv(x, y, class_names, features)
+
+
+def decode_csv(csv_path: Path, target: Path, *, label: str, limits: DecodeLimits = DecodeLimits(),
+               title: str = "", max_bytes: int = 512 * 1024**2) -> dict[str, Any]:
+    """Decode a CSV (`parse_csv`) into `target` as a table dataset; returns the manifest. Any problem raises
+    DecodeError and leaves nothing on disk."""
+    parsed = parse_csv(csv_path, label=label, limits=limits, max_bytes=max_bytes)
+    meta = {"title": title, "source": "csv", "label_column": label, "feature_names": parsed.features}
+    save_decoded(target, "table", parsed.x, parsed.y, parsed.class_names, meta)
     return load_decoded(target).manifest
 
 
@@ -236,6 +283,8 @@ def _sample_view(kind: str, x: np.ndarray, feature_names: list[str] | None) -> A
     if kind == "image":
         from PIL import Image
 
+        if x.dtype != np.uint8:  # a generated built-in keeps floats in [0, 1]
+            x = np.clip(np.asarray(x, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
         image = Image.fromarray(x[0] if x.shape[0] == 1 else x.transpose(1, 2, 0))
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")

@@ -1,4 +1,5 @@
-"""The Celery application: configured from Django settings (CELERY_*), tasks found in `nasjobs.tasks`."""
+"""The Celery application: configured from Django settings (CELERY_*), tasks found in `nasjobs.tasks` and
+`webapp.datasets.tasks`."""
 import logging
 import os
 
@@ -8,7 +9,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 
 app = Celery("nasboard")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(lambda: ["nasjobs"])
+app.autodiscover_tasks(lambda: ["nasjobs", "webapp.datasets"])
 
 
 class RecoverOnConnect(bootsteps.StartStopStep):
@@ -22,17 +23,21 @@ class RecoverOnConnect(bootsteps.StartStopStep):
     def start(self, consumer) -> None:
         from django.db import close_old_connections
 
+        from webapp.datasets.services import datasets_recover
         from webapp.experiments.services import experiments_recover
 
         log = logging.getLogger("nasjobs.tasks")
         try:
             close_old_connections()  # this process lives long; its connection may have gone stale meanwhile
             ids = experiments_recover()
+            datasets = datasets_recover()
         except Exception:  # the worker must still consume; `nas recover` or the next reconnect will do it
             log.exception("could not re-queue unfinished experiments")
             return
         if ids:
             log.info("re-queued unfinished experiments %s", ids)
+        if datasets:
+            log.info("re-queued datasets still processing %s", datasets)
 
 
 app.steps["consumer"].add(RecoverOnConnect)

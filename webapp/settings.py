@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "webapp.teams",
     "webapp.experiments",
+    "webapp.datasets",
     "webapp.api",
 ]
 
@@ -186,3 +187,9 @@ NAS_DEVICE = env_str("NAS_DEVICE", "auto")
 # A running experiment whose worker has not been heard from for this long may be taken over by another worker.
 NAS_LEASE_SECONDS = env_int("NAS_LEASE_SECONDS", 600, minimum=1)
 NAS_TOP_K_DEFAULT = env_int("NAS_TOP_K", 5, minimum=1)
+# Datasets: decoded once under NAS_DATA_DIR (default var/data; a shared volume when workers run on several
+# machines). An upload larger than NAS_MAX_UPLOAD_MB, or a zip expanding past NAS_MAX_DECODED_MB, is refused.
+NAS_MAX_UPLOAD_MB = env_int("NAS_MAX_UPLOAD_MB", 512, minimum=1)
+NAS_MAX_DECODED_MB = env_int("NAS_MAX_DECODED_MB", 2048, minimum=1)
+# A dataset whose decoding worker has not finished within this long may be decoded by another (it died).
+NAS_DATASET_LEASE_SECONDS = env_int("NAS_DATASET_LEASE_SECONDS", 1800, minimum=1)

@@ -16,5 +16,6 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("api/", include("webapp.api.urls")),
     path("", include("webapp.teams.urls")),
+    path("", include("webapp.datasets.urls")),
     path("", include("webapp.experiments.urls")),
 ]

@@ -3,9 +3,7 @@ fixed splits, mnist1d generated offline, torchvision files on disk, and which sp
 from __future__ import annotations
 
 import hashlib
-import io
 import pickle
-import stat
 import struct
 import zipfile
 from pathlib import Path
@@ -13,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from nasjobs.datasets import DATASETS, build_dataset, dataset_splits, load_decoded, load_mnist1d, save_decoded
 from nasjobs.search import ExperimentSpec, SpecError, validate_spec
 from nasjobs.uploads import DecodeError, DecodeLimits, dataset_preview, decode_csv, decode_image_zip
 from nasjobs.vision import load_torchvision, torchvision_availability
+from tests.datafiles import BAD_CSVS, BAD_ZIPS, blobs, image_folder, write_zip
 
 
 @pytest.fixture
@@ -35,25 +33,6 @@ def stored(data_dir):
                               if name.startswith("upload:") and (data_dir / "uploads" / name[7:]).exists() else None)
     yield data_dir / "uploads"
     DATASETS.install_resolver(None)
-
-
-def png(size: tuple[int, int], mode: str = "L", value: int = 0, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    Image.new(mode, size, value if mode == "L" else (value, 255 - value, 7)).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def write_zip(path: Path, members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> Path:
-    with zipfile.ZipFile(path, "w", compression) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return path
-
-
-def image_folder(classes: dict[str, int], prefix: str = "", size: tuple[int, int] = (6, 5), mode: str = "L",
-                 fmt: str = "PNG") -> dict[str, bytes]:
-    return {f"{prefix}{cls}/{i}.{fmt.lower()}": png(size, mode, 40 * k + i, fmt)
-            for k, (cls, count) in enumerate(classes.items()) for i in range(count)}
 
 
 def assert_nothing_written(folder: Path) -> None:
@@ -90,36 +69,6 @@ def test_mixed_sizes_are_refused_with_a_resize_offer_and_accepted_with_a_resize(
     assert manifest["input_shape"] == [1, 8, 8] and manifest["resize"] == [8, 8]
 
 
-def symlink_zip(path: Path) -> Path:
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in image_folder({"a": 3, "b": 3}).items():
-            archive.writestr(name, data)
-        link = zipfile.ZipInfo("a/link.png")
-        link.external_attr = (stat.S_IFLNK | 0o777) << 16
-        archive.writestr(link, "/etc/passwd")
-    return path
-
-
-BAD_ZIPS = {
-    "not a zip": (lambda p: (p.write_bytes(b"PK but not really a zip"), p)[1], "not a zip"),
-    "parent escape": (lambda p: write_zip(p, {**image_folder({"a": 3, "b": 3}), "../evil/x.png": png((6, 5))}),
-                      "outside"),
-    "absolute path": (lambda p: write_zip(p, {**image_folder({"a": 3, "b": 3}), "/tmp/a/x.png": png((6, 5))}),
-                      "outside"),
-    "symlink": (symlink_zip, "symbolic link"),
-    "zip bomb": (lambda p: write_zip(p, {**image_folder({"a": 3, "b": 3}), "a/big.png": bytes(8 * 1024**2)}),
-                 "zip bomb"),
-    "not an image": (lambda p: write_zip(p, {**image_folder({"a": 3, "b": 3}), "a/notes.txt": b"hello"}),
-                     "not an image"),
-    "image suffix, other content": (lambda p: write_zip(p, {**image_folder({"a": 3, "b": 3}),
-                                                            "b/fake.png": b"not a png"}), "not a readable image"),
-    "one class": (lambda p: write_zip(p, image_folder({"only": 5})), "at least 2 classes"),
-    "class of two": (lambda p: write_zip(p, image_folder({"a": 3, "b": 2})), "at least 3 images"),
-    "loose files": (lambda p: write_zip(p, {**image_folder({"a": 3, "b": 3}), "top.png": png((6, 5))}),
-                    "class folder"),
-}
-
-
 @pytest.mark.parametrize("case", sorted(BAD_ZIPS))
 def test_a_bad_zip_is_one_readable_error_and_leaves_nothing_on_disk(tmp_path, case):
     make, message = BAD_ZIPS[case]
@@ -152,14 +101,6 @@ def test_a_csv_decodes_with_text_or_number_labels(tmp_path):
     assert decode_csv(tmp_path / "n.csv", tmp_path / "n", label="y")["class_names"] == ["2", "10"]
 
 
-BAD_CSVS = {
-    "not utf-8": ("a,label\n1,caf\xe9\n".encode("latin-1"), "UTF-8"),
-    "non-numeric feature": (b"a,b,label\n1,x,p\n2,3,q\n1,2,p\n2,3,q\n1,2,p\n2,3,q\n", "'b' is not numeric"),
-    "missing label column": (b"a,b\n1,2\n", "no column 'label'"),
-    "single class": (b"a,label\n1,p\n2,p\n3,p\n4,p\n", "at least 2 classes"),
-}
-
-
 @pytest.mark.parametrize("case", sorted(BAD_CSVS))
 def test_a_bad_csv_is_one_readable_error_and_leaves_nothing_on_disk(tmp_path, case):
     content, message = BAD_CSVS[case]
@@ -170,13 +111,6 @@ def test_a_bad_csv_is_one_readable_error_and_leaves_nothing_on_disk(tmp_path, ca
 
 
 # the stored format, splits and the resolver ------------------------------------------------------------------
-def blobs(n_per_class: int = 40, classes: int = 3, features: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(0, 4, (classes, features))
-    y = np.repeat(np.arange(classes), n_per_class)
-    return (centres[y] + rng.normal(0, 1, (len(y), features))).astype(np.float32), y
-
-
 def test_splits_are_stratified_disjoint_and_fixed():
     _, y = blobs(50, 4)
     parts = dataset_splits(y)

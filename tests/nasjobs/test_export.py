@@ -65,6 +65,6 @@ def test_without_weights_the_export_is_a_fresh_network_and_says_so():
     spec = ExperimentSpec("nb201-cifar100", "nb201", "random", "benchmark", budget=1, epochs=1, seed=0)  # a lookup
     key = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"
     model, _, info, readme = unpack(export_archive(spec, key, None))
-    assert info["trained"] is False and "NOT trained" in readme
+    assert info["trained"] is False and "NOT trained" in readme and "looked its figures up in nb201-cifar100" in readme
     assert info["input_shape"] == [3, 32, 32] and "(batch, 3, 32, 32)" in readme
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 100)

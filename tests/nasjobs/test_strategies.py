@@ -202,9 +202,12 @@ def test_the_bench_cli_runs_the_discrete_strategies_and_refuses_differentiable_o
 # bo at scale on a smaller bound, so the test is fast and the subset of data is in play for most of the search
 SMALL_BO = {"gp_points": 40, "gp_best": 10, "gp_recent": 10, "parents": 2, "random_candidates": 20,
             "refit_every": 50}
-# REINFORCE is left out: its controller settles on few cells (500 trials take some 13,000 proposals), and its
-# checkpoint is the controller alone, of a fixed size, resumed exactly in the test above.
-AT_SCALE = [("random", None), ("evolution", None), ("local_search", None), ("bo", SMALL_BO)]
+# REINFORCE with its defaults settles on few cells (500 trials take some 13,000 proposals, nearly all repeats); a
+# hot, unclipped and small controller keeps sampling new cells, so 2,000 trials stay quick, and the checkpoint
+# (the controller, its optimiser and baseline) is what is checked.
+HOT_REINFORCE = {"temperature": 100.0, "tanh_constant": 0.0, "hidden": 8, "batch_size": 20}
+AT_SCALE = [("random", None), ("evolution", None), ("local_search", None), ("bo", SMALL_BO),
+            ("reinforce", HOT_REINFORCE)]
 
 
 @pytest.mark.parametrize("name, options", AT_SCALE, ids=[name for name, _ in AT_SCALE])

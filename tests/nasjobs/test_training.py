@@ -122,3 +122,18 @@ def test_a_resumed_augmented_training_matches_an_uninterrupted_one():
     resumed.run(2)
     assert resumed.curve == straight.curve
     assert all(torch.equal(v, straight.model.state_dict()[k]) for k, v in resumed.model.state_dict().items())
+
+
+def test_a_split_that_fits_is_copied_to_the_device_once_and_a_large_one_stays_on_the_host(monkeypatch):
+    from nasjobs import training
+    from nasjobs.datasets import Split
+
+    monkeypatch.setattr(training, "_ON_DEVICE", {})
+    meta = torch.device("meta")  # a device of its own that needs no accelerator
+    small = Split(torch.zeros(10, 1, 8, 8), torch.zeros(10, dtype=torch.int64))
+    moved = training.on_device(small, meta, budget=10_000)
+    assert moved.x.device.type == "meta" and moved.y.device.type == "meta"
+    assert training.on_device(small, meta, budget=10_000) is moved  # once per process, shared by later trials
+    large = Split(torch.zeros(100, 1, 8, 8), torch.zeros(100, dtype=torch.int64))
+    assert training.on_device(large, meta, budget=10_000) is large  # 26 kB > 10 kB: batches are copied instead
+    assert training.on_device(small, CPU) is small

@@ -139,3 +139,72 @@ def test_two_users_of_two_teams_each_see_only_their_teams_work(page, live_server
             assert response.status == 404 and other.name not in response.text(), path
         own_json = page.request.get(f"{live_server.url}/api/experiments/{own.pk}/")
         assert own_json.status == 200 and own_json.json()["team"] == own.team.name
+
+
+def test_a_team_uploads_images_and_a_table_and_searches_each_with_a_real_worker(page, live_server, carol, tmp_path,
+                                                                                monkeypatch, celery_worker_factory):
+    from tests.webapp.test_datasets import blobs_csv, shapes_zip
+    from webapp.datasets.models import Dataset
+
+    monkeypatch.setenv("NAS_DATA_DIR", str(tmp_path / "data"))
+    celery_worker_factory(NAS_DATA_DIR=str(tmp_path / "data"))
+    page.goto(live_server.url + "/")
+    page.fill("#id_username", "carol")
+    page.fill("#id_password", "carol-pass-123")
+    page.click("button[type=submit]")
+
+    uploads = [("shapes", "imagefolder", "shapes.zip", shapes_zip(), "chain_cnn"),
+               ("flowers-table", "csv", "flowers.csv", blobs_csv(), "mlp")]
+    for name, kind, filename, content, _ in uploads:
+        page.click("text=Datasets")
+        page.click("text=Upload a dataset")
+        page.fill("#id_name", name)
+        page.select_option("#id_kind", kind)
+        expect(page.locator("#field-label_column")).to_be_visible(visible=kind == "csv")
+        if kind == "csv":
+            page.fill("#id_label_column", "species")
+        page.set_input_files("#id_file", files=[{"name": filename, "mimeType": "application/octet-stream",
+                                                  "buffer": content}])
+        page.click("button:has-text('Upload')")
+        page.wait_for_url("**/datasets/*/")
+        # The page refreshes itself while a worker decodes, and then shows the preview and the class balance.
+        expect(page.locator("#status")).to_have_text("ready", timeout=60_000)
+        if kind == "imagefolder":
+            expect(page.locator("#preview img")).to_have_count(12)  # 6 training samples of each of 2 classes
+        else:
+            expect(page.locator("#preview #rows tbody tr")).to_have_count(6)
+        expect(page.locator("#balance tbody tr")).to_have_count(2 if kind == "imagefolder" else 3)
+
+    # The form offers the team's uploads and greys out the spaces that cannot build for the chosen one.
+    images, table = (Dataset.objects.get(name=n) for n in ("shapes", "flowers-table"))
+    page.click("text=New experiment")
+    page.select_option("#id_dataset", table.engine_name)
+    assert page.locator("#id_space option[value=chain_cnn]").is_disabled()
+    assert "image or signal" in page.locator("#id_space option[value=chain_cnn]").get_attribute("title")
+    assert not page.locator("#id_space option[value=mlp]").is_disabled()
+    page.select_option("#id_dataset", images.engine_name)
+    assert not page.locator("#id_space option[value=chain_cnn]").is_disabled()
+    assert page.locator("#id_estimator option[value=benchmark]").is_disabled()
+    expect(page.locator("#field-epochs")).to_be_visible()
+    page.select_option("#id_dataset", "nb201-cifar10")  # a table: looked up, so no epochs are asked
+    expect(page.locator("#field-epochs")).to_be_hidden()
+    assert page.locator("#id_space option[value=chain_cnn]").is_disabled()
+    assert page.locator("#id_space").input_value() == "nb201"
+    assert page.locator("#id_estimator").input_value() == "benchmark"
+
+    for name, _, _, _, space in uploads:
+        dataset = Dataset.objects.get(name=name)
+        page.click("text=New experiment")
+        page.fill("#id_name", f"search on {name}")
+        page.select_option("#id_dataset", dataset.engine_name)
+        page.select_option("#id_space", space)
+        page.fill("#id_budget", "2")
+        page.fill("#id_epochs", "2")
+        page.click("text=Start experiment")
+        page.wait_for_url("**/experiments/*/")
+        expect(page.locator("#dataset")).to_have_text(name)
+        expect(page.locator("#status")).to_have_text("succeeded", timeout=120_000)
+        experiment = Experiment.objects.get(name=f"search on {name}")
+        assert experiment.trials.count() == 2 and experiment.test_acc is not None
+        page.click("#dataset a")
+        expect(page.locator("#dataset-experiments")).to_contain_text(f"search on {name}")

@@ -35,6 +35,16 @@ def test_submit_inline_runs_the_search_and_prints_json(capsys, settings, tmp_pat
     assert f"experiment {data['id']}" in text and "succeeded" in text
 
 
+def test_an_option_that_makes_the_dataset_fit_the_space_is_applied_before_the_check(capsys, settings, tmp_path):
+    settings.NAS_ARTIFACTS_DIR = tmp_path
+    with pytest.raises(CommandError, match="turn on the chain_cnn option square_kernels"):
+        call_command("nas", "submit", "--dataset", "mnist1d", "--budget", "1", "--inline")
+    out = nas("submit", "--dataset", "mnist1d", "--budget", "1", "--epochs", "1", "--option", "square_kernels=true",
+              "--option", "max_layers=1", "--inline", "--json", capsys=capsys)
+    data = json.loads(out)
+    assert data["status"] == "succeeded" and data["options"]["space"]["square_kernels"] is True
+
+
 @pytest.mark.parametrize("args, message", [
     (["--budget", "0"], "budget: must be an integer from 1 to 100000"),
     (["--strategy", "nope"], "strategy: unknown strategy 'nope'"),

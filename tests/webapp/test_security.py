@@ -38,7 +38,9 @@ def named_urls(resolver: URLResolver | None = None, namespace: str = "",
 
 @pytest.fixture
 def vision_experiment(alice, tmp_path, settings):
-    """An experiment of team "vision" with one trial and one search epoch, so every object URL resolves."""
+    """An experiment of team "vision" with one trial and one search epoch, and a dataset of the team, so every
+    object URL resolves."""
+    from webapp.datasets.models import Dataset
     from webapp.experiments.models import SearchEpoch
 
     settings.NAS_ARTIFACTS_DIR = tmp_path
@@ -48,6 +50,8 @@ def vision_experiment(alice, tmp_path, settings):
                           {}, [0])
     SearchEpoch.objects.create(experiment=e, epoch=0, train_loss=1, train_acc=0.5, val_loss=1, val_acc=0.5,
                                alphas={}, genotype="c16k3", param_free_fraction=0.0)
+    e.dataset_pk = Dataset.objects.create(team=e.team, owner=alice, name=f"{SECRET_NAME}-data", kind="image",
+                                          source="imagefolder", status="ready", input_shape=[1, 8, 8]).pk
     return e
 
 
@@ -62,6 +66,8 @@ def concrete(name: str, params: list[str], experiment: Experiment) -> str | None
         raise AssertionError(f"URL {name} has parameters {params} this test cannot fill: add them here")
     if name == "team_webhook":
         values["pk"] = experiment.team_id
+    if name.startswith(("dataset_", "api-dataset")):
+        values["pk"] = experiment.dataset_pk
     return reverse(name, kwargs={p: values[p] for p in params})
 
 

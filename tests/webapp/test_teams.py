@@ -111,6 +111,44 @@ def test_the_monthly_quota_sends_the_experiment_that_would_exceed_it_to_review(a
     assert lookup.cost == 0 and lookup.status == "queued"
 
 
+@pytest.mark.django_db(transaction=True)
+def test_two_submissions_at_once_cannot_both_fit_a_quota_only_one_fits(alice, vision, monkeypatch):
+    """Each fits the quota alone, not both: decided one after the other, one runs and the other waits for review.
+    The quota check is slowed so that, without the lock on the team, both would read the same usage (on
+    PostgreSQL; SQLite's immediate transactions serialise them as well)."""
+    import time
+
+    from django.db import connection
+
+    Team.objects.filter(pk=vision.pk).update(monthly_quota=1000, review_threshold=None)
+    real = services.review_reason
+
+    def slow_review_reason(team, cost):
+        reason = real(team, cost)
+        time.sleep(0.5)
+        return reason
+
+    monkeypatch.setattr(services, "review_reason", slow_review_reason)
+    spec = ExperimentSpec(**{**SPEC.__dict__, "budget": 60, "epochs": 10})  # 600 trial-epochs each
+    errors: list[BaseException] = []
+
+    def submit(name: str) -> None:
+        try:
+            services.experiment_create(user=alice, name=name, spec=spec, enqueue=False)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=submit, args=(f"at once {i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(Experiment.objects.values_list("status", flat=True)) == ["pending_review", "queued"]
+
+
 def test_a_cancelled_pending_experiment_goes_back_to_review_when_resumed(alice):
     e = services.experiment_create(user=alice, name="big", spec=BIG, enqueue=False)
     assert services.experiment_cancel(e, alice)

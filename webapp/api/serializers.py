@@ -31,3 +31,18 @@ class ReviewSerializer(serializers.Serializer):
 class TokenRequestSerializer(serializers.Serializer):
     username = serializers.CharField()
     password = serializers.CharField(style={"input_type": "password"}, trim_whitespace=False)
+
+
+class DatasetUploadSerializer(serializers.Serializer):
+    """A multipart upload: an ImageFolder zip (`kind=imagefolder`) or a CSV (`kind=csv` with `label_column`)."""
+
+    name = serializers.CharField(max_length=60)
+    kind = serializers.ChoiceField(choices=["imagefolder", "csv"])
+    file = serializers.FileField(allow_empty_file=True, use_url=False)
+    team = serializers.CharField(required=False, allow_blank=True, help_text="Team name or id (may be left out "
+                                                                             "by a member of one team)")
+    label_column = serializers.CharField(required=False, allow_blank=True, default="",
+                                         help_text="CSV: the column holding the class")
+    resize = serializers.IntegerField(required=False, allow_null=True, default=None,
+                                      help_text="Images: the square size in pixels every image is resized to")
+    title = serializers.CharField(required=False, allow_blank=True, default="", max_length=200)

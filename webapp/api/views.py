@@ -10,14 +10,18 @@ from rest_framework import serializers, status, viewsets
 from rest_framework.authtoken.models import Token
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from nasjobs.datasets import DATASETS
 from nasjobs.search import ExperimentSpec, SpecError
-from webapp.api.serializers import ExperimentCreateSerializer, ReviewSerializer, TokenRequestSerializer
+from webapp.api.serializers import DatasetUploadSerializer, ExperimentCreateSerializer, ReviewSerializer, \
+    TokenRequestSerializer
+from webapp.datasets import selectors as dataset_selectors
+from webapp.datasets import services as dataset_services
+from webapp.datasets.models import Dataset
 from webapp.experiments import selectors, services
 from webapp.experiments.models import Experiment
 from webapp.teams import selectors as team_selectors
@@ -166,14 +170,37 @@ class ExperimentViewSet(viewsets.GenericViewSet):
 
 
 class DatasetViewSet(viewsets.GenericViewSet):
-    """The datasets a search can run on."""
+    """The built-in datasets and the caller's teams' uploads; another team's dataset is a 404. POST uploads one
+    (multipart), refused with 400 and a field message before anything is stored, or accepted with 201 while a
+    worker decodes it (`status` becomes `ready` or `failed`)."""
 
-    queryset = Experiment.objects.none()
+    queryset = Dataset.objects.none()
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(parameters=[OpenApiParameter("kind", str)], responses=FREE)
+    def list(self, request: Request) -> Response:
+        page = self.paginate_queryset(dataset_selectors.dataset_list(request.user, request.query_params.get(
+            "kind", "")))
+        return self.get_paginated_response([dataset_selectors.dataset_json(d) for d in page])
 
     @extend_schema(responses=FREE)
-    def list(self, request: Request) -> Response:
-        page = self.paginate_queryset(DATASETS.names())
-        return self.get_paginated_response([{"name": name} for name in page])
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(dataset_selectors.dataset_json(dataset_selectors.dataset_for_user(request.user, int(pk)),
+                                                       detail=True))
+
+    @extend_schema(request=DatasetUploadSerializer, responses={201: FREE})
+    def create(self, request: Request) -> Response:
+        data = DatasetUploadSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = data.validated_data
+        try:
+            dataset = dataset_services.dataset_upload(
+                user=request.user, team=fields.get("team"), name=fields["name"], kind=fields["kind"],
+                upload=fields["file"], label_column=fields.get("label_column", ""), resize=fields.get("resize"),
+                title=fields.get("title", ""))
+        except SpecError as exc:
+            raise spec_error(exc) from None
+        return Response(dataset_selectors.dataset_json(dataset, detail=True), status=status.HTTP_201_CREATED)
 
 
 class TeamViewSet(viewsets.GenericViewSet):

@@ -5,12 +5,13 @@ from typing import Any
 
 from django import forms
 
-from nasjobs.datasets import DATASETS
-from nasjobs.options import OptionSpec, option_specs
+from nasjobs.datasets import DATASETS, KINDS
+from nasjobs.options import OptionSpec, option_specs, parse_config
 from nasjobs.search import COMPONENTS, LIMITS, ExperimentSpec, SpecError, validate_spec
 from nasjobs.spaces import SPACES
 from nasjobs.strategies import STRATEGIES
 from nasjobs.estimators import ESTIMATORS
+from webapp.datasets.selectors import datasets_for_submission
 from webapp.teams.selectors import member_teams
 
 REGISTRIES = {"space": SPACES, "strategy": STRATEGIES, "estimator": ESTIMATORS}
@@ -39,6 +40,42 @@ def _option_field(spec: OptionSpec) -> forms.Field:
     return forms.CharField(initial=spec.default, **common)
 
 
+class KindSelect(forms.Select):
+    """A select whose options carry `data-kind` (datasets), so the page can disable what does not fit."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kinds: dict[str, str] = {}
+
+    def create_option(self, name, value, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        option = super().create_option(name, value, *args, **kwargs)
+        if str(value) in self.kinds:
+            option["attrs"]["data-kind"] = self.kinds[str(value)]
+        return option
+
+
+def kind_conflicts() -> dict[str, dict[str, dict[str, str]]]:
+    """For the form: per space and estimator (with default options), why it cannot take each dataset kind ("" when
+    it can). Submission checks the chosen options again; this only greys out what never fits."""
+    out: dict[str, dict[str, dict[str, str]]] = {"space": {}, "estimator": {}}
+    for name in SPACES.names():
+        cls = SPACES.get(name)
+        out["space"][name] = {k: "" if k in cls.kinds else f"builds for {' or '.join(cls.kinds)} data"
+                              for k in KINDS}
+    for name in ESTIMATORS.names():
+        cls = ESTIMATORS.get(name)
+        config = parse_config(cls.Config, {})
+        reasons = {}
+        for kind in KINDS:
+            try:
+                cls.check_dataset(config, "this dataset", kind)
+                reasons[kind] = ""
+            except ValueError as exc:
+                reasons[kind] = str(exc)
+        out["estimator"][name] = reasons
+    return out
+
+
 def _choices(registry) -> list[tuple[str, str]]:
     return [(name, getattr(registry.get(name), "title", name)) for name in registry.names()]
 
@@ -46,7 +83,7 @@ def _choices(registry) -> list[tuple[str, str]]:
 class ExperimentForm(forms.Form):
     name = forms.CharField(max_length=100)
     team = forms.ChoiceField(choices=(), help_text="Who owns it, sees it and pays its compute")
-    dataset = forms.ChoiceField(choices=())
+    dataset = forms.ChoiceField(choices=(), widget=KindSelect, help_text="Built-in, or one of your team's uploads")
     space = forms.ChoiceField(choices=(), label="Search space")
     strategy = forms.ChoiceField(choices=())
     estimator = forms.ChoiceField(choices=(), label="Performance estimator")
@@ -69,7 +106,13 @@ class ExperimentForm(forms.Form):
         teams = list(member_teams(user)) if user is not None else []
         self.fields["team"].choices = [(t.name, t.name) for t in teams]
         self.fields["team"].initial = teams[0].name if teams else None
-        self.fields["dataset"].choices = [(n, n) for n in DATASETS.names()]
+        if user is not None:
+            datasets = [(d.engine_name, d.name if d.is_builtin else f"{d.name} (team {d.team.name})", d.kind)
+                        for d in datasets_for_submission(user)]
+        else:  # no user, no uploads: the built-ins as the engine registers them
+            datasets = [(n, n, DATASETS.get(n).kind) for n in DATASETS.names()]
+        self.fields["dataset"].choices = [(value, label) for value, label, _ in datasets]
+        self.fields["dataset"].widget.kinds = {value: kind for value, _, kind in datasets}
         self.fields["dataset"].initial = "digits"
         self.option_groups: list[dict[str, Any]] = []
         for component in COMPONENTS:

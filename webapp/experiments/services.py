@@ -1,6 +1,7 @@
 """Business actions on experiments and trials; views, commands and the worker adapter all go through these."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from datetime import timedelta
@@ -14,6 +15,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from nasjobs.search import ExperimentSpec, SpecError, TrialRecord, validate_spec
+from webapp.datasets.selectors import dataset_reference, dataset_refusal
 from webapp.experiments.models import Calibration, Experiment, ExperimentEvent, SearchEpoch, Trial
 from webapp.experiments.notifications import NOTIFIED, notify
 from webapp.experiments.selectors import can_manage, can_review
@@ -91,9 +93,16 @@ def experiment_create(*, user: AbstractBaseUser | None, name: str, spec: Experim
         raise SpecError("name", f"at most {NAME_MAX_LENGTH} characters (it has {len(name)})")
     user = user if user is not None and user.is_authenticated else None
     team = submission_team(user, team)
+    spec = dataclasses.replace(spec, dataset=dataset_reference(team, spec.dataset))
+    refusal = dataset_refusal(team, spec.dataset)
+    if refusal:
+        raise SpecError("dataset", refusal)
     spec = validate_spec(spec)
     cost = experiment_cost(spec)
     with transaction.atomic():
+        # A no-op write to the team's row: it holds the row (PostgreSQL) or the database (SQLite) until commit, so
+        # two submissions that each fit the quota but not together are decided one after the other.
+        Team.objects.filter(pk=team.pk).update(name=F("name"))
         reason = review_reason(team, cost)
         now = timezone.now()
         experiment = Experiment.objects.create(

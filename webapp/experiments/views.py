@@ -13,9 +13,10 @@ from django.views.decorators.http import require_POST
 
 from nasjobs.options import parse_config
 from nasjobs.search import SpecError
+from webapp.datasets.selectors import dataset_by_engine_name
 from webapp.experiments import selectors, services
 from webapp.experiments.diagrams import DiagramError, graph_to_svg
-from webapp.experiments.forms import CalibrationForm, ExperimentForm, ReviewForm
+from webapp.experiments.forms import CalibrationForm, ExperimentForm, ReviewForm, kind_conflicts
 from webapp.experiments.models import Experiment, SearchEpoch, Trial
 
 LIST_PAGE_SIZE = 25
@@ -58,7 +59,7 @@ def experiment_new(request: HttpRequest) -> HttpResponse:
             if experiment.status == Experiment.Status.PENDING_REVIEW:
                 messages.info(request, f"The experiment waits for a reviewer: {experiment.review_reason}.")
             return redirect("experiment_detail", pk=experiment.pk)
-    return render(request, "experiments/new.html", {"form": form})
+    return render(request, "experiments/new.html", {"form": form, "conflicts": kind_conflicts()})
 
 
 @login_required
@@ -67,6 +68,7 @@ def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     best = selectors.experiment_best_trial(experiment)
     return render(request, "experiments/detail.html", {
         "experiment": experiment, "best": best, "diagram": _diagram(experiment, best),
+        "dataset_row": dataset_by_engine_name(experiment.dataset),
         "can_manage": selectors.can_manage(request.user, experiment),
         "can_review": selectors.can_review(request.user, experiment),
         "can_see_traceback": selectors.can_see_traceback(request.user, experiment),

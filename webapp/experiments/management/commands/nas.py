@@ -216,9 +216,9 @@ class Command(BaseCommand):
             name, team, options = fields.pop("name", None), fields.pop("team", None), fields.pop("options")
             spec = ExperimentSpec(**fields)
             name = name or f"{spec.space} / {spec.strategy} / {spec.dataset}"
-            from nasjobs.search import validate_spec
+            from nasjobs.search import check_names
 
-            validate_spec(spec)  # registries first, so option keys resolve against real components
+            check_names(spec, COMPONENTS)  # first, so option keys resolve against real components
             pairs = list(options) if isinstance(options, list) else []
             groups = options if isinstance(options, dict) else {}
             flag_options = resolve_options(pairs + opts["option"], spec)
@@ -332,8 +332,13 @@ class Command(BaseCommand):
                                                                                        else ""))
 
     def handle_recover(self, **opts: Any) -> None:
+        from webapp.datasets.services import datasets_recover
+
         ids = services.experiments_recover()
         self.stdout.write(f"queued again: {', '.join(map(str, ids)) or 'nothing to recover'}")
+        datasets = datasets_recover()
+        if datasets:
+            self.stdout.write(f"datasets queued again: {', '.join(map(str, datasets))}")
 
     def _report(self, experiment: Experiment, *, wait: bool, as_json: bool) -> None:
         live = wait and not as_json

@@ -277,7 +277,7 @@ def test_another_teams_dataset_is_a_404_everywhere_and_cannot_be_searched(client
 
 
 @pytest.mark.django_db
-def test_an_experiment_names_its_dataset_by_name_or_by_id_within_its_team(carol, bob, data_root):
+def test_an_experiment_names_its_dataset_by_name_or_by_id_within_its_team(client, carol, bob, data_root):
     dataset = upload(carol, "mine", zip_bytes(image_folder({"a": 3, "b": 3})))
     services.dataset_process(dataset.pk)
     digits = Dataset.objects.get(name="digits", team=None)
@@ -294,6 +294,9 @@ def test_an_experiment_names_its_dataset_by_name_or_by_id_within_its_team(carol,
     response = api.post("/api/experiments/", {"name": "by id", "dataset": str(dataset.pk), "space": "chain_cnn",
                                               "strategy": "random", "budget": 1, "epochs": 1}, format="json")
     assert response.status_code == 201 and response.json()["dataset"] == dataset.engine_name
+    client.force_login(carol)
+    listing = client.get("/").content.decode()  # the list names the upload as the team knows it
+    assert "<td>mine</td>" in listing and f'<option value="{dataset.engine_name}">mine</option>' in listing
     for ref in ("mine", dataset.pk):  # bob's team has no dataset of that name, and may not use carol's
         with pytest.raises(SpecError, match="unknown dataset"):
             experiment_create(user=bob, name="borrowed", spec=spec(ref), enqueue=False)

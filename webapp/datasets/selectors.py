@@ -59,6 +59,13 @@ def datasets_for_submission(user) -> QuerySet[Dataset]:
             .order_by(F("team_id").asc(nulls_first=True), "name"))
 
 
+def dataset_labels(engine_names) -> dict[str, str]:
+    """How a page names the datasets experiments store: an upload's own name for `upload-<pk>` (one query)."""
+    pks = {pk for pk in map(upload_pk, set(engine_names)) if pk is not None}
+    return {f"{UPLOAD_PREFIX}{pk}": name for pk, name in Dataset.objects.filter(pk__in=pks, team__isnull=False)
+            .values_list("pk", "name")} if pks else {}
+
+
 def dataset_reference(team, ref: str | int) -> str:
     """The engine name of the dataset an experiment of `team` names: a built-in's name, `upload-<pk>`, the name of
     one of the team's uploads, or a dataset's id (as the list and the API show it). Anything else is returned as

@@ -13,7 +13,7 @@ from django.views.decorators.http import require_POST
 
 from nasjobs.options import parse_config
 from nasjobs.search import SpecError
-from webapp.datasets.selectors import dataset_by_engine_name
+from webapp.datasets.selectors import dataset_by_engine_name, dataset_labels
 from webapp.experiments import selectors, services
 from webapp.experiments.diagrams import DiagramError, graph_to_svg
 from webapp.experiments.forms import CalibrationForm, ExperimentForm, ReviewForm, kind_conflicts
@@ -41,9 +41,11 @@ def experiment_list(request: HttpRequest) -> HttpResponse:
     page = Paginator(selectors.experiment_list(request.user, filters), LIST_PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
+    choices = selectors.experiment_filter_choices(request.user)
     return render(request, "experiments/list.html", {
         "page": page, "experiments": page.object_list, "filters": filters, "query": query.urlencode(),
-        "choices": selectors.experiment_filter_choices(request.user)})
+        "choices": choices, "dataset_labels": dataset_labels([e.dataset for e in page.object_list]
+                                                             + choices["dataset"])})
 
 
 @login_required

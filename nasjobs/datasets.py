@@ -66,6 +66,8 @@ class DatasetEntry:
     title: str
     load: Callable[[], Dataset]
     missing: Callable[[], str] | None = None  # why it cannot be loaded here ("" when it can); None: always can
+    input_shape: tuple[int, ...] = ()  # one sample's shape and the number of classes, where known without loading
+    num_classes: int = 0
 
     def __call__(self) -> Dataset:
         return self.load()
@@ -380,13 +382,16 @@ def benchmark_dataset(table: str) -> Dataset:
     return Dataset(f"nb201-{table}", shape, classes, empty, empty, empty, BENCHMARK_KIND, (), table)
 
 
-DATASETS.register("digits", DatasetEntry("digits", "image", "scikit-learn digits (8x8, 10 classes)", load_digits))
+DATASETS.register("digits", DatasetEntry("digits", "image", "scikit-learn digits (8x8, 10 classes)", load_digits,
+                                         input_shape=(1, 8, 8), num_classes=10))
 DATASETS.register("mnist1d", DatasetEntry("mnist1d", "signal", "MNIST-1D (signals of length 40, 10 classes)",
-                                          load_mnist1d))
+                                          load_mnist1d, input_shape=(1, 40), num_classes=10))
 for _table in nb201_table.DATASETS:
     DATASETS.register(f"nb201-{_table}", DatasetEntry(f"nb201-{_table}", BENCHMARK_KIND,
                                                       f"NAS-Bench-201 {_table} table (lookup only)",
-                                                      lambda t=_table: benchmark_dataset(t)))
+                                                      lambda t=_table: benchmark_dataset(t),
+                                                      input_shape=nb201_table.INPUTS[_table][0],
+                                                      num_classes=nb201_table.INPUTS[_table][1]))
 
 
 def _register_torchvision() -> None:
@@ -394,7 +399,7 @@ def _register_torchvision() -> None:
 
     for name, spec in TORCHVISION.items():
         DATASETS.register(name, DatasetEntry(name, "image", spec.title, lambda n=name: load_torchvision(n),
-                                             lambda n=name: torchvision_missing(n)))
+                                             lambda n=name: torchvision_missing(n), spec.input_shape, spec.classes))
 
 
 _register_torchvision()

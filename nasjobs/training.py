@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -36,6 +37,14 @@ def resident_bytes() -> int:
     """Splits up to this size (`NAS_RESIDENT_MB`, default 2048, together) are copied to the training device once
     and stay there for the whole trial; larger ones stay in host memory and move one batch at a time."""
     return int(float(os.environ.get("NAS_RESIDENT_MB", "") or 2048) * 1024**2)
+
+
+def loader_workers() -> int:
+    """Processes a streaming DataLoader gathers batches with (`NAS_LOADER_WORKERS`, default 2); none inside a
+    daemonic process (a Celery prefork child), which may not start processes of its own."""
+    if multiprocessing.current_process().daemon:
+        return 0
+    return int(os.environ.get("NAS_LOADER_WORKERS", "") or 2)
 
 
 _ON_DEVICE: dict[tuple[int, str], tuple[Split, Split]] = {}  # (id of the host split, device) -> (host, device copy)
@@ -77,13 +86,16 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, train: Split, val: Split, settings: SGDSettings, total_epochs: int,
-                 seed: int, device: torch.device) -> None:
+                 seed: int, device: torch.device, stream: bool | None = None) -> None:
         self.model = model.to(device)
         budget = resident_bytes()
         train = on_device(train, device, budget)
         val = on_device(val, device, budget - (train.x.nelement() * train.x.element_size()
                                                 if train.x.device.type != "cpu" else 0))
         self.train, self.val, self.settings, self.device = train, val, settings, device
+        # A training split too large for the device streams through a DataLoader (worker processes gather the
+        # batches, pinned for the copy); `stream` forces either way.
+        self.stream = (device.type != "cpu" and train.x.device.type == "cpu") if stream is None else stream
         self.optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                          weight_decay=settings.weight_decay, nesterov=settings.momentum > 0)
         steps_per_epoch = math.ceil(len(train) / settings.batch_size)
@@ -97,11 +109,20 @@ class Trainer:
         self.curve: list[float] = []
 
     def _step(self, idx: torch.Tensor) -> None:
-        settings = self.settings
         if self.train.x.device != idx.device:
             idx = idx.to(self.train.x.device)
-        x = self.train.x[idx].to(self.device, non_blocking=True)
-        y = self.train.y[idx].to(self.device, non_blocking=True)
+        self._step_batch(self.train.x[idx], self.train.y[idx])
+
+    def _loader(self, batches: list[torch.Tensor]) -> torch.utils.data.DataLoader:
+        """The epoch's batches, in the trainer's own order, gathered by `loader_workers()` processes."""
+        return torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(self.train.x, self.train.y), batch_sampler=[b.tolist() for b in batches],
+            num_workers=loader_workers(), pin_memory=self.device.type == "cuda")
+
+    def _step_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        settings = self.settings
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
         if settings.augmentation.active:
             x = settings.augmentation(x, self.augment_generator)
         self.optimizer.zero_grad(set_to_none=True)
@@ -122,11 +143,15 @@ class Trainer:
         while self.epoch < until_epoch:
             self.model.train()
             order = torch.randperm(len(self.train), generator=self.generator)
-            for start in range(0, len(self.train), self.settings.batch_size):
-                idx = order[start:start + self.settings.batch_size]
-                if len(idx) < 2:  # batch norm cannot normalise a single sample
-                    continue
-                self._step(idx)
+            batches = [order[start:start + self.settings.batch_size]
+                       for start in range(0, len(self.train), self.settings.batch_size)]
+            batches = [b for b in batches if len(b) >= 2]  # batch norm cannot normalise a single sample
+            if self.stream:
+                for x, y in self._loader(batches):
+                    self._step_batch(x, y)
+            else:
+                for idx in batches:
+                    self._step(idx)
             self.epoch += 1
             self.curve.append(accuracy(self.model, self.val, self.device))
             if on_epoch is not None:

@@ -18,6 +18,7 @@ class TorchvisionSpec:
     load: Callable[[Path, bool, bool], Any]  # (root, train, download) -> a torchvision dataset
     expected: Callable[[Path], list[Path]]  # the files that must be under root
     classes: int
+    input_shape: tuple[int, int, int] = (3, 32, 32)
 
 
 def _train_flag(cls_name: str) -> Callable[[Path, bool, bool], Any]:
@@ -60,10 +61,10 @@ def _svhn_expected(root: Path) -> list[Path]:
 
 
 TORCHVISION: dict[str, TorchvisionSpec] = {
-    "mnist": TorchvisionSpec("MNIST (28x28 greyscale, 10 classes)", _train_flag("MNIST"), _mnist_files("MNIST"), classes=10),
+    "mnist": TorchvisionSpec("MNIST (28x28 greyscale, 10 classes)", _train_flag("MNIST"), _mnist_files("MNIST"), classes=10,
+                             input_shape=(1, 28, 28)),
     "fashion-mnist": TorchvisionSpec("Fashion-MNIST (28x28 greyscale, 10 classes)", _train_flag("FashionMNIST"),
-                                     _mnist_files("FashionMNIST"),
-                                     classes=10),
+                                     _mnist_files("FashionMNIST"), classes=10, input_shape=(1, 28, 28)),
     "cifar10": TorchvisionSpec("CIFAR-10 (32x32 colour, 10 classes)", _train_flag("CIFAR10"), _cifar_files("CIFAR10"), classes=10),
     "cifar100": TorchvisionSpec("CIFAR-100 (32x32 colour, 100 classes)", _train_flag("CIFAR100"),
                                 _cifar_files("CIFAR100"), classes=100),

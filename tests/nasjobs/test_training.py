@@ -137,3 +137,20 @@ def test_a_split_that_fits_is_copied_to_the_device_once_and_a_large_one_stays_on
     large = Split(torch.zeros(100, 1, 8, 8), torch.zeros(100, dtype=torch.int64))
     assert training.on_device(large, meta, budget=10_000) is large  # 26 kB > 10 kB: batches are copied instead
     assert training.on_device(small, CPU) is small
+
+
+def test_streaming_through_a_dataloader_with_workers_trains_exactly_as_resident_tensors(monkeypatch):
+    from nasjobs.training import SGDSettings, Trainer, seeded_init
+
+    monkeypatch.setenv("NAS_LOADER_WORKERS", "2")  # real worker processes gather the batches
+    ds = load_digits()
+    arch = SPACE.from_str("c16k3p-c32k3")
+    settings = SGDSettings(lr=0.05, momentum=0.9, weight_decay=3e-4, batch_size=64)
+    results = []
+    for stream in (False, True):
+        model = seeded_init(lambda: SPACE.build(arch, (1, 8, 8), 10), 0)
+        trainer = Trainer(model, ds.train, ds.val, settings, 2, seed=3, device=CPU, stream=stream)
+        results.append((trainer.run(2), trainer.state_dict()["model"]))
+    (curve, weights), (streamed_curve, streamed_weights) = results
+    assert curve == streamed_curve and curve[-1] > 0.5
+    assert all(torch.equal(weights[k], streamed_weights[k]) for k in weights)

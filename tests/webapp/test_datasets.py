@@ -78,12 +78,18 @@ def test_every_builtin_is_a_row_every_team_sees_and_unavailable_ones_say_why(cli
     monkeypatch.setenv("NAS_DATA_ROOT", str(tmp_path / "empty"))
     names = set(Dataset.objects.filter(team__isnull=True).values_list("name", flat=True))
     assert names == set(DATASETS.names()) and {"digits", "mnist1d", "nb201-cifar10", "cifar10"} <= names
+    shapes = dict(Dataset.objects.filter(team__isnull=True).values_list("name", "input_shape"))
+    assert shapes["mnist"] == [1, 28, 28] and shapes["cifar10"] == [3, 32, 32] and shapes["mnist1d"] == [1, 40]
+    assert Dataset.objects.get(name="cifar100").num_classes == 100
     for user in (carol, bob):
         client.force_login(user)
         page = client.get("/datasets/").content.decode()
         assert "digits" in page and "mnist1d" in page
     page = client.get("/datasets/?kind=image").content.decode()
     assert "not available here" in page and "NAS_DATA_DOWNLOAD" in page and "mnist1d" not in page
+    assert page.index(">cifar10<") < page.index(">digits<") < page.index(">mnist<")  # built-ins by name
+    cifar = Dataset.objects.get(name="cifar10", team=None)
+    assert "not available here" in client.get(f"/datasets/{cifar.pk}/").content.decode()
 
     digits = Dataset.objects.get(name="digits", team=None)
     page = client.get(f"/datasets/{digits.pk}/").content.decode()

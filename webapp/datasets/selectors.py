@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from django.db.models import F, Q, QuerySet
+from django.db.models import Case, F, Q, QuerySet, Value, When
 from django.http import Http404
 
 from nasjobs.datasets import DATASETS
@@ -36,7 +36,10 @@ def dataset_list(user, kind: str = "") -> QuerySet[Dataset]:
     qs = datasets_visible_to(user).only(*LIST_FIELDS)
     if kind:
         qs = qs.filter(kind=kind)
-    return qs.order_by(F("team_id").asc(nulls_first=True), "-created_at", "name")
+    builtin = Q(team__isnull=True)
+    # Built-ins first by name, then uploads newest first.
+    return qs.order_by(Case(When(builtin, then=Value(0)), default=Value(1)), Case(When(builtin, then=F("name"))),
+                       "-created_at", "name")
 
 
 def upload_pk(engine_name: str) -> int | None:

@@ -16,8 +16,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from nasjobs import nb201_table
-from nasjobs.datasets import BENCHMARK_KIND, DATASETS, builtin_folder
+from nasjobs.datasets import DATASETS, builtin_folder
 from nasjobs.search import SpecError
 from nasjobs.uploads import DecodeError, DecodeLimits, dataset_preview, decode_csv, decode_image_zip, parse_csv, \
     scan_image_zip
@@ -242,11 +241,10 @@ def datasets_sync_builtin() -> None:
         entry = DATASETS.get(name)
         kind = getattr(entry, "kind", "image")
         defaults: dict[str, Any] = {"title": getattr(entry, "title", name), "kind": kind,
-                                    "source": Dataset.Source.BUILTIN, "status": Dataset.Status.READY}
-        if kind == BENCHMARK_KIND:
-            shape, classes = nb201_table.INPUTS[name.removeprefix("nb201-")]
-            defaults.update(input_shape=list(shape), num_classes=classes)
-        Dataset.objects.get_or_create(name=name, team=None, defaults=defaults)
+                                    "source": Dataset.Source.BUILTIN, "status": Dataset.Status.READY,
+                                    "input_shape": list(getattr(entry, "input_shape", ())),
+                                    "num_classes": getattr(entry, "num_classes", 0)}
+        Dataset.objects.update_or_create(name=name, team=None, defaults=defaults)
 
 
 def builtin_stats_fill(dataset: Dataset) -> Dataset:

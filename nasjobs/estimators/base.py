@@ -26,6 +26,31 @@ class EvalResult:
     state: dict[str, torch.Tensor] | None = None  # trained weights, when the estimator trains a network
 
 
+@dataclass(frozen=True)
+class Figure:
+    """What an estimator's figure (a trial's `val_acc`) is: an accuracy (a fraction in [0, 1], shown as a
+    percentage) or a score (a training-free proxy, shown as a number with its name)."""
+
+    kind: str  # "accuracy" or "score"
+    name: str  # as pages label it: "validation accuracy", "log synflow score"
+    short: str  # a column heading: "Val acc", "Score"
+
+    @property
+    def is_accuracy(self) -> bool:
+        return self.kind == "accuracy"
+
+    def format(self, value: float | None) -> str:
+        if value is None:
+            return "–"
+        return f"{100 * value:.2f}%" if self.is_accuracy else f"{value:.4g}"
+
+    def as_json(self) -> dict[str, str]:
+        return {"kind": self.kind, "name": self.name}
+
+
+ACCURACY = Figure("accuracy", "validation accuracy", "Val acc")
+
+
 class Estimator(ABC):
     name: ClassVar[str]
     title: ClassVar[str]
@@ -42,6 +67,11 @@ class Estimator(ABC):
         self.config = config
         self.device = device
         self.costs: dict[str, tuple[int, int]] = {}  # architecture key -> (parameters, multiply-adds)
+
+    @classmethod
+    def figure(cls, config: Any) -> Figure:
+        """What this estimator's figure is (with `config`): by default the validation accuracy."""
+        return ACCURACY
 
     @classmethod
     def check_space(cls, space: SearchSpace) -> None:

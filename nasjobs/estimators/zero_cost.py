@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from nasjobs.datasets import Dataset, Split
-from nasjobs.estimators.base import EpochHook, EvalResult
+from nasjobs.estimators.base import EpochHook, EvalResult, Figure
 from nasjobs.estimators.train import TrainConfig, TrainEstimator
 from nasjobs.options import option
 from nasjobs.spaces.base import SearchSpace
@@ -121,6 +121,12 @@ class ZeroCostEstimator(TrainEstimator):
         idx = torch.randperm(len(dataset.train), generator=generator)[:config.batch_size]
         self.batch = Split(dataset.train.x[idx].to(device), dataset.train.y[idx].to(device))
         self._budget: int | None = None
+
+    @classmethod
+    def figure(cls, config: ZeroCostConfig) -> Figure:
+        """A score, not an accuracy: log(score) for the proxies compared on a log scale."""
+        _, log_scale = PROXIES[config.proxy]
+        return Figure("score", f"{'log ' if log_scale else ''}{config.proxy} score", "Score")
 
     def evaluate(self, arch: Any, budget: int, *, seed: int, hook: EpochHook | None = None) -> EvalResult:
         """Score `arch`; `budget` is not spent (remembered as the epochs of the final training)."""

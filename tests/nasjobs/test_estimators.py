@@ -332,3 +332,18 @@ def test_a_trial_counts_its_params_and_macs_once_per_architecture(tmp_path, monk
     for t in store.trials:
         model = space.build(space.from_str(t.arch_key), digits.input_shape, digits.num_classes)
         assert (t.params, t.flops) == (count_params(model), count(model, digits.input_shape))
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS.names()))
+def test_each_estimator_says_whether_its_figure_is_an_accuracy_or_a_named_score(name):
+    from nasjobs.estimators import estimator_figure
+    from nasjobs.estimators.zero_cost import PROXIES
+
+    figure = estimator_figure(name)
+    if name == "zero_cost":
+        assert figure.kind == "score" and figure.name == "log synflow score" and figure.format(650.2417) == "650.2"
+        for proxy, (_, log_scale) in PROXIES.items():
+            named = estimator_figure(name, {"proxy": proxy})
+            assert named.kind == "score" and named.name == ("log " if log_scale else "") + f"{proxy} score"
+    else:
+        assert figure.kind == "accuracy" and figure.name == "validation accuracy" and figure.format(0.5) == "50.00%"

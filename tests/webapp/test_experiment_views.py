@@ -106,3 +106,36 @@ def test_the_calibrate_button_queues_a_calibration_and_the_page_shows_trust(alic
                                                          reference="train 3 epochs", seconds=1.0)
     page = alice_client.get(reverse("experiment_detail", args=[e.pk])).content.decode()
     assert "Kendall τ <strong id=\"kendall-tau\">0.750</strong>" in page and "train 3 epochs" in page
+
+
+def test_a_zero_cost_score_is_shown_as_a_named_score_and_an_accuracy_as_a_percentage(alice_client, alice, settings,
+                                                                                       tmp_path, capsys):
+    from django.core.management import call_command
+
+    from nasjobs.persistence import run_experiment_now
+
+    settings.NAS_ARTIFACTS_DIR = tmp_path
+    spec = ExperimentSpec("digits", "chain_cnn", "random", "zero_cost", budget=2, epochs=1, seed=0,
+                          options={"space": {"max_layers": 1}})
+    scored = services.experiment_create(user=alice, name="scored", spec=spec, enqueue=False)
+    assert run_experiment_now(scored.pk, "test") == "done"
+    scored.refresh_from_db()
+    assert scored.best_val_acc > 1  # log synflow: no fraction
+    shown = f"{scored.best_val_acc:.4g}"
+    page = alice_client.get(reverse("experiment_detail", args=[scored.pk])).content.decode()
+    assert f'best log synflow score <strong id="best-val">{shown}</strong>' in page
+    assert '>Score</th>' in page and "best validation accuracy" not in page and f"{100 * scored.best_val_acc:.2f}%" not in page
+    trial = scored.trials.get(number=scored.best_trial_number)
+    trial_page = alice_client.get(reverse("trial_detail", args=[scored.pk, trial.number])).content.decode()
+    assert "Log synflow score" in trial_page and f'<dd id="figure">{shown}</dd>' in trial_page
+    listing = alice_client.get(reverse("experiment_list")).content.decode()
+    assert f'<td class="num">{shown}</td>' in listing
+    data = alice_client.get(f"/api/experiments/{scored.pk}/").json()
+    assert data["figure"] == {"kind": "score", "name": "log synflow score"}
+    call_command("nas", "show", str(scored.pk), "--user", "alice")
+    assert f"log synflow score {shown}" in capsys.readouterr().out
+
+    accurate = make(alice, "accurate", trials=[("c16k3", 0.5)])
+    page = alice_client.get(reverse("experiment_detail", args=[accurate.pk])).content.decode()
+    assert 'best validation accuracy <strong id="best-val">50.00%</strong>' in page and ">Val acc</th>" in page
+    assert alice_client.get(f"/api/experiments/{accurate.pk}/").json()["figure"]["kind"] == "accuracy"

@@ -96,7 +96,8 @@ def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
     balance = [{"name": name, **{split: c[i] if i < len(c) else 0 for split, c in counts.items()}}
                for i, name in enumerate(dataset.class_names)] if dataset.class_counts else []
     experiments = (experiments_visible_to(request.user).filter(dataset=dataset.engine_name)
-                   .only("id", "name", "status", "space", "strategy", "best_val_acc", "created_at", "team__name")
+                   .only("id", "name", "status", "space", "strategy", "estimator", "options", "best_val_acc",
+                         "created_at", "team__name")
                    .select_related("team").order_by("-created_at")[:20])
     can_delete = not dataset.is_builtin and (request.user.is_staff or dataset.owner_id == request.user.pk
                                              or is_team_admin(request.user, dataset.team_id))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from nasjobs.estimators import Figure, estimator_figure
 from nasjobs.search import ExperimentSpec
 
 
@@ -82,6 +83,12 @@ class Experiment(models.Model):
     @property
     def progress_percent(self) -> int:
         return round(100 * self.trials_done / self.budget) if self.budget else 0
+
+    @property
+    def figure(self) -> Figure:
+        """What its trials' figure is: an accuracy or a named score (`Estimator.figure`)."""
+        options = None if "options" in self.get_deferred_fields() else (self.options or {}).get("estimator")
+        return estimator_figure(self.estimator, options)
 
     def spec(self) -> ExperimentSpec:
         return ExperimentSpec(dataset=self.dataset, space=self.space, strategy=self.strategy,

@@ -383,5 +383,5 @@ def trial_export(experiment: Experiment, trial: Trial) -> bytes:
     meta = {"title": f"{experiment.name}: trial {trial.number} of experiment {experiment.pk}",
             "experiment": experiment.pk, "trial": trial.number, "val_acc": trial.val_acc,
             "test_acc": experiment.test_acc if experiment.best_trial_number == trial.number else None,
-            "params": trial.params, "flops": trial.flops}
+            "params": trial.params, "flops": trial.flops, "figure": experiment.figure.as_json()}
     return export_archive(experiment.spec(), trial.arch_key, state, meta)

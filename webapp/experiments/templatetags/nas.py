@@ -49,3 +49,10 @@ def duration(value) -> str:
 def status_label(value: str) -> str:
     """A status as the pages and the JSON both spell it ("pending_review" reads "pending review")."""
     return str(value).replace("_", " ")
+
+
+@register.filter
+def figure(value, experiment) -> str:
+    """A trial's figure as its experiment's estimator defines it: a percentage for an accuracy, a number for a
+    score."""
+    return experiment.figure.format(value)

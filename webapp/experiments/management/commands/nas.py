@@ -15,6 +15,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.http import Http404
 
+from nasjobs.estimators import Figure
 from nasjobs.options import option_specs
 from nasjobs.search import COMPONENTS, ExperimentSpec, SpecError
 from webapp.experiments import selectors, services
@@ -103,7 +104,7 @@ def resolve_options(pairs: list[str], spec: ExperimentSpec) -> dict[str, dict[st
 def progress_line(experiment: Experiment, width: int = 30) -> str:
     done = min(experiment.trials_done, experiment.budget)
     filled = round(width * done / experiment.budget) if experiment.budget else 0
-    best = "–" if experiment.best_val_acc is None else f"{100 * experiment.best_val_acc:.2f}%"
+    best = experiment.figure.format(experiment.best_val_acc)
     elapsed = selectors.experiment_elapsed_seconds(experiment) or 0.0
     minutes, secs = divmod(int(elapsed), 60)
     return (f"[{'#' * filled}{'.' * (width - filled)}] {done}/{experiment.budget} trials · best {best} · "
@@ -363,11 +364,12 @@ class Command(BaseCommand):
         w = self.stdout.write
         w(f"experiment {s['id']} '{s['name']}': {s['status']}, {s['trials_done']}/{s['budget']} trials "
           f"({s['space']} / {s['strategy']} / {s['estimator']} on {s['dataset']})")
+        figure = Figure(s["figure"]["kind"], s["figure"]["name"], "")
         if s["best"]:
             b = s["best"]
             test = "–" if b["test_acc"] is None else f"{100 * b['test_acc']:.2f}%"
-            w(f"best: trial {b['number']} {b['arch']}  val {100 * b['val_acc']:.2f}%  test {test}  "
-              f"params {b['params']:,}")
+            w(f"best: trial {b['number']} {b['arch']}  {figure.name} {figure.format(b['val_acc'])}  "
+              f"test accuracy {test}  params {b['params']:,}")
         for row in s.get("leaderboard", [])[:10]:
-            w(f"  {row['rank']:>3}. #{row['number']:<4} {100 * row['val_acc']:6.2f}%  {row['params']:>10,}  "
+            w(f"  {row['rank']:>3}. #{row['number']:<4} {figure.format(row['val_acc']):>7}  {row['params']:>10,}  "
               f"{row['arch_display']}")

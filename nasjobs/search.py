@@ -19,6 +19,7 @@ from nasjobs.options import OptionError, config_to_json, parse_config
 from nasjobs.rng import derive_seed
 from nasjobs.spaces import SPACES
 from nasjobs.strategies import STRATEGIES, Observed
+from nasjobs.training import between_batches
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +325,12 @@ class SearchRunner:
         return None
 
     def run(self) -> None:
+        """The store's heartbeat also runs between training batches (`nasjobs.training.between_batches`), so a
+        cancel or a lost claim stops a trial within a batch, not at the end of a long epoch."""
+        with between_batches(self.store.heartbeat):
+            self._run()
+
+    def _run(self) -> None:
         if getattr(self.strategy, "differentiable", False):
             return self._run_differentiable()
         if getattr(self.estimator, "multi_fidelity", False):

@@ -4,8 +4,10 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -24,6 +26,28 @@ class SGDSettings:
     auxiliary_weight: float = 0.4  # weight of an auxiliary head's loss (Szegedy et al. 2015; DARTS uses 0.4)
     grad_clip: float = 5.0  # gradient-norm clip; 0 turns it off
     augmentation: Augmentation = Augmentation()  # applied to each training batch on the device
+
+
+# Called between training batches (a search installs its store's heartbeat): it may raise to stop training at
+# once, so a cancel takes effect within a batch rather than at the end of a long epoch.
+_BETWEEN_BATCHES: ContextVar[Callable[[], None] | None] = ContextVar("between_batches", default=None)
+
+
+@contextmanager
+def between_batches(check: Callable[[], None]) -> Iterator[None]:
+    """Run `check` between the batches of every training and evaluation loop inside the block."""
+    token = _BETWEEN_BATCHES.set(check)
+    try:
+        yield
+    finally:
+        _BETWEEN_BATCHES.reset(token)
+
+
+def batch_done() -> None:
+    """Called by a training loop after each batch: the installed check, if any."""
+    check = _BETWEEN_BATCHES.get()
+    if check is not None:
+        check()
 
 
 def seeded_init(build: Callable[[], nn.Module], seed: int) -> nn.Module:
@@ -76,6 +100,7 @@ def accuracy(model: nn.Module, split: Split, device: torch.device, batch_size: i
         x = split.x[start:start + batch_size].to(device, non_blocking=True)
         y = split.y[start:start + batch_size].to(device, non_blocking=True)
         correct += (model(x).argmax(dim=1) == y).sum().item()
+        batch_done()
     return correct / max(1, len(split))
 
 
@@ -149,9 +174,11 @@ class Trainer:
             if self.stream:
                 for x, y in self._loader(batches):
                     self._step_batch(x, y)
+                    batch_done()
             else:
                 for idx in batches:
                     self._step(idx)
+                    batch_done()
             self.epoch += 1
             self.curve.append(accuracy(self.model, self.val, self.device))
             if on_epoch is not None:

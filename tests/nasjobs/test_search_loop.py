@@ -221,3 +221,20 @@ def test_a_strategy_that_restores_from_its_state_alone_still_resumes(tmp_path):
     crashed = KilledStore(survive=12)
     run_own(crashed, tmp_path / "b")
     assert run_own(MemoryStore(state=crashed.state, trials=list(crashed.trials)), tmp_path / "b") == expected
+
+
+def test_a_cancel_stops_training_between_batches_not_at_the_end_of_a_long_epoch(tmp_path):
+    """One epoch of 135 batches: the heartbeat runs between them, so the cancel it reports on its 20th call
+    stops the trial mid-epoch, and nothing half-trained is recorded."""
+    class CancelledMidEpoch(MemoryStore):
+        def heartbeat(self) -> None:
+            super().heartbeat()
+            if self.heartbeats == 20:
+                raise SearchCancelled()
+
+    spec = ExperimentSpec("digits", "chain_cnn", "random", "train", budget=1, epochs=1, seed=0,
+                          options={"estimator": {"batch_size": 8}})
+    store = CancelledMidEpoch()
+    with pytest.raises(SearchCancelled):
+        run(spec, store, tmp_path)
+    assert store.heartbeats == 20 and store.trials == []

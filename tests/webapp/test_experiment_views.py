@@ -139,3 +139,26 @@ def test_a_zero_cost_score_is_shown_as_a_named_score_and_an_accuracy_as_a_percen
     page = alice_client.get(reverse("experiment_detail", args=[accurate.pk])).content.decode()
     assert 'best validation accuracy <strong id="best-val">50.00%</strong>' in page and ">Val acc</th>" in page
     assert alice_client.get(f"/api/experiments/{accurate.pk}/").json()["figure"]["kind"] == "accuracy"
+
+
+def test_a_running_experiment_whose_worker_went_quiet_says_so_and_when_it_is_taken_over(alice_client, alice,
+                                                                                          settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.NAS_LEASE_SECONDS = 600
+    e = make(alice, "quiet", trials=[("c16k3", 0.5)])
+    assert e.status == "running"
+    beat = timezone.now() - timedelta(seconds=100)
+    Experiment.objects.filter(pk=e.pk).update(heartbeat_at=beat)
+    page = alice_client.get(reverse("experiment_detail", args=[e.pk])).content.decode()
+    takeover = (beat + timedelta(seconds=600)).strftime("%H:%M:%S")
+    assert "Running, but no heartbeat from its worker for 100 s; another worker takes over at " + takeover in page
+    live = alice_client.get(reverse("experiment_status", args=[e.pk])).json()["liveness"]
+    assert live["silent_seconds"] >= 100 and live["takeover_at"].startswith((beat + timedelta(seconds=600)).date().isoformat())
+
+    assert services.experiment_heartbeat(e.pk, "w") == "running"  # the worker is heard from again
+    page = alice_client.get(reverse("experiment_detail", args=[e.pk])).content.decode()
+    assert '<p class="errorlist" id="liveness" hidden></p>' in page
+    assert alice_client.get(reverse("experiment_status", args=[e.pk])).json()["liveness"] is None

@@ -1,8 +1,10 @@
 """Read-only queries for pages, the JSON API and the `nas` command."""
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import Http404
 from django.utils import timezone
@@ -167,6 +169,21 @@ def epoch_to_json(epoch: SearchEpoch) -> dict[str, Any]:
             "stopped_early": epoch.stopped_early, "seconds": epoch.seconds}
 
 
+def experiment_liveness(experiment: Experiment) -> dict[str, Any] | None:
+    """For a running experiment whose worker has gone quiet (its heartbeat, written every few seconds even
+    mid-epoch, is older than 15 s or half the lease): how long, and when another worker may take it over."""
+    if experiment.status != Experiment.Status.RUNNING or experiment.heartbeat_at is None:
+        return None
+    silent = (timezone.now() - experiment.heartbeat_at).total_seconds()
+    if silent < min(15.0, settings.NAS_LEASE_SECONDS / 2):
+        return None
+    takeover = experiment.heartbeat_at + timedelta(seconds=settings.NAS_LEASE_SECONDS)
+    return {"silent_seconds": int(silent), "takeover_at": takeover.isoformat(),
+            "message": f"no heartbeat from its worker for {int(silent)} s; another worker takes over at "
+                       f"{takeover:%H:%M:%S} UTC" if takeover > timezone.now() else
+                       f"no heartbeat from its worker for {int(silent)} s; the next worker to start takes it over"}
+
+
 def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> dict[str, Any]:
     """The experiment as one JSON object; `leaderboard` rows included (None: all, 0: none)."""
     best = experiment_best_trial(experiment)
@@ -189,6 +206,7 @@ def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> d
         "started_at": experiment.started_at.isoformat() if experiment.started_at else None,
         "finished_at": experiment.finished_at.isoformat() if experiment.finished_at else None,
         "elapsed_seconds": experiment_elapsed_seconds(experiment),
+        "liveness": experiment_liveness(experiment),
     }
     if leaderboard != 0:
         rows = experiment_leaderboard(experiment, leaderboard)

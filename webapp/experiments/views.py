@@ -71,6 +71,7 @@ def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "experiments/detail.html", {
         "experiment": experiment, "best": best, "diagram": _diagram(experiment, best),
         "dataset_row": dataset_by_engine_name(experiment.dataset),
+        "liveness": selectors.experiment_liveness(experiment),
         "can_manage": selectors.can_manage(request.user, experiment),
         "can_review": selectors.can_review(request.user, experiment),
         "can_see_traceback": selectors.can_see_traceback(request.user, experiment),

@@ -88,3 +88,17 @@ def test_a_killed_worker_resumes_the_search_from_its_last_epoch(alice, celery_wo
     for epoch, record in reference.epochs.items():
         assert rows[epoch].genotype == record["genotype"]
         assert rows[epoch].alphas == json.loads(json.dumps(record["alphas"]))  # bit-exact after the resume
+
+
+@pytest.mark.django_db
+def test_a_darts_search_progresses_with_its_epochs_before_its_single_trial(alice_client, alice):
+    experiment = services.experiment_create(user=alice, name="darts progress", spec=tiny_spec(epochs=4),
+                                            enqueue=False)
+    assert experiment.progress_percent == 0
+    for epoch in (1, 2):
+        SearchEpoch.objects.create(experiment=experiment, epoch=epoch, train_loss=1, train_acc=0.5, val_loss=1,
+                                   val_acc=0.5, alphas={}, genotype="", param_free_fraction=0.0)
+    assert experiment.progress_percent == 50
+    page = alice_client.get(reverse("experiment_detail", args=[experiment.pk])).content.decode()
+    assert 'style="width: 50%"' in page and "search epochs done / epochs" in page
+    assert alice_client.get(reverse("experiment_status", args=[experiment.pk])).json()["progress_percent"] == 50

@@ -90,3 +90,18 @@ def test_options_of_components_not_selected_are_ignored(alice_client, django_cap
     with django_capture_on_commit_callbacks():
         response = post(alice_client, **{"opt-strategy-other-x": "junk"})
     assert response.status_code == 302
+
+
+def test_a_name_that_is_not_utf8_gets_the_same_message_on_the_form_as_from_the_command(alice_client, alice):
+    from django.core.management import CommandError, call_command
+
+    from urllib.parse import urlencode
+
+    # What a client sends that encodes the name in Latin-1: the byte 0xE9 alone is not UTF-8.
+    body = urlencode({k: v for k, v in VALID.items() if k != "name"}, doseq=True) + "&name=caf%E9"
+    response = alice_client.post(reverse("experiment_new"), data=body.encode(),
+                                 content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 200 and "is not valid UTF-8 text" in response.content.decode()
+    with pytest.raises(CommandError, match="name: is not valid UTF-8 text"):
+        call_command("nas", "submit", "--name", "caf\udce9", "--user", "alice")
+    assert not Experiment.objects.exists()

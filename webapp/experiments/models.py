@@ -6,6 +6,7 @@ from django.db import models
 
 from nasjobs.estimators import Figure, estimator_figure
 from nasjobs.search import ExperimentSpec
+from nasjobs.strategies import STRATEGIES
 
 
 class Experiment(models.Model):
@@ -82,6 +83,11 @@ class Experiment(models.Model):
 
     @property
     def progress_percent(self) -> int:
+        """Trials done of the budget; for a differentiable search (one trial at its end), search epochs done of
+        its epochs, up to 99% until the derived architecture's trial is recorded."""
+        if self.trials_done == 0 and self.strategy in STRATEGIES and getattr(
+                STRATEGIES.get(self.strategy), "differentiable", False):
+            return min(99, round(100 * self.search_epochs.count() / self.epochs)) if self.epochs else 0
         return round(100 * self.trials_done / self.budget) if self.budget else 0
 
     @property

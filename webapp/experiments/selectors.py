@@ -196,6 +196,7 @@ def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> d
         "epochs": experiment.epochs, "seed": experiment.seed, "top_k": experiment.top_k, "options": experiment.options,
         "patience": experiment.patience, "max_seconds": experiment.max_seconds,
         "stop_reason": experiment.stop_reason, "trials_done": experiment.trials_done,
+        "progress_percent": experiment.progress_percent,
         "exploration": experiment_exploration(experiment),
         "trust": calibration_to_json(experiment.calibrations.first()),
         "best": None if best is None else {

@@ -89,6 +89,8 @@ def experiment_create(*, user: AbstractBaseUser | None, name: str, spec: Experim
     name = (name or "").strip()
     if not name:
         raise SpecError("name", "give the experiment a name")
+    if "\ufffd" in name or any(0xDC80 <= ord(c) <= 0xDCFF for c in name):  # bytes that were not UTF-8
+        raise SpecError("name", "is not valid UTF-8 text")
     if len(name) > NAME_MAX_LENGTH:
         raise SpecError("name", f"at most {NAME_MAX_LENGTH} characters (it has {len(name)})")
     user = user if user is not None and user.is_authenticated else None

@@ -1,9 +1,14 @@
-"""Admin: review experiments and their trials; approve, reject and cancel through the same services."""
+"""Admin: review experiments and their trials; approve, reject and cancel through the same services. An experiment
+added or edited here is validated like the form's; its status, results and checkpoints are read-only."""
+import dataclasses
+
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 
-from nasjobs.search import SpecError
+from nasjobs.search import ExperimentSpec, SpecError, validate_spec
+from webapp.datasets.selectors import dataset_reference, dataset_refusal
 from webapp.experiments import services
 from webapp.experiments.models import Calibration, Experiment, ExperimentEvent, SearchEpoch, Trial
 
@@ -54,22 +59,73 @@ def cancel(modeladmin, request, queryset):
     _apply(modeladmin, request, queryset, lambda e: services.experiment_cancel(e, request.user), "Cancelled")
 
 
+SPEC_FIELDS = ("dataset", "space", "strategy", "estimator", "budget", "epochs", "seed", "options", "top_k",
+               "patience", "max_seconds")
+
+
+class ExperimentAdminForm(forms.ModelForm):
+    """The experiment's settings checked by the engine's own validation, as the form and `nas submit` are."""
+
+    class Meta:
+        model = Experiment
+        fields = "__all__"
+
+    def clean(self):
+        data = super().clean()
+        if self.errors or not set(SPEC_FIELDS) <= set(self.fields):
+            return data
+        spec = ExperimentSpec(**{f: data.get(f) for f in SPEC_FIELDS if f != "options"},
+                              options=data.get("options") or {})
+        try:
+            if data.get("team") is not None:  # a team's upload by name or id, and only its own
+                spec = dataclasses.replace(spec, dataset=dataset_reference(data["team"], spec.dataset))
+                refusal = dataset_refusal(data["team"], spec.dataset)
+                if refusal:
+                    raise SpecError("dataset", refusal)
+            self.spec = validate_spec(spec)
+            self.cleaned_data["dataset"] = self.spec.dataset
+        except SpecError as exc:
+            field = exc.field.split(".", 1)[0]
+            self.add_error(field if field in self.fields else "options" if "." in exc.field else None, exc.message)
+        return data
+
+
 @admin.register(Experiment)
 class ExperimentAdmin(admin.ModelAdmin):
+    form = ExperimentAdminForm
     list_display = ("id", "name", "team", "status", "dataset", "space", "strategy", "estimator", "trials_done",
                     "budget", "cost", "best_val_acc", "test_acc", "created_by", "created_at")
     list_filter = ("status", "team", "dataset", "space", "strategy", "estimator", "created_by")
     list_select_related = ("team", "created_by")
     search_fields = ("name",)
     date_hierarchy = "created_at"
-    readonly_fields = ("trials_done", "best_val_acc", "best_trial_number", "test_acc", "started_at", "finished_at",
-                       "heartbeat_at", "claimed_by", "created_at", "cost", "review_reason", "reviewed_by",
-                       "reviewed_at", "admitted_at", "traceback")
+    readonly_fields = ("status", "trials_done", "best_val_acc", "best_trial_number", "test_acc", "error",
+                       "stop_reason", "started_at", "finished_at", "heartbeat_at", "claimed_by", "created_at",
+                       "created_by", "cost", "review_reason", "reviewed_by", "reviewed_at", "review_comment",
+                       "admitted_at", "traceback")
     actions = [approve, reject, cancel]
     inlines = [TrialInline]
 
     def get_queryset(self, request):
         return super().get_queryset(request).defer("strategy_state")
+
+    def get_readonly_fields(self, request, obj=None):
+        # Its settings may change only before anything ran (a trial or a claim would no longer match them).
+        started = obj is not None and (obj.trials_done or obj.started_at or obj.status not in (
+            Experiment.Status.PENDING_REVIEW, Experiment.Status.QUEUED))
+        return self.readonly_fields + (("team",) + SPEC_FIELDS if started else ())
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            if hasattr(form, "spec"):
+                obj.options = form.spec.options
+                obj.cost = services.experiment_cost(form.spec)
+            super().save_model(request, obj, form, change)
+            return
+        # A new experiment is created by the service the form uses: team rules, review and quota, the audit log,
+        # and the queue.
+        created = services.experiment_create(user=request.user, name=obj.name, spec=form.spec, team=obj.team)
+        obj.pk, obj.status = created.pk, created.status
 
 
 @admin.register(ExperimentEvent)
@@ -92,8 +148,18 @@ class ExperimentEventAdmin(admin.ModelAdmin):
         return False
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Results a worker wrote: shown, never edited or added by hand (delete the experiment instead)."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Trial)
-class TrialAdmin(admin.ModelAdmin):
+class TrialAdmin(ReadOnlyAdmin):
     list_display = ("experiment", "number", "arch_display", "val_acc", "params", "flops", "train_seconds",
                     "estimator")
     list_filter = ("estimator", "experiment__space", "experiment__strategy")
@@ -102,14 +168,14 @@ class TrialAdmin(admin.ModelAdmin):
 
 
 @admin.register(SearchEpoch)
-class SearchEpochAdmin(admin.ModelAdmin):
+class SearchEpochAdmin(ReadOnlyAdmin):
     list_display = ("experiment", "epoch", "train_loss", "val_loss", "val_acc", "param_free_fraction", "genotype")
     list_filter = ("stopped_early",)
     list_select_related = ("experiment",)
 
 
 @admin.register(Calibration)
-class CalibrationAdmin(admin.ModelAdmin):
+class CalibrationAdmin(ReadOnlyAdmin):
     list_display = ("experiment", "status", "k", "epochs", "reference", "kendall_tau", "spearman_rho", "created_at")
     list_filter = ("status",)
     list_select_related = ("experiment",)

@@ -82,11 +82,15 @@ class Experiment(models.Model):
         return self.status in self.ACTIVE
 
     @property
+    def is_differentiable(self) -> bool:
+        """Whether its strategy searches by gradient (one supernet, one trial); False for an unknown strategy."""
+        return self.strategy in STRATEGIES and getattr(STRATEGIES.get(self.strategy), "differentiable", False)
+
+    @property
     def progress_percent(self) -> int:
         """Trials done of the budget; for a differentiable search (one trial at its end), search epochs done of
         its epochs, up to 99% until the derived architecture's trial is recorded."""
-        if self.trials_done == 0 and self.strategy in STRATEGIES and getattr(
-                STRATEGIES.get(self.strategy), "differentiable", False):
+        if self.trials_done == 0 and self.is_differentiable:
             return min(99, round(100 * self.search_epochs.count() / self.epochs)) if self.epochs else 0
         return round(100 * self.trials_done / self.budget) if self.budget else 0
 

@@ -79,8 +79,7 @@ def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "exploration": selectors.experiment_exploration(experiment),
         "calibration": experiment.calibrations.first(),
         "calibration_form": CalibrationForm(initial=CalibrationForm.defaults(experiment)),
-        "has_search_epochs": experiment.search_epochs.exists() or getattr(
-            experiment.spec().component_class("strategy"), "differentiable", False),
+        "has_search_epochs": experiment.search_epochs.exists() or experiment.is_differentiable,
         "leaderboard": selectors.experiment_leaderboard(experiment)})
 
 

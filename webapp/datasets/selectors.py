@@ -86,10 +86,9 @@ def dataset_reference(team, ref: str | int) -> str:
 def dataset_refusal(team, engine_name: str) -> str:
     """Why an experiment of `team` may not use this dataset ("" when it may): an upload belongs to one team and
     must have finished processing."""
-    pk = upload_pk(engine_name)
-    if pk is None:
+    if upload_pk(engine_name) is None:
         return ""
-    dataset = Dataset.objects.filter(pk=pk, team__isnull=False).first()
+    dataset = dataset_by_engine_name(engine_name)
     if dataset is None or dataset.team_id != team.pk:
         return f"unknown dataset {engine_name!r} in team {team.name}"
     if dataset.status == Dataset.Status.PROCESSING:

@@ -96,6 +96,7 @@ def dataset_upload(*, user: AbstractBaseUser | None, team: Any, name: str, kind:
         raise SpecError("kind", f"unknown kind {kind!r}; choose imagefolder (a zip of class folders) or csv")
     name = _validate_name(name, team)
     options: dict[str, Any] = {}
+    size = None
     if kind == "csv":
         label_column = (label_column or "").strip()
         if not label_column:
@@ -123,7 +124,7 @@ def dataset_upload(*, user: AbstractBaseUser | None, team: Any, name: str, kind:
                 shape, classes = [parsed.x.shape[1]], parsed.class_names
                 data_kind = Dataset.Kind.TABLE
             else:
-                plan = scan_image_zip(path, resize=_validate_resize(options["resize"]), limits=_limits())
+                plan = scan_image_zip(path, resize=size, limits=_limits())
                 shape, classes = list(plan.shape), list(plan.class_names)
                 data_kind = Dataset.Kind.IMAGE
         except DecodeError as exc:

@@ -1,14 +1,11 @@
 """Admin: review experiments and their trials; approve, reject and cancel through the same services. An experiment
 added or edited here is validated like the form's; its status, results and checkpoints are read-only."""
-import dataclasses
-
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 
 from nasjobs.search import ExperimentSpec, SpecError, validate_spec
-from webapp.datasets.selectors import dataset_reference, dataset_refusal
 from webapp.experiments import services
 from webapp.experiments.models import Calibration, Experiment, ExperimentEvent, SearchEpoch, Trial
 
@@ -77,12 +74,8 @@ class ExperimentAdminForm(forms.ModelForm):
         spec = ExperimentSpec(**{f: data.get(f) for f in SPEC_FIELDS if f != "options"},
                               options=data.get("options") or {})
         try:
-            if data.get("team") is not None:  # a team's upload by name or id, and only its own
-                spec = dataclasses.replace(spec, dataset=dataset_reference(data["team"], spec.dataset))
-                refusal = dataset_refusal(data["team"], spec.dataset)
-                if refusal:
-                    raise SpecError("dataset", refusal)
-            self.spec = validate_spec(spec)
+            team = data.get("team")
+            self.spec = services.spec_for_team(spec, team) if team is not None else validate_spec(spec)
             self.cleaned_data["dataset"] = self.spec.dataset
         except SpecError as exc:
             field = exc.field.split(".", 1)[0]

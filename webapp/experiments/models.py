@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils.functional import cached_property
 
 from nasjobs.estimators import Figure, estimator_figure
 from nasjobs.search import ExperimentSpec
@@ -94,9 +95,10 @@ class Experiment(models.Model):
             return min(99, round(100 * self.search_epochs.count() / self.epochs)) if self.epochs else 0
         return round(100 * self.trials_done / self.budget) if self.budget else 0
 
-    @property
+    @cached_property
     def figure(self) -> Figure:
-        """What its trials' figure is: an accuracy or a named score (`Estimator.figure`)."""
+        """What its trials' figure is: an accuracy or a named score (`Estimator.figure`); worked out once per
+        instance, since a page formats every leaderboard row with it."""
         options = None if "options" in self.get_deferred_fields() else (self.options or {}).get("estimator")
         return estimator_figure(self.estimator, options)
 

@@ -74,6 +74,16 @@ def submission_team(user: AbstractBaseUser | None, team: Team | str | int | None
     return team
 
 
+def spec_for_team(spec: ExperimentSpec, team: Team) -> ExperimentSpec:
+    """The spec validated for an experiment of `team`: its dataset named by name or id resolved among the
+    team's (an upload belongs to one team and must be ready), then the engine's own checks. Raises SpecError."""
+    spec = dataclasses.replace(spec, dataset=dataset_reference(team, spec.dataset))
+    refusal = dataset_refusal(team, spec.dataset)
+    if refusal:
+        raise SpecError("dataset", refusal)
+    return validate_spec(spec)
+
+
 def experiment_cost(spec: ExperimentSpec) -> int:
     """Estimated compute in trial-epochs: trials x epochs per trial, 0 for an estimator that trains nothing
     (the benchmark table only looks results up)."""
@@ -95,11 +105,7 @@ def experiment_create(*, user: AbstractBaseUser | None, name: str, spec: Experim
         raise SpecError("name", f"at most {NAME_MAX_LENGTH} characters (it has {len(name)})")
     user = user if user is not None and user.is_authenticated else None
     team = submission_team(user, team)
-    spec = dataclasses.replace(spec, dataset=dataset_reference(team, spec.dataset))
-    refusal = dataset_refusal(team, spec.dataset)
-    if refusal:
-        raise SpecError("dataset", refusal)
-    spec = validate_spec(spec)
+    spec = spec_for_team(spec, team)
     cost = experiment_cost(spec)
     with transaction.atomic():
         # A no-op write to the team's row: it holds the row (PostgreSQL) or the database (SQLite) until commit, so

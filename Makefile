@@ -25,7 +25,7 @@ run: setup
 	@scripts/run.sh
 
 worker: setup
-	DEBUG=$${DEBUG:-1} $(PY) -m celery -A webapp worker --loglevel=INFO --concurrency=$${CONCURRENCY:-1} -Q $${NAS_QUEUE:-nasboard}
+	DEBUG=$${DEBUG:-1} $(PY) -m celery -A webapp worker --loglevel=INFO --concurrency=$${CONCURRENCY:-1} -Q $${NAS_GPU_QUEUE:-gpu},$${NAS_CPU_QUEUE:-cpu}
 
 test: setup
 	@scripts/system-deps.sh graphviz chromium

@@ -1,13 +1,12 @@
 """The search loop: a strategy proposes, an estimator evaluates, a store persists each trial as it finishes."""
 from __future__ import annotations
 
-import bisect
 import dataclasses
-import inspect
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from functools import cached_property
+from typing import Any, Callable, Protocol
 
 import torch
 
@@ -18,14 +17,17 @@ from nasjobs.metrics import count_macs, count_params
 from nasjobs.options import OptionError, config_to_json, parse_config
 from nasjobs.rng import derive_seed
 from nasjobs.spaces import SPACES
-from nasjobs.strategies import STRATEGIES, Observed
+from nasjobs.strategies import STRATEGIES
+from nasjobs.planner import FAILURE_POLICIES, Planner
+from nasjobs.records import (AGAIN, DONE, MAX_REPEATED_PROPOSALS, Leaderboard, SearchCancelled, TrialRecord,  # noqa: F401
+                             best_trial,
+                             bracket_told_order, evaluations_done, observed_history, promotion, restore_strategy,  # noqa: F401
+                             top_k_numbers)
 from nasjobs.training import between_batches
 
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("space", "strategy", "estimator")
-# How many proposals in a row may repeat evaluated architectures before the space counts as exhausted.
-MAX_REPEATED_PROPOSALS = 1000
 
 
 class SpecError(ValueError):
@@ -35,10 +37,6 @@ class SpecError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
-
-
-class SearchCancelled(Exception):
-    """Raised by a store's heartbeat when the experiment was cancelled; the loop stops where it is."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +52,9 @@ class ExperimentSpec:
     top_k: int = 5
     patience: int = 0  # stop after this many trials without a better best (0: never)
     max_seconds: int = 0  # stop once the search has run this long, summed over resumptions (0: no limit)
+    parallelism: int = 1  # trials in flight at once, across every worker
+    failure_policy: str = "worst"  # what the strategy is told of a failed trial (`nasjobs.planner.FAILURE_POLICIES`)
+    max_failures: int = 3  # the experiment fails after this many failed trials in a row
 
     def component_class(self, component: str) -> type:
         registry = {"space": SPACES, "strategy": STRATEGIES, "estimator": ESTIMATORS}[component]
@@ -61,7 +62,8 @@ class ExperimentSpec:
 
 
 LIMITS = {"budget": (1, 100_000), "epochs": (1, 10_000), "seed": (0, 2**31 - 1), "top_k": (1, 1000),
-          "patience": (0, 100_000), "max_seconds": (0, 30 * 24 * 3600)}
+          "patience": (0, 100_000), "max_seconds": (0, 30 * 24 * 3600), "parallelism": (1, 256),
+          "max_failures": (1, 10_000)}
 
 
 def check_names(spec: ExperimentSpec, fields: tuple[str, ...] = ("dataset", *COMPONENTS)) -> None:
@@ -92,8 +94,16 @@ def validate_spec(spec: ExperimentSpec) -> ExperimentSpec:
             raise SpecError(f"{component}.{exc.key}", exc.message) from None
         normalised[component] = config_to_json(config)
         configs[component] = config
+    if spec.failure_policy not in FAILURE_POLICIES:
+        raise SpecError("failure_policy", f"choose one of {', '.join(FAILURE_POLICIES)}")
     if getattr(spec.component_class("strategy"), "differentiable", False):
+        if spec.parallelism > 1:
+            raise SpecError("parallelism", "a differentiable search trains one supernet, so it runs as one job: "
+                                           "set parallelism to 1")
         spec = dataclasses.replace(spec, budget=1)  # one search; `epochs` counts its epochs
+    if getattr(spec.component_class("estimator"), "multi_fidelity", False) and spec.parallelism > 1:
+        raise SpecError("parallelism", f"{spec.estimator} promotes its brackets' trials rung by rung in one job: "
+                                       "set parallelism to 1")
     space = spec.component_class("space")(configs["space"])
     try:
         spec.component_class("estimator").check_space(space)
@@ -120,29 +130,6 @@ def check_dataset(spec: ExperimentSpec, space: Any, estimator_config: Any) -> No
     reason = entry.unavailable() if hasattr(entry, "unavailable") else ""
     if reason:
         raise SpecError("dataset", reason)
-
-
-@dataclass
-class TrialRecord:
-    number: int
-    arch_key: str
-    arch_display: str
-    val_acc: float
-    params: int
-    flops: int
-    train_seconds: float
-    fidelity: dict[str, Any]
-    curve: list[float]
-    weights_path: str | None = None
-    estimator: str = ""
-    search_seconds: float = 0.0  # search time when this trial finished, summed over resumptions
-    proposals: int = 0  # proposals made so far, repeats of evaluated architectures included
-    distance_to_incumbent: int | None = None  # edit distance to the best architecture known when proposed
-    evaluations: list[float] = field(default_factory=list)  # every observed value; val_acc is their mean
-
-    def __post_init__(self) -> None:
-        if not self.evaluations:
-            self.evaluations = [self.val_acc]
 
 
 class Store(Protocol):
@@ -208,81 +195,6 @@ class MemoryStore:
         self.stop_reason = stop_reason
 
 
-def best_trial(trials: list[TrialRecord]) -> TrialRecord:
-    """Highest validation accuracy; the earlier trial wins a tie."""
-    return max(trials, key=lambda t: (t.val_acc, -t.number))
-
-
-def evaluations_done(trials: list[TrialRecord]) -> int:
-    """Budget spent: each evaluation counts, re-evaluations of an architecture included."""
-    return sum(len(t.evaluations) for t in trials)
-
-
-def observed_history(trials: Iterable[TrialRecord]) -> list[Observed]:
-    """What a strategy had been told when these trials were recorded, in the order given: each one's architecture
-    and readings. A strategy's checkpoint holds none of it (`Strategy.load_state_dict`)."""
-    return [Observed(t.arch_key, tuple(t.evaluations)) for t in trials]
-
-
-def restore_strategy(strategy: Any, state: dict[str, Any], history: list[Observed]) -> None:
-    """`strategy.load_state_dict(state, history)`; a strategy written before strategies read their history from the
-    trials (a package's own, `load_state_dict(state)`) gets its state alone."""
-    if len(inspect.signature(strategy.load_state_dict).parameters) >= 2:
-        strategy.load_state_dict(state, history)
-    else:
-        strategy.load_state_dict(state)
-
-
-def promotion(cohort: list[int], trials: list[TrialRecord], rung: int, eta: int) -> tuple[list[int], list[int]]:
-    """Successive halving's cut after rung `rung` - 1: the best floor(n/eta) of `cohort` by that rung's figure
-    (at least one; the earlier trial first on a tie) go on to rung `rung`, the rest stop. Both best first."""
-    ranked = sorted(cohort, key=lambda n: (-trials[n].fidelity["rungs"][rung - 1]["val_acc"], n))
-    survivors = max(1, len(cohort) // eta)
-    return ranked[:survivors], ranked[survivors:]
-
-
-def bracket_told_order(members: list[int], trials: list[TrialRecord], rungs: int, eta: int) -> list[int]:
-    """The order in which a finished bracket of `rungs` rungs told its `members` to the strategy: the losers of
-    each cut, best first, then the last survivors (as `SearchRunner._run_brackets` does)."""
-    told, cohort = [], list(members)
-    for rung in range(1, rungs):
-        cohort, losers = promotion(cohort, trials, rung, eta)
-        told += losers
-    return told + cohort
-
-
-def top_k_numbers(trials: list[TrialRecord], k: int) -> list[int]:
-    ranked = sorted(trials, key=lambda t: (-t.val_acc, t.number))
-    return [t.number for t in ranked[:k]]
-
-
-class Leaderboard:
-    """The trials best first (highest mean, the earlier first on a tie, as `best_trial` and `top_k_numbers`
-    rank them) and the evaluations spent, kept up to date as trials arrive or are re-evaluated: the loop's
-    bookkeeping after a trial is a binary search, not a sort of every trial (at 10,000 trials, milliseconds)."""
-
-    def __init__(self, trials: list[TrialRecord]) -> None:
-        self.order = sorted((-t.val_acc, t.number) for t in trials)
-        self.evaluations = evaluations_done(trials)
-
-    def add(self, trial: TrialRecord) -> None:
-        bisect.insort(self.order, (-trial.val_acc, trial.number))
-        self.evaluations += len(trial.evaluations)
-
-    def reevaluated(self, trial: TrialRecord, before: float) -> None:
-        """`trial` got one evaluation more; its figure was `before`."""
-        del self.order[bisect.bisect_left(self.order, (-before, trial.number))]
-        bisect.insort(self.order, (-trial.val_acc, trial.number))
-        self.evaluations += 1
-
-    @property
-    def best(self) -> int | None:
-        return self.order[0][1] if self.order else None
-
-    def top(self, k: int) -> list[int]:
-        return [number for _, number in self.order[:k]]
-
-
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -298,14 +210,37 @@ class SearchRunner:
         self.store = store
         self.artifacts = artifacts
         self.device = device
-        configs = {c: parse_config(self.spec.component_class(c).Config, self.spec.options[c]) for c in COMPONENTS}
-        self.space = self.spec.component_class("space")(configs["space"])
-        self.strategy = self.spec.component_class("strategy")(self.space, configs["strategy"],
-                                                              derive_seed(self.spec.seed, "strategy"))
-        self.dataset = DATASETS.get(self.spec.dataset)()
-        self.estimator = self.spec.component_class("estimator")(self.space, self.dataset, configs["estimator"],
-                                                                device)
-        self.estimator.workdir = artifacts.dir / "estimator"
+        self.configs = {c: parse_config(self.spec.component_class(c).Config, self.spec.options[c]) for c in COMPONENTS}
+        self.space = self.spec.component_class("space")(self.configs["space"])
+        self.strategy = self.new_strategy()
+
+    def new_strategy(self) -> Any:
+        """The experiment's strategy as it starts, before any checkpoint is loaded into it."""
+        return self.spec.component_class("strategy")(self.space, self.configs["strategy"],
+                                                     derive_seed(self.spec.seed, "strategy"))
+
+    @cached_property
+    def dataset(self) -> Any:
+        """Loaded when a trial first needs it: planning the next proposals needs none."""
+        return DATASETS.get(self.spec.dataset)()
+
+    @cached_property
+    def estimator(self) -> Any:
+        estimator = self.spec.component_class("estimator")(self.space, self.dataset, self.configs["estimator"],
+                                                           self.device)
+        estimator.workdir = self.artifacts.dir / "estimator"
+        return estimator
+
+    @property
+    def kind(self) -> str:
+        """How the search runs: "differentiable" (one supernet search, one task), "brackets" (successive halving's
+        rungs, one task) or "trials" (ask/tell: each trial a job of its own, several at once)."""
+        if getattr(self.strategy, "differentiable", False):
+            return "differentiable"
+        return "brackets" if getattr(self.spec.component_class("estimator"), "multi_fidelity", False) else "trials"
+
+    def planner(self, parallelism: int = 1, failure_policy: str = "worst") -> Planner:
+        return Planner(self.spec, self.space, self.strategy, parallelism, failure_policy)
 
     def trial_seed(self, number: int) -> int:
         return derive_seed(self.spec.seed, "trial", number) % (2**31)
@@ -331,70 +266,67 @@ class SearchRunner:
             self._run()
 
     def _run(self) -> None:
-        if getattr(self.strategy, "differentiable", False):
+        kind = self.kind
+        if kind == "differentiable":
             return self._run_differentiable()
-        if getattr(self.estimator, "multi_fidelity", False):
+        if kind == "brackets":
             return self._run_brackets()
         state, trials = self.store.load()
-        if state is not None:
-            restore_strategy(self.strategy, state, observed_history(trials))
-        if trials and hasattr(self.estimator, "load_history"):  # estimators that compare a trial with earlier ones
-            self.estimator.load_history([t.curve for t in trials if "stopped_at_epoch" not in t.fidelity])
-        by_key = {t.arch_key: t for t in trials}
-        board = Leaderboard(trials)
-        # Time and proposals carry over from earlier runs of this experiment, so limits hold across resumptions.
+        planner = self.planner()
+        planner.restore(state, trials)
+        self.load_estimator_history(trials)
+        # Time carries over from earlier runs of this experiment, so a time limit holds across resumptions.
         previous_seconds = max((t.search_seconds for t in trials), default=0.0)
-        proposals = max((t.proposals for t in trials), default=0)
-        if hasattr(self.strategy, "set_budget"):
-            self.strategy.set_budget(self.spec.budget)
         session_start = time.monotonic()
         elapsed = lambda: previous_seconds + time.monotonic() - session_start  # noqa: E731
-        repeats = 0
-        while (reason := self.stop_reason(trials, elapsed(), board)) is None:
-            self.store.heartbeat()
-            arch = self.strategy.propose()
-            proposals += 1
-            key = self.space.to_str(arch)
-            # Measured again with a fresh seed (one evaluation) if the strategy re-evaluates at this point.
-            if key in by_key and getattr(self.strategy, "reevaluates", False):
-                repeats = 0
-                before = by_key[key].val_acc
-                trial = self._reevaluate(by_key[key], arch)
-                board.reevaluated(trial, before)
-                trial.search_seconds, trial.proposals = elapsed(), proposals
-                self.store.record_trial(trial, self.strategy.state_dict(), board.top(self.spec.top_k))
-                continue
-            if key in by_key:  # already evaluated: tell the strategy again, spend no budget
-                self.strategy.observe(arch, by_key[key].val_acc)
-                repeats += 1
-                if repeats >= MAX_REPEATED_PROPOSALS:
-                    log.warning("strategy keeps proposing evaluated architectures; stopping at %d trials", len(trials))
-                    reason = "exhausted"
+        while True:
+            jobs = list(planner.in_flight.values())  # left in flight by an earlier, distributed run: first
+            if not jobs:
+                plan = planner.plan(elapsed())
+                if not plan.jobs:
                     break
-                continue
-            repeats = 0
-            incumbent = None if board.best is None else self.space.from_str(trials[board.best].arch_key)
-            trial = self._evaluate(len(trials), arch, key)
-            trial.search_seconds = elapsed()
-            trial.proposals = proposals
-            trial.distance_to_incumbent = None if incumbent is None else self.space.distance(arch, incumbent)
-            trials.append(trial)
-            by_key[key] = trial
-            board.add(trial)
-            kept = board.top(self.spec.top_k)
-            self.store.record_trial(trial, self.strategy.state_dict(), kept)
-            self.artifacts.keep_only(kept)
-        if trials:
-            self._finish(trials, reason)
+                jobs = plan.jobs
+            for trial in jobs:
+                self.store.heartbeat()
+                trial = self.execute(trial, self.store.heartbeat)
+                trial.search_seconds = elapsed()
+                planner.tell(trial)
+                kept = planner.kept(self.spec.top_k)
+                self.store.record_trial(trial, self.strategy.state_dict(), kept)
+                self.artifacts.keep_only(kept)
+        if planner.best is not None:
+            self.store.finish(planner.best.number, self.best_test_accuracy(planner.best), plan.finished or "budget")
 
-    def _evaluate(self, number: int, arch: Any, key: str) -> TrialRecord:
-        seed = self.trial_seed(number)
-        result = self.estimator.evaluate(arch, self.spec.epochs, seed=seed, hook=lambda epoch, acc: self.store.heartbeat())
-        self.strategy.observe(arch, result.val_acc)
-        path = self.artifacts.save(number, result.state) if result.state is not None else None
-        log.info("trial %d %s val_acc=%.4f", number, key, result.val_acc)
-        return TrialRecord(number, key, self.space.display(arch), result.val_acc, result.params, result.flops,
-                           result.train_seconds, result.fidelity, result.curve, path, self.spec.estimator)
+    def load_estimator_history(self, trials: list[TrialRecord]) -> None:
+        """Give an estimator that compares a trial with earlier ones (median stopping) the curves of the trials
+        that ran to their end."""
+        if hasattr(self.estimator, "load_history"):
+            self.estimator.load_history([t.curve for t in trials
+                                         if t.status == DONE and "stopped_at_epoch" not in t.fidelity])
+
+    def execute(self, trial: TrialRecord, heartbeat: Callable[[], None]) -> TrialRecord:
+        """Run a trial's job, as the planner set it: its first evaluation (weights saved when the estimator trains
+        some), or one more with a fresh seed (`job == AGAIN`: the figure becomes the mean; the first evaluation's
+        weights stay). Returns the record, done; `heartbeat` runs after every epoch and may raise to stop it."""
+        arch = self.space.from_str(trial.arch_key)
+        hook = lambda epoch, acc: heartbeat()  # noqa: E731
+        if trial.job == AGAIN:
+            seed = derive_seed(self.spec.seed, "trial", trial.number, "repeat", len(trial.evaluations)) % (2**31)
+            result = self.estimator.evaluate(arch, self.spec.epochs, seed=seed, hook=hook)
+            trial.evaluations = [*trial.evaluations, result.val_acc]
+            trial.val_acc = sum(trial.evaluations) / len(trial.evaluations)
+            trial.train_seconds += result.train_seconds
+            log.info("trial %d %s re-evaluated: %.4f (mean of %d: %.4f)", trial.number, trial.arch_key,
+                     result.val_acc, len(trial.evaluations), trial.val_acc)
+        else:
+            result = self.estimator.evaluate(arch, self.spec.epochs, seed=self.trial_seed(trial.number), hook=hook)
+            trial.weights_path = self.artifacts.save(trial.number, result.state) if result.state is not None else None
+            trial.val_acc, trial.evaluations, trial.params, trial.flops = (result.val_acc, [result.val_acc],
+                                                                           result.params, result.flops)
+            trial.train_seconds, trial.fidelity, trial.curve = result.train_seconds, result.fidelity, result.curve
+            log.info("trial %d %s val_acc=%.4f", trial.number, trial.arch_key, result.val_acc)
+        trial.status = DONE
+        return trial
 
     def _run_brackets(self) -> None:
         """Successive-halving brackets (Jamieson & Talwalkar 2016; Hyperband, Li et al. 2018, Algorithm 1).
@@ -494,20 +426,6 @@ class SearchRunner:
         if trials:
             self._finish(trials, reason or "budget")
 
-    def _reevaluate(self, trial: TrialRecord, arch: Any) -> TrialRecord:
-        """Evaluate an architecture once more (a new training seed, or a new benchmark seed) and average.
-
-        The weights kept are those of the first evaluation; the strategy observes the new single value."""
-        seed = derive_seed(self.spec.seed, "trial", trial.number, "repeat", len(trial.evaluations)) % (2**31)
-        result = self.estimator.evaluate(arch, self.spec.epochs, seed=seed, hook=lambda epoch, acc: self.store.heartbeat())
-        self.strategy.observe(arch, result.val_acc)
-        trial.evaluations.append(result.val_acc)
-        trial.val_acc = sum(trial.evaluations) / len(trial.evaluations)
-        trial.train_seconds += result.train_seconds
-        log.info("trial %d %s re-evaluated: %.4f (mean of %d: %.4f)", trial.number, trial.arch_key, result.val_acc,
-                 len(trial.evaluations), trial.val_acc)
-        return trial
-
     def _run_differentiable(self) -> None:
         """A gradient-based search (DARTS): one supernet search of `epochs` epochs, checkpointed after each, then
         the derived architecture trained from scratch by the experiment's estimator as its single trial."""
@@ -548,15 +466,17 @@ class SearchRunner:
 
     def _finish(self, trials: list[TrialRecord], reason: str) -> None:
         best = best_trial(trials)
+        self.store.finish(best.number, self.best_test_accuracy(best), reason)
+
+    def best_test_accuracy(self, best: TrialRecord) -> float | None:
+        """The best trial's accuracy on the test split, from its kept weights (retrained with its own seed when
+        they are gone); None where nothing was trained from scratch (a supernet's own figure)."""
+        if best.estimator == "supernet":
+            return None
         arch = self.space.from_str(best.arch_key)
         state = self.artifacts.load(best.number)
-        if best.estimator == "supernet":  # no network was trained from scratch, so there is nothing to test
-            self.store.finish(best.number, None, reason)
-            return
         if state is None:  # weights lost (artifact folder wiped): retrain with the trial's own seed
             epochs = self.strategy.config.final_epochs if getattr(self.strategy, "differentiable", False) \
                 else self.spec.epochs
-            result = self.estimator.evaluate(arch, epochs, seed=self.trial_seed(best.number))
-            state = result.state
-        test_acc = self.estimator.test_accuracy(arch, state)
-        self.store.finish(best.number, test_acc, reason)
+            state = self.estimator.evaluate(arch, epochs, seed=self.trial_seed(best.number)).state
+        return self.estimator.test_accuracy(arch, state)

@@ -25,7 +25,7 @@ redis_pid=$(scripts/ensure-redis.sh)
 
 $PY manage.py migrate --noinput
 login=$($PY manage.py demo_user)
-$PY -m celery -A webapp worker --loglevel=INFO --concurrency=1 -Q "${NAS_QUEUE:-nasboard}" &
+$PY -m celery -A webapp worker --loglevel=INFO --concurrency=1 -Q "${NAS_GPU_QUEUE:-gpu},${NAS_CPU_QUEUE:-cpu}" &
 pids+=($!)
 $PY manage.py runserver 127.0.0.1:8000 --noreload &
 pids+=($!)

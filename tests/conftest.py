@@ -81,7 +81,8 @@ class WorkerProcess:
     def start(self) -> "WorkerProcess":
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-Q", self.queue, "--concurrency", "1",
+            [sys.executable, "-m", "celery", "-A", "webapp", "worker", "-Q", f"{self.queue}-gpu,{self.queue}-cpu",
+             "--concurrency", "1",
              "--loglevel", "INFO", "--without-gossip", "--without-mingle", "-n", f"{self.queue}-{uuid.uuid4().hex[:6]}@%h"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
@@ -122,9 +123,10 @@ class WorkerProcess:
 def celery_worker_factory(settings, tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start real workers that share this test's database and a queue of their own on the real Redis."""
     queue = f"nasboard-test-{uuid.uuid4().hex[:10]}"
-    settings.NAS_QUEUE = queue
+    settings.NAS_GPU_QUEUE, settings.NAS_CPU_QUEUE = f"{queue}-gpu", f"{queue}-cpu"
     settings.NAS_ARTIFACTS_DIR = tmp_path / "artifacts"
-    env = dict(os.environ, DATABASE_URL=database_url_for_subprocess(), NAS_QUEUE=queue, DEBUG="1",
+    env = dict(os.environ, DATABASE_URL=database_url_for_subprocess(), NAS_GPU_QUEUE=f"{queue}-gpu",
+               NAS_CPU_QUEUE=f"{queue}-cpu", DEBUG="1",
                NAS_ARTIFACTS_DIR=str(tmp_path / "artifacts"), NAS_LEASE_SECONDS=str(settings.NAS_LEASE_SECONDS),
                LOG_LEVEL="INFO", PYTHONPATH=str(ROOT))
     workers: list[WorkerProcess] = []
@@ -140,7 +142,7 @@ def celery_worker_factory(settings, tmp_path) -> Iterator[Callable[..., WorkerPr
     import redis
     from django.conf import settings as live
 
-    redis.Redis.from_url(live.REDIS_URL).delete(queue)
+    redis.Redis.from_url(live.REDIS_URL).delete(f"{queue}-gpu", f"{queue}-cpu")
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, on_fail: Callable[[], str] = lambda: "") -> None:

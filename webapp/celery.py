@@ -1,15 +1,16 @@
-"""The Celery application: configured from Django settings (CELERY_*), tasks found in `nasjobs.tasks` and
-`webapp.datasets.tasks`."""
+"""The Celery application: configured from Django settings (CELERY_*), tasks found in `webapp.experiments.tasks`
+and `webapp.datasets.tasks`."""
 import logging
 import os
 
 from celery import Celery, bootsteps
+from celery.signals import worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 
 app = Celery("nasboard")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(lambda: ["nasjobs", "webapp.datasets"])
+app.autodiscover_tasks(lambda: ["webapp.experiments", "webapp.datasets"])
 
 
 class RecoverOnConnect(bootsteps.StartStopStep):
@@ -26,7 +27,7 @@ class RecoverOnConnect(bootsteps.StartStopStep):
         from webapp.datasets.services import datasets_recover
         from webapp.experiments.services import experiments_recover
 
-        log = logging.getLogger("nasjobs.tasks")
+        log = logging.getLogger("webapp.experiments.tasks")
         try:
             close_old_connections()  # this process lives long; its connection may have gone stale meanwhile
             ids = experiments_recover()
@@ -40,4 +41,53 @@ class RecoverOnConnect(bootsteps.StartStopStep):
             log.info("re-queued datasets still processing %s", datasets)
 
 
+class SweepSilentJobs(bootsteps.StartStopStep):
+    """Every NAS_SWEEP_SECONDS, in the worker's main process: trials and one-job searches whose worker stopped
+    renewing its lease are queued again (`experiments_sweep`). Every worker sweeps; no scheduler is needed and
+    none is a single point of failure, since each takeover is a conditional UPDATE."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker, **kwargs) -> None:
+        self.tref = None
+
+    def start(self, worker) -> None:
+        from django.conf import settings
+
+        self.tref = worker.timer.call_repeatedly(settings.NAS_SWEEP_SECONDS, self.sweep, priority=10)
+
+    def stop(self, worker) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
+
+    @staticmethod
+    def sweep() -> None:
+        from django.db import close_old_connections
+
+        from webapp.experiments.runner import experiments_sweep
+
+        log = logging.getLogger("webapp.experiments.tasks")
+        try:
+            close_old_connections()
+            swept = experiments_sweep()
+        except Exception:  # the database or the broker away for a moment: the next sweep tries again
+            log.exception("could not sweep for silent jobs")
+            return
+        if swept["trials"] or swept["experiments"]:
+            log.info("queued again after their worker went silent: trials %s, experiments %s", swept["trials"],
+                     swept["experiments"])
+
+
+@worker_process_init.connect
+def set_torch_threads(**kwargs) -> None:
+    """Each pool process gives PyTorch NAS_TORCH_THREADS threads, so workers sharing a machine do not contend."""
+    from django.conf import settings
+
+    if settings.NAS_TORCH_THREADS:
+        import torch
+
+        torch.set_num_threads(settings.NAS_TORCH_THREADS)
+
+
 app.steps["consumer"].add(RecoverOnConnect)
+app.steps["worker"].add(SweepSilentJobs)

@@ -171,8 +171,11 @@ SPECTACULAR_SETTINGS = {
 # Celery: Redis carries messages only; the database holds every result.
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 CELERY_BROKER_URL = REDIS_URL
-NAS_QUEUE = env_str("NAS_QUEUE", "nasboard")  # workers listen here (`celery worker -Q`)
-CELERY_TASK_DEFAULT_QUEUE = NAS_QUEUE
+# Two queues (`celery worker -Q gpu,cpu`): trials that train networks and calibrations on NAS_GPU_QUEUE; planning,
+# finishing, dataset decoding and trials that train nothing (table lookups, training-free scores) on NAS_CPU_QUEUE.
+NAS_GPU_QUEUE = env_str("NAS_GPU_QUEUE", "gpu")
+NAS_CPU_QUEUE = env_str("NAS_CPU_QUEUE", "cpu")
+CELERY_TASK_DEFAULT_QUEUE = NAS_CPU_QUEUE
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -184,8 +187,18 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # The search engine.
 NAS_ARTIFACTS_DIR = Path(env_str("NAS_ARTIFACTS_DIR", str(VAR_DIR / "artifacts")))
 NAS_DEVICE = env_str("NAS_DEVICE", "auto")
-# A running experiment whose worker has not been heard from for this long may be taken over by another worker.
-NAS_LEASE_SECONDS = env_int("NAS_LEASE_SECONDS", 600, minimum=1)
+# Threads each worker process gives PyTorch (0: PyTorch's default, all cores): 1 when several workers share a CPU.
+NAS_TORCH_THREADS = env_int("NAS_TORCH_THREADS", 0, minimum=0)
+# Modules imported at start-up that register components of their own (comma-separated, e.g. "myteam.nas").
+NAS_PLUGINS = [m.strip() for m in env_str("NAS_PLUGINS", "").split(",") if m.strip()]
+# A running job (a trial, a one-job search) renews its lease from a thread every NAS_HEARTBEAT_SECONDS (at most a
+# third of the lease); one not heard from for NAS_LEASE_SECONDS is queued again by the sweep every worker runs
+# every NAS_SWEEP_SECONDS, so a killed worker's trial runs again elsewhere within lease + sweep seconds.
+NAS_LEASE_SECONDS = env_int("NAS_LEASE_SECONDS", 30, minimum=3)
+NAS_HEARTBEAT_SECONDS = env_int("NAS_HEARTBEAT_SECONDS", 2, minimum=1)
+NAS_SWEEP_SECONDS = env_int("NAS_SWEEP_SECONDS", 10, minimum=1)
+# A trial still running after this many seconds fails with a time-limit error (0: no limit).
+NAS_TRIAL_TIME_LIMIT = env_int("NAS_TRIAL_TIME_LIMIT", 0, minimum=0)
 NAS_TOP_K_DEFAULT = env_int("NAS_TOP_K", 5, minimum=1)
 # Datasets: decoded once under NAS_DATA_DIR (default var/data; a shared volume when workers run on several
 # machines). An upload larger than NAS_MAX_UPLOAD_MB, or a zip expanding past NAS_MAX_DECODED_MB, is refused.

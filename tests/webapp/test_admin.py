@@ -18,7 +18,8 @@ INLINE = {"trials-TOTAL_FORMS": "0", "trials-INITIAL_FORMS": "0", "trials-MIN_NU
 def fields(vision, **changes):
     data = {"name": "from the admin", "team": str(vision.pk), "dataset": "digits", "space": "chain_cnn",
             "strategy": "random", "estimator": "train", "budget": "3", "epochs": "1", "seed": "0", "top_k": "1",
-            "patience": "0", "max_seconds": "0", "options": "{}", **INLINE}
+            "patience": "0", "max_seconds": "0", "parallelism": "1", "failure_policy": "worst", "max_failures": "3",
+            "options": "{}", **INLINE}
     return {**data, **changes}
 
 

@@ -91,14 +91,14 @@ def test_a_user_runs_a_search_and_watches_it_finish_without_reloading(page, live
 
 def test_a_darts_search_shows_alpha_charts_and_the_derived_cell_per_epoch(page, live_server, alice, settings,
                                                                           tmp_path):
-    from nasjobs.persistence import run_experiment_now
+    from webapp.experiments.runner import experiment_run_inline
     from tests.webapp.test_darts_platform import tiny_spec
     from webapp.experiments import services
 
     settings.NAS_ARTIFACTS_DIR = str(tmp_path)
     experiment = services.experiment_create(user=alice, name="darts in the browser", spec=tiny_spec(epochs=2),
                                             enqueue=False)
-    assert run_experiment_now(experiment.pk, "test") == "done"
+    assert experiment_run_inline(experiment.pk, "test") == "succeeded"
     page.goto(live_server.url + "/")
     page.fill("#id_username", "alice")
     page.fill("#id_password", "alice-pass-123")

@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.urls import reverse
 
 from nasjobs.artifacts import ArtifactStore
-from nasjobs.persistence import run_experiment_now
+from webapp.experiments.runner import experiment_run_inline
 from nasjobs.search import ExperimentSpec, MemoryStore, SearchRunner, validate_spec
 from tests.conftest import wait_for
 from webapp.experiments import services
@@ -49,7 +49,7 @@ def test_nas_submit_runs_a_two_epoch_search_and_reports_the_derived_cell(capsys,
 def test_the_page_shows_the_search_epochs_and_draws_each_derived_cell(alice_client, alice, settings, tmp_path):
     settings.NAS_ARTIFACTS_DIR = str(tmp_path)
     experiment = services.experiment_create(user=alice, name="darts page", spec=tiny_spec(epochs=2), enqueue=False)
-    assert run_experiment_now(experiment.pk, "test") == "done"
+    assert experiment_run_inline(experiment.pk, "test") == "succeeded"
     page = alice_client.get(reverse("experiment_detail", args=[experiment.pk])).content.decode()
     assert 'id="search-epochs"' in page and 'id="alpha-charts"' in page and "Param-free ops" in page
     svg = alice_client.get(reverse("search_epoch_diagram", args=[experiment.pk, 2]))

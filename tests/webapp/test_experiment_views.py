@@ -112,13 +112,13 @@ def test_a_zero_cost_score_is_shown_as_a_named_score_and_an_accuracy_as_a_percen
                                                                                        tmp_path, capsys):
     from django.core.management import call_command
 
-    from nasjobs.persistence import run_experiment_now
+    from webapp.experiments.runner import experiment_run_inline
 
     settings.NAS_ARTIFACTS_DIR = tmp_path
     spec = ExperimentSpec("digits", "chain_cnn", "random", "zero_cost", budget=2, epochs=1, seed=0,
                           options={"space": {"max_layers": 1}})
     scored = services.experiment_create(user=alice, name="scored", spec=spec, enqueue=False)
-    assert run_experiment_now(scored.pk, "test") == "done"
+    assert experiment_run_inline(scored.pk, "test") == "succeeded"
     scored.refresh_from_db()
     assert scored.best_val_acc > 1  # log synflow: no fraction
     shown = f"{scored.best_val_acc:.4g}"

@@ -20,6 +20,10 @@ class ExperimentCreateSerializer(serializers.Serializer):
     patience = serializers.IntegerField(default=0)
     max_seconds = serializers.IntegerField(default=0)
     top_k = serializers.IntegerField(default=5)
+    parallelism = serializers.IntegerField(default=1, help_text="Trials in flight at once, across all workers")
+    failure_policy = serializers.CharField(default="worst", help_text="What the strategy is told of a failed "
+                                                                      "trial: worst or ignore")
+    max_failures = serializers.IntegerField(default=3, help_text="Fail after this many failed trials in a row")
     options = serializers.DictField(child=serializers.DictField(), required=False, default=dict)
 
 

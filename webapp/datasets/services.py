@@ -154,7 +154,7 @@ def dataset_enqueue(dataset_id: int) -> None:
     from webapp.datasets.tasks import process_dataset
 
     try:
-        process_dataset.apply_async((dataset_id,), queue=settings.NAS_QUEUE)
+        process_dataset.apply_async((dataset_id,), queue=settings.NAS_CPU_QUEUE)
     except Exception:  # the broker is down: a worker queues it again when it connects (datasets_recover)
         log.exception("could not queue dataset %s; it is queued again when a worker connects", dataset_id)
 

@@ -57,7 +57,7 @@ def cancel(modeladmin, request, queryset):
 
 
 SPEC_FIELDS = ("dataset", "space", "strategy", "estimator", "budget", "epochs", "seed", "options", "top_k",
-               "patience", "max_seconds")
+               "patience", "max_seconds", "parallelism", "failure_policy", "max_failures")
 
 
 class ExperimentAdminForm(forms.ModelForm):

@@ -7,6 +7,7 @@ from django import forms
 
 from nasjobs.datasets import DATASETS, KINDS
 from nasjobs.options import OptionSpec, option_specs, parse_config
+from nasjobs.planner import FAILURE_POLICIES
 from nasjobs.search import COMPONENTS, LIMITS, ExperimentSpec, SpecError, validate_spec
 from nasjobs.spaces import SPACES
 from nasjobs.strategies import STRATEGIES
@@ -100,6 +101,14 @@ class ExperimentForm(forms.Form):
                                      help_text="Stop the search after this much running time (0: no limit)")
     top_k = forms.IntegerField(min_value=LIMITS["top_k"][0], max_value=LIMITS["top_k"][1], initial=5,
                                label="Keep weights of top k", help_text="Trained weights kept on disk")
+    parallelism = forms.IntegerField(min_value=LIMITS["parallelism"][0], max_value=LIMITS["parallelism"][1],
+                                     initial=1, help_text="Trials in flight at once, across all workers")
+    failure_policy = forms.ChoiceField(choices=[(k, f"{k}: {v}") for k, v in FAILURE_POLICIES.items()],
+                                       initial="worst", label="A failed trial is",
+                                       help_text="What the strategy is told of a trial that failed")
+    max_failures = forms.IntegerField(min_value=LIMITS["max_failures"][0], max_value=LIMITS["max_failures"][1],
+                                      initial=3, label="Failures in a row allowed",
+                                      help_text="The experiment fails after this many failed trials in a row")
 
     def __init__(self, *args: Any, user=None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -152,7 +161,9 @@ class ExperimentForm(forms.Form):
         spec = ExperimentSpec(dataset=data["dataset"], space=data["space"], strategy=data["strategy"],
                               estimator=data["estimator"], budget=data["budget"], epochs=data["epochs"],
                               seed=data["seed"], options=self._options(data), top_k=data["top_k"],
-                              patience=data["patience"], max_seconds=data["max_seconds"])
+                              patience=data["patience"], max_seconds=data["max_seconds"],
+                              parallelism=data["parallelism"], failure_policy=data["failure_policy"],
+                              max_failures=data["max_failures"])
         try:
             self.spec = validate_spec(spec)
         except SpecError as exc:

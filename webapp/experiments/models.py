@@ -1,11 +1,15 @@
 """Experiments and their trials: the source of truth for every search."""
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
 from django.db import models
 from django.utils.functional import cached_property
 
 from nasjobs.estimators import Figure, estimator_figure
+from nasjobs.planner import FAILURE_POLICIES
+from nasjobs.records import DONE, FAILED, PENDING, RUNNING
 from nasjobs.search import ExperimentSpec
 from nasjobs.strategies import STRATEGIES
 
@@ -37,6 +41,12 @@ class Experiment(models.Model):
     max_seconds = models.PositiveIntegerField(default=0, help_text="Wall-clock limit of the search, seconds "
                                                                    "(0: none)")
     options = models.JSONField(default=dict, blank=True, help_text="Validated options per component")
+    parallelism = models.PositiveIntegerField(default=1, help_text="Trials in flight at once, across all workers")
+    failure_policy = models.CharField(max_length=10, default="worst", choices=[(k, f"{k}: {v}") for k, v in
+                                                                               FAILURE_POLICIES.items()],
+                                      help_text="What the strategy is told of a failed trial")
+    max_failures = models.PositiveIntegerField(default=3, help_text="The experiment fails after this many failed "
+                                                                    "trials in a row")
 
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
     cost = models.PositiveBigIntegerField(default=0, help_text="Estimated compute in trial-epochs (trials x epochs)")
@@ -62,6 +72,13 @@ class Experiment(models.Model):
 
     stop_reason = models.CharField(max_length=20, blank=True, choices=StopReason.choices)
     strategy_state = models.JSONField(null=True, blank=True, editable=False)
+    plan_version = models.PositiveIntegerField(default=0, editable=False,
+                                               help_text="Planning steps taken; a worker's cached planner is current "
+                                                         "while it matches")
+    consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
+    seconds_before = models.FloatField(default=0.0, editable=False, help_text="Search time of earlier runs")
+    active_since = models.DateTimeField(null=True, blank=True, editable=False,
+                                        help_text="When this run of the search started")
 
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="experiments")
@@ -106,10 +123,22 @@ class Experiment(models.Model):
         return ExperimentSpec(dataset=self.dataset, space=self.space, strategy=self.strategy,
                               estimator=self.estimator, budget=self.budget, epochs=self.epochs, seed=self.seed,
                               options=self.options, top_k=self.top_k, patience=self.patience,
-                              max_seconds=self.max_seconds)
+                              max_seconds=self.max_seconds, parallelism=self.parallelism,
+                              failure_policy=self.failure_policy, max_failures=self.max_failures)
+
+    def search_seconds(self, now: datetime) -> float:
+        """Search time so far, summed over its runs."""
+        running = (now - self.active_since).total_seconds() if self.active_since else 0.0
+        return self.seconds_before + max(0.0, running)
 
 
 class Trial(models.Model):
+    class Status(models.TextChoices):
+        PENDING = PENDING
+        RUNNING = RUNNING
+        DONE = DONE
+        FAILED = FAILED
+
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="trials")
     number = models.PositiveIntegerField(help_text="Order in which the strategy proposed it, from 0")
     arch_key = models.TextField(help_text="Canonical architecture string")
@@ -128,10 +157,26 @@ class Trial(models.Model):
                                                         help_text="Edit distance to the best known when proposed")
     evaluations = models.JSONField(default=list, blank=True,
                                    help_text="Every observed value; val_acc is their mean")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DONE)
+    job = models.CharField(max_length=10, blank=True, help_text="While in flight: empty for its first evaluation, "
+                                                                "'again' for one more")
+    told = models.PositiveIntegerField(null=True, blank=True, help_text="Place in the order results were told to "
+                                                                        "the strategy")
+    claimed_by = models.CharField(max_length=200, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0, help_text="Times a worker took it")
+    host = models.CharField(max_length=200, blank=True, help_text="Machine that evaluated it")
+    device = models.CharField(max_length=200, blank=True, help_text="Device it was evaluated on")
+    error = models.TextField(blank=True, help_text="Why it failed, in one line")
+    traceback = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["experiment", "number"]
+        indexes = [models.Index(fields=["experiment", "status"], name="trial_experiment_status"),
+                   models.Index(fields=["status", "heartbeat_at"], name="trial_status_heartbeat")]
         constraints = [
             models.UniqueConstraint(fields=["experiment", "arch_key"], name="unique_arch_per_experiment"),
             models.UniqueConstraint(fields=["experiment", "number"], name="unique_number_per_experiment"),
@@ -229,3 +274,19 @@ class ExperimentEvent(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.experiment_ref} {self.action} by {self.actor_label or '-'}"
+
+
+class Worker(models.Model):
+    """A worker process as last seen by its own heartbeat: what it runs, where, and when it last said so."""
+
+    name = models.CharField(max_length=200, unique=True, help_text="host:pid")
+    host = models.CharField(max_length=200)
+    device = models.CharField(max_length=200, blank=True)
+    trial = models.ForeignKey(Trial, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    seen_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-seen_at"]
+
+    def __str__(self) -> str:
+        return self.name

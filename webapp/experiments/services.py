@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -32,9 +32,9 @@ class LostClaim(Exception):
 
 
 def experiment_enqueue(experiment_id: int) -> None:
-    from nasjobs.tasks import run_experiment
+    from webapp.experiments.tasks import advance_experiment
 
-    run_experiment.apply_async((experiment_id,), queue=settings.NAS_QUEUE)
+    advance_experiment.apply_async((experiment_id,), queue=settings.NAS_CPU_QUEUE)
 
 
 def event_record(experiment: Experiment, action: str, *, actor: AbstractBaseUser | None = None,
@@ -48,6 +48,12 @@ def event_record(experiment: Experiment, action: str, *, actor: AbstractBaseUser
     if action in NOTIFIED:
         transaction.on_commit(lambda: notify(experiment.pk, action, detail))
     return event
+
+
+def _clock_stopped(experiment_id: int, now: datetime) -> dict[str, Any]:
+    """The fields that stop a run's clock: its search time so far added to the earlier runs'."""
+    row = Experiment.objects.only("active_since", "seconds_before").get(pk=experiment_id)
+    return {"seconds_before": row.search_seconds(now), "active_since": None}
 
 
 def _require(allowed: bool, message: str) -> None:
@@ -81,6 +87,9 @@ def spec_for_team(spec: ExperimentSpec, team: Team) -> ExperimentSpec:
     refusal = dataset_refusal(team, spec.dataset)
     if refusal:
         raise SpecError("dataset", refusal)
+    if isinstance(spec.parallelism, int) and spec.parallelism > team.max_parallelism:
+        raise SpecError("parallelism", f"team {team.name} runs at most {team.max_parallelism} trials of an "
+                                       "experiment at once")
     return validate_spec(spec)
 
 
@@ -116,7 +125,8 @@ def experiment_create(*, user: AbstractBaseUser | None, name: str, spec: Experim
         experiment = Experiment.objects.create(
             name=name, team=team, dataset=spec.dataset, space=spec.space, strategy=spec.strategy,
             estimator=spec.estimator, budget=spec.budget, epochs=spec.epochs, seed=spec.seed, top_k=spec.top_k,
-            options=spec.options, patience=spec.patience, max_seconds=spec.max_seconds, created_by=user, cost=cost,
+            options=spec.options, patience=spec.patience, max_seconds=spec.max_seconds, parallelism=spec.parallelism,
+            failure_policy=spec.failure_policy, max_failures=spec.max_failures, created_by=user, cost=cost,
             status=Experiment.Status.PENDING_REVIEW if reason else Experiment.Status.QUEUED, review_reason=reason,
             admitted_at=None if reason else now)
         event_record(experiment, ExperimentEvent.Action.CREATED, actor=user,
@@ -164,9 +174,10 @@ def experiment_cancel(experiment: Experiment, user: AbstractBaseUser | None = No
     if user is not None:
         _require(can_manage(user, experiment), "only its owner, a team admin or staff may cancel it")
     with transaction.atomic():
+        now = timezone.now()
         changed = Experiment.objects.filter(
             pk=experiment.pk, status__in=(*Experiment.ACTIVE, Experiment.Status.PENDING_REVIEW)).update(
-            status=Experiment.Status.CANCELLED, finished_at=timezone.now())
+            status=Experiment.Status.CANCELLED, finished_at=now, **_clock_stopped(experiment.pk, now))
         if changed:
             event_record(experiment, ExperimentEvent.Action.CANCELLED, actor=user)
     return bool(changed)
@@ -220,9 +231,16 @@ def experiment_claim(experiment_id: int, worker: str) -> bool:
     with transaction.atomic():
         changed = Experiment.objects.filter(claimable, pk=experiment_id).update(
             status=Experiment.Status.RUNNING, claimed_by=worker, heartbeat_at=now)
-        if changed and Experiment.objects.filter(pk=experiment_id, started_at__isnull=True).update(started_at=now):
-            event_record(Experiment.objects.get(pk=experiment_id), ExperimentEvent.Action.STARTED, label=worker)
+        if changed:
+            experiment_started(experiment_id, worker, now)
     return bool(changed)
+
+
+def experiment_started(experiment_id: int, worker: str, now: datetime) -> None:
+    """A worker took the experiment up: this run's clock starts; the first time, the audit log says so."""
+    Experiment.objects.filter(pk=experiment_id, active_since__isnull=True).update(active_since=now)
+    if Experiment.objects.filter(pk=experiment_id, started_at__isnull=True).update(started_at=now):
+        event_record(Experiment.objects.get(pk=experiment_id), ExperimentEvent.Action.STARTED, label=worker)
 
 
 def experiment_heartbeat(experiment_id: int, worker: str) -> str | None:
@@ -256,7 +274,7 @@ def trial_record(experiment_id: int, worker: str, trial: TrialRecord, strategy_s
             flops=trial.flops, train_seconds=trial.train_seconds, estimator=trial.estimator, fidelity=trial.fidelity,
             curve=trial.curve, weights_path=trial.weights_path or "", search_seconds=trial.search_seconds,
             proposals=trial.proposals, distance_to_incumbent=trial.distance_to_incumbent,
-            evaluations=trial.evaluations)
+            evaluations=trial.evaluations, status=trial.status, told=trial.told)
         if existing is None:
             row = Trial.objects.create(experiment_id=experiment_id, number=trial.number, **values)
         else:
@@ -294,22 +312,15 @@ def search_epoch_record(experiment_id: int, worker: str, record: dict[str, Any])
     return row
 
 
-def experiment_load_progress(experiment_id: int) -> tuple[dict[str, Any] | None, list[TrialRecord]]:
-    experiment = Experiment.objects.get(pk=experiment_id)
-    trials = [TrialRecord(t.number, t.arch_key, t.arch_display, t.val_acc, t.params, t.flops, t.train_seconds,
-                          t.fidelity, t.curve, t.weights_path or None, t.estimator, t.search_seconds, t.proposals,
-                          t.distance_to_incumbent, list(t.evaluations))
-              for t in experiment.trials.order_by("number")]
-    return experiment.strategy_state, trials
-
-
 def experiment_finish(experiment_id: int, worker: str, best_number: int, test_acc: float | None,
                       stop_reason: str) -> bool:
     with transaction.atomic():
+        now = timezone.now()
         changed = Experiment.objects.filter(pk=experiment_id, claimed_by=worker, status=Experiment.Status.RUNNING
                                             ).update(status=Experiment.Status.SUCCEEDED, test_acc=test_acc,
                                                      best_trial_number=best_number, stop_reason=stop_reason,
-                                                     finished_at=timezone.now(), heartbeat_at=timezone.now())
+                                                     finished_at=now, heartbeat_at=now,
+                                                     **_clock_stopped(experiment_id, now))
         if changed:
             experiment = Experiment.objects.get(pk=experiment_id)
             event_record(experiment, ExperimentEvent.Action.FINISHED, label=worker,
@@ -320,9 +331,11 @@ def experiment_finish(experiment_id: int, worker: str, best_number: int, test_ac
 def experiment_fail(experiment_id: int, worker: str, error: str, traceback: str = "") -> bool:
     """Mark a run failed: `error` is the one line everyone in the team reads, `traceback` is for its admins."""
     with transaction.atomic():
+        now = timezone.now()
         changed = Experiment.objects.filter(pk=experiment_id, claimed_by=worker, status=Experiment.Status.RUNNING
                                             ).update(status=Experiment.Status.FAILED, error=error[:1000],
-                                                     traceback=traceback[:20000], finished_at=timezone.now())
+                                                     traceback=traceback[:20000], finished_at=now,
+                                                     **_clock_stopped(experiment_id, now))
         if changed:
             event_record(Experiment.objects.get(pk=experiment_id), ExperimentEvent.Action.FAILED, label=worker,
                          detail=error[:500])
@@ -359,9 +372,9 @@ def calibration_create(*, experiment: Experiment, user: AbstractBaseUser | None,
 
 
 def calibration_enqueue(calibration_id: int) -> None:
-    from nasjobs.tasks import run_calibration
+    from webapp.experiments.tasks import run_calibration
 
-    run_calibration.apply_async((calibration_id,), queue=settings.NAS_QUEUE)
+    run_calibration.apply_async((calibration_id,), queue=settings.NAS_GPU_QUEUE)
 
 
 def calibration_claim(calibration_id: int, worker: str) -> bool:

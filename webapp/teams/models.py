@@ -20,6 +20,8 @@ class Team(models.Model):
     review_threshold = models.PositiveBigIntegerField(
         null=True, blank=True, default=2_000,
         help_text="An experiment costing more trial-epochs than this waits for a reviewer (empty: none does)")
+    max_parallelism = models.PositiveIntegerField(
+        default=8, help_text="Trials one experiment of the team may have in flight at once, across all workers")
     webhook_url = models.URLField(blank=True, help_text="Receives a JSON POST when an experiment finishes, fails, "
                                                         "is approved or rejected")
     created_at = models.DateTimeField(auto_now_add=True)

@@ -17,16 +17,18 @@ from django.http import Http404
 
 from nasjobs.estimators import Figure
 from nasjobs.options import option_specs
+from nasjobs.planner import FAILURE_POLICIES
 from nasjobs.search import COMPONENTS, ExperimentSpec, SpecError
 from webapp.experiments import selectors, services
 from webapp.experiments.models import Experiment
+from webapp.experiments.runner import experiment_run_inline, run_calibration_now
 from webapp.teams.models import Team
 from webapp.teams.services import TeamError, team_create, user_add
 
 TERMINAL = (Experiment.Status.SUCCEEDED, Experiment.Status.FAILED, Experiment.Status.CANCELLED,
             Experiment.Status.REJECTED)
 SUBMIT_FIELDS = {"name", "team", "dataset", "space", "strategy", "estimator", "budget", "epochs", "seed", "top_k",
-                 "patience", "max_seconds", "options"}
+                 "patience", "max_seconds", "parallelism", "failure_policy", "max_failures", "options"}
 
 
 def read_experiment_file(path: str) -> dict[str, Any]:
@@ -132,6 +134,12 @@ class Command(BaseCommand):
         submit.add_argument("--top-k", type=int, default=None, help="Trials whose weights are kept (default: 5)")
         submit.add_argument("--patience", type=int, default=None, help="Stop after N trials without improvement")
         submit.add_argument("--max-seconds", type=int, default=None, help="Wall-clock limit of the search")
+        submit.add_argument("--parallelism", type=int, default=None,
+                            help="Trials in flight at once, across all workers (default: 1)")
+        submit.add_argument("--failure-policy", choices=sorted(FAILURE_POLICIES), default=None,
+                            help="What the strategy is told of a failed trial (default: worst)")
+        submit.add_argument("--max-failures", type=int, default=None,
+                            help="Fail the experiment after this many failed trials in a row (default: 3)")
         submit.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                             help="An option of the space, strategy or estimator (KEY or component.KEY)")
         submit.add_argument("--wait", action="store_true", help="Wait until the experiment ends")
@@ -236,9 +244,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"experiment {experiment.pk} waits for a reviewer: {experiment.review_reason}")
             return
         if opts["inline"]:
-            from nasjobs.persistence import run_experiment_now
-
-            run_experiment_now(experiment.pk, f"inline:{os.getpid()}")
+            experiment_run_inline(experiment.pk, f"inline:{os.getpid()}")
         elif not opts["json"] and not opts["wait"]:
             self.stdout.write(f"experiment {experiment.pk} queued; follow it with: manage.py nas show "
                               f"{experiment.pk} --wait")
@@ -272,8 +278,6 @@ class Command(BaseCommand):
         except SpecError as exc:
             raise CommandError(f"{exc.field}: {exc.message}") from None
         if opts["inline"]:
-            from nasjobs.persistence import run_calibration_now
-
             run_calibration_now(calibration.pk, f"inline:{os.getpid()}")
         while (opts["wait"] or opts["inline"]) and calibration.status in ("queued", "running"):
             time.sleep(0.5)

@@ -1,0 +1,184 @@
+"""What an ask/tell search evaluates next, with up to `parallelism` trials in flight at once."""
+from __future__ import annotations
+
+import bisect
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from nasjobs.records import (AGAIN, DONE, FAILED, MAX_REPEATED_PROPOSALS, PENDING, Leaderboard, TrialRecord,
+                             restore_strategy)
+from nasjobs.strategies import Observed
+
+log = logging.getLogger(__name__)
+
+# What the strategy is told of a trial that failed: the worst figure seen so far (so it learns to avoid what
+# fails, as an out-of-memory network), or nothing at all.
+FAILURE_POLICIES = {"worst": "told the worst figure seen so far", "ignore": "not told"}
+
+
+@dataclass
+class Plan:
+    jobs: list[TrialRecord]  # trials to evaluate now: new ones, or evaluated ones once more (`job == AGAIN`)
+    finished: str | None  # why the search is over (nothing in flight, nothing more to propose), else None
+
+
+class Planner:
+    """The ask/tell side of a search, as parallel NAS runs it: while fewer than `parallelism` trials are in flight
+    and the budget allows, the strategy proposes; each result is told the moment it arrives, in whatever order
+    the workers finish (Zoph & Le 2017, Sec. 3.3, train child networks in parallel; Real et al. 2019, Sec. 3, let
+    a worker that frees up take the next tournament at once). A trial's place in the order results were told is
+    recorded (`TrialRecord.told`), so a strategy restored from its checkpoint is given its history in exactly the
+    order it saw it. With `parallelism` 1 this is the serial loop: propose, evaluate, tell.
+
+    The budget counts evaluations done and in flight; a failed trial spends none. A proposal of an architecture
+    already evaluated is told its figure again and costs nothing, unless the strategy re-evaluates at that point
+    (then it is evaluated once more: one evaluation of the budget). A proposal of one still in flight ends the
+    step: the strategy waits for a result before proposing more (a final race re-evaluating its leader, say).
+    """
+
+    def __init__(self, spec: Any, space: Any, strategy: Any, parallelism: int = 1,
+                 failure_policy: str = "worst") -> None:
+        if failure_policy not in FAILURE_POLICIES:
+            raise ValueError(f"unknown failure policy {failure_policy!r}; choose one of {', '.join(FAILURE_POLICIES)}")
+        self.spec, self.space, self.strategy = spec, space, strategy
+        self.parallelism, self.failure_policy = parallelism, failure_policy
+        self.trials: dict[int, TrialRecord] = {}
+        self.by_key: dict[str, TrialRecord] = {}
+        self.in_flight: dict[int, TrialRecord] = {}
+        self.before: dict[int, float] = {}  # the figure of a trial being evaluated once more, before it
+        self.board = Leaderboard([])
+        self.done_numbers: list[int] = []  # numbers of the trials evaluated at least once, in order
+        self.proposals = self.next_number = self.told = self.repeats = 0
+        self.exhausted = False
+
+    def restore(self, state: dict[str, Any] | None, trials: list[TrialRecord]) -> None:
+        """Take up a search from its recorded trials (any status) and the strategy checkpoint saved with them."""
+        for trial in trials:
+            self._index(trial)
+        if state is not None:
+            told = sorted((t for t in trials if self._told_value(t) is not None),
+                          key=lambda t: (t.told is not None, t.told or 0, t.number))
+            history = [Observed(t.arch_key, tuple(t.evaluations) or (self._told_value(t),)) for t in told]
+            restore_strategy(self.strategy, state, history)
+        for hook, value in (("set_budget", self.spec.budget), ("set_parallelism", self.parallelism)):
+            if hasattr(self.strategy, hook):  # `Strategy` has both; a duck-typed strategy may have neither
+                getattr(self.strategy, hook)(value)
+
+    def _index(self, trial: TrialRecord) -> None:
+        self.trials[trial.number] = trial
+        self.by_key[trial.arch_key] = trial
+        self.next_number = max(self.next_number, trial.number + 1)
+        self.proposals = max(self.proposals, trial.proposals)
+        if trial.told is not None:
+            self.told = max(self.told, trial.told + 1)
+        if trial.evaluations and trial.status != FAILED:
+            self.board.add(trial)
+            bisect.insort(self.done_numbers, trial.number)
+        if trial.in_flight:
+            self.in_flight[trial.number] = trial
+            if trial.job == AGAIN:
+                self.before[trial.number] = trial.val_acc
+
+    @staticmethod
+    def _told_value(trial: TrialRecord) -> float | None:
+        """What the strategy was first told of a trial: its first evaluation, or for a failed one what the
+        failure policy told it (None: nothing yet, or nothing at all)."""
+        if trial.evaluations:
+            return trial.evaluations[0]
+        return trial.fidelity.get("told_as") if trial.status == FAILED else None
+
+    def stop_reason(self, elapsed: float) -> str | None:
+        """Why no more should be proposed (budget, patience or time limit), or None."""
+        if self.board.evaluations + len(self.in_flight) >= self.spec.budget:
+            return "budget"
+        best = self.board.best
+        if self.spec.patience and best is not None:
+            if len(self.done_numbers) - bisect.bisect_right(self.done_numbers, best) >= self.spec.patience:
+                return "patience"
+        if self.spec.max_seconds and elapsed >= self.spec.max_seconds:
+            return "time_limit"
+        return None
+
+    def plan(self, elapsed: float) -> Plan:
+        """Propose until `parallelism` trials are in flight or the search should stop; `elapsed`: search seconds
+        so far, summed over resumptions."""
+        jobs: list[TrialRecord] = []
+        while len(self.in_flight) < self.parallelism and not self.exhausted and self.stop_reason(elapsed) is None:
+            arch = self.strategy.propose()
+            self.proposals += 1
+            key = self.space.to_str(arch)
+            known = self.by_key.get(key)
+            if known is None:
+                jobs.append(self._new_trial(arch, key))
+            elif known.status == DONE and self.strategy.reevaluates:
+                self.repeats = 0
+                self.before[known.number] = known.val_acc
+                known.status, known.job, known.proposals = PENDING, AGAIN, self.proposals
+                self.in_flight[known.number] = known
+                jobs.append(known)
+            elif known.in_flight:  # the strategy wants what is still running: wait for a result before more
+                break
+            else:  # a repeat spends nothing; the strategy hears the figure again where there is one
+                value = known.val_acc if known.status == DONE else self._told_value(known)
+                if value is not None:
+                    self.strategy.observe(arch, value)
+                self.repeats += 1
+                if self.repeats >= MAX_REPEATED_PROPOSALS:
+                    log.warning("strategy keeps proposing evaluated architectures; stopping at %d trials",
+                                len(self.trials))
+                    self.exhausted = True
+        finished = None
+        if not self.in_flight:
+            finished = "exhausted" if self.exhausted else self.stop_reason(elapsed)
+        return Plan(jobs, finished)
+
+    def _new_trial(self, arch: Any, key: str) -> TrialRecord:
+        self.repeats = 0
+        best = self.board.best
+        distance = None if best is None else self.space.distance(arch, self.space.from_str(self.trials[best].arch_key))
+        trial = TrialRecord(self.next_number, key, self.space.display(arch), 0.0, 0, 0, 0.0, {}, [], None,
+                            self.spec.estimator, proposals=self.proposals, distance_to_incumbent=distance,
+                            status=PENDING)
+        self._index(trial)
+        return trial
+
+    def tell(self, trial: TrialRecord) -> None:
+        """A trial's job is done: its record (status DONE) holds the new evaluation last in `evaluations`."""
+        self.in_flight.pop(trial.number, None)
+        arch = self.space.from_str(trial.arch_key)
+        if trial.number in self.before:  # evaluated once more: one evaluation more, a new mean
+            self.board.reevaluated(trial, self.before.pop(trial.number))
+        else:
+            trial.told = self.told
+            self.told += 1
+            self.board.add(trial)
+            bisect.insort(self.done_numbers, trial.number)
+        trial.status, trial.job = DONE, ""
+        self.trials[trial.number] = self.by_key[trial.arch_key] = trial
+        self.strategy.observe(arch, trial.evaluations[-1])
+
+    def fail(self, trial: TrialRecord, error: str) -> None:
+        """A trial's job failed. A first evaluation is marked failed and told per the failure policy; a failed
+        re-evaluation leaves the trial with the figure it had."""
+        self.in_flight.pop(trial.number, None)
+        self.trials[trial.number] = self.by_key[trial.arch_key] = trial
+        if trial.number in self.before:
+            trial.val_acc = self.before.pop(trial.number)
+            trial.status, trial.job = DONE, ""
+            return
+        trial.status, trial.error, trial.job = FAILED, error, ""
+        if self.failure_policy == "worst":
+            worst = self.trials[self.board.order[-1][1]].val_acc if self.board.order else 0.0
+            trial.fidelity = {**trial.fidelity, "told_as": worst}
+            trial.told = self.told
+            self.told += 1
+            self.strategy.observe(self.space.from_str(trial.arch_key), worst)
+
+    def kept(self, top_k: int) -> list[int]:
+        """The trials whose weights are kept: the best `top_k`."""
+        return self.board.top(top_k)
+
+    @property
+    def best(self) -> TrialRecord | None:
+        return None if self.board.best is None else self.trials[self.board.best]

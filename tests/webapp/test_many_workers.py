@@ -1,0 +1,133 @@
+"""Many real Celery workers on one experiment: trial-level tasks, takeover of a killed worker's trial, failed trials."""
+import time
+from collections import Counter
+
+import pytest
+
+from nasjobs.estimators import ESTIMATORS
+from tests.conftest import wait_for
+from webapp.experiments import services
+from webapp.experiments.models import Experiment, Trial
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def status_of(pk: int) -> str:
+    return Experiment.objects.get(pk=pk).status
+
+
+def logs(*workers) -> callable:
+    return lambda: "\n---\n".join(w.log() for w in workers)
+
+
+def create(user, **fields) -> Experiment:
+    spec = Experiment(**{"dataset": "digits", "space": "chain_cnn", "strategy": "random", "estimator": "train",
+                         "seed": 3, "top_k": 2, **fields}).spec()
+    return services.experiment_create(user=user, name="many workers", spec=spec)
+
+
+def overlapping(trials: list[Trial]) -> bool:
+    """Whether two of the trials ran at the same time."""
+    spans = sorted((t.started_at, t.finished_at) for t in trials)
+    return any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+
+
+def test_two_workers_share_one_experiment_and_evaluate_each_trial_once(alice, celery_worker_factory):
+    experiment = create(alice, budget=6, epochs=4, parallelism=2)
+    workers = [celery_worker_factory(NAS_TORCH_THREADS="1"), celery_worker_factory(NAS_TORCH_THREADS="1")]
+    wait_for(lambda: status_of(experiment.pk) not in Experiment.ACTIVE, 300, "the experiment", logs(*workers))
+    experiment.refresh_from_db()
+    assert experiment.status == "succeeded", experiment.error
+    trials = list(experiment.trials.order_by("number"))
+    assert experiment.trials_done == 6 and len(trials) == 6
+    assert all(t.status == "done" and t.attempts == 1 and len(t.evaluations) == 1 for t in trials)
+    assert len({t.arch_key for t in trials}) == 6
+    assert sorted(t.told for t in trials) == list(range(6))  # each result told once, the order recorded
+    assert len({t.claimed_by for t in trials}) == 2, "both workers took trials"
+    assert overlapping(trials), "two trials ran at once"
+    assert all(t.host and t.device == "cpu" for t in trials)
+    assert 0 < experiment.test_acc <= 1
+
+
+def test_a_killed_workers_trial_runs_again_elsewhere_within_a_minute(alice, celery_worker_factory, settings):
+    # Trials of many epochs, so the kill lands mid-trial; a lease as in production's order of magnitude.
+    lease = 12
+    settings.NAS_LEASE_SECONDS = lease
+    experiment = create(alice, budget=4, epochs=40, parallelism=1)
+    victim = celery_worker_factory(NAS_LEASE_SECONDS=str(lease), NAS_SWEEP_SECONDS="2")
+    wait_for(lambda: Trial.objects.filter(experiment=experiment, status="running").exists(), 120,
+             "a trial to start", victim.log)
+    survivor = celery_worker_factory(NAS_LEASE_SECONDS=str(lease), NAS_SWEEP_SECONDS="2")
+    time.sleep(3)  # both idle-or-busy, the survivor connected
+    running = Trial.objects.get(experiment=experiment, status="running")
+    victim.kill()
+    killed_at = time.monotonic()
+    wait_for(lambda: Trial.objects.filter(pk=running.pk, attempts=2, status__in=("running", "done")).exists(), 60,
+             "the killed worker's trial to run again", logs(victim, survivor))
+    taken_over = time.monotonic() - killed_at
+    print(f"the trial ran again {taken_over:.1f} s after the kill (lease {lease} s)")
+    assert taken_over < 60
+    wait_for(lambda: status_of(experiment.pk) not in Experiment.ACTIVE, 300, "the experiment", survivor.log)
+    experiment.refresh_from_db()
+    assert experiment.status == "succeeded", experiment.error
+    assert experiment.trials_done == 4
+    assert list(experiment.trials.values_list("number", flat=True)) == [0, 1, 2, 3]
+    assert Trial.objects.get(pk=running.pk).claimed_by != running.claimed_by
+
+
+@pytest.fixture
+def flaky():
+    """The plug-in estimator that fails for about one architecture in three, here and in the workers."""
+    from tests.plugins.flaky import FlakyEstimator, fails
+
+    ESTIMATORS._items["flaky"] = FlakyEstimator
+    yield fails
+    ESTIMATORS._items.pop("flaky", None)
+
+
+def test_failing_trials_are_recorded_and_the_search_goes_on(alice, celery_worker_factory, flaky):
+    experiment = create(alice, dataset="nb201-cifar10", space="nb201", estimator="flaky", budget=30, epochs=1,
+                        parallelism=3, max_failures=10, options={"estimator": {"fail_one_in": 3}})
+    worker = celery_worker_factory(NAS_PLUGINS="tests.plugins.flaky")
+    wait_for(lambda: status_of(experiment.pk) not in Experiment.ACTIVE, 120, "the experiment", worker.log)
+    experiment.refresh_from_db()
+    assert experiment.status == "succeeded", experiment.error
+    statuses = Counter(experiment.trials.values_list("status", flat=True))
+    assert statuses["done"] == 30 == experiment.trials_done  # failures spend no budget
+    assert statuses["failed"] >= 3
+    for trial in experiment.trials.filter(status="failed"):
+        assert flaky(trial.arch_key, 3)
+        assert trial.error.startswith("RuntimeError: injected fault") and "Traceback" in trial.traceback
+        assert trial.fidelity["told_as"] <= experiment.best_val_acc  # told the worst figure seen
+    assert "Task webapp.run_trial" in worker.log() and worker.proc.poll() is None  # the worker lives on
+
+
+def test_too_many_failures_in_a_row_fail_the_experiment_saying_why(alice, celery_worker_factory, flaky):
+    experiment = create(alice, dataset="nb201-cifar10", space="nb201", estimator="flaky", budget=30, epochs=1,
+                        max_failures=2, failure_policy="ignore", options={"estimator": {"fail_one_in": 1}})
+    worker = celery_worker_factory(NAS_PLUGINS="tests.plugins.flaky")
+    wait_for(lambda: status_of(experiment.pk) not in Experiment.ACTIVE, 120, "the experiment", worker.log)
+    experiment.refresh_from_db()
+    assert experiment.status == "failed"
+    assert experiment.error.startswith("2 trials in a row failed (the experiment allows 2); the last: RuntimeError")
+    assert experiment.trials.filter(status="failed").count() == 2 and experiment.trials_done == 0
+    assert all("told_as" not in t.fidelity for t in experiment.trials.all())  # "ignore": the strategy was not told
+
+
+def test_results_told_at_once_by_two_workers_lose_no_update(alice, celery_worker_factory):
+    """Table lookups cost microseconds, so two workers tell results at the same moment all the time: every
+    evaluation is counted, every trial told once and in one order, and no job runs twice."""
+    experiment = create(alice, dataset="nb201-cifar10", space="nb201", strategy="evolution", estimator="benchmark",
+                        budget=150, epochs=1, parallelism=4, options={"strategy": {"population": 20, "sample_size": 5}})
+    workers = [celery_worker_factory(), celery_worker_factory()]
+    wait_for(lambda: status_of(experiment.pk) not in Experiment.ACTIVE, 180, "the experiment", logs(*workers))
+    experiment.refresh_from_db()
+    assert experiment.status == "succeeded", experiment.error
+    trials = list(experiment.trials.all())
+    # Evolution's final race evaluates its leaders again: each evaluation counts, each trial is told once.
+    assert experiment.trials_done == 150 == sum(len(t.evaluations) for t in trials)
+    assert any(len(t.evaluations) > 1 for t in trials)
+    assert sorted(t.told for t in trials) == list(range(len(trials)))
+    assert all(t.status == "done" and t.attempts == len(t.evaluations) for t in trials)
+    assert len({t.claimed_by for t in trials}) == 2
+    assert experiment.best_val_acc == max(t.val_acc for t in trials)

@@ -1,0 +1,512 @@
+"""Experiments on Celery workers: every trial a job of its own, the next proposals planned under a lock on the
+experiment's row as each result is told, and a lease kept alive by a thread so a dead worker's job is taken over.
+
+A search whose work cannot be split into trials (a differentiable search's one supernet, successive halving's
+brackets) runs as one job under the same kind of lease, through `DjangoStore`."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any, Callable, Iterator
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from nasjobs.artifacts import ArtifactStore
+from nasjobs.planner import Plan, Planner
+from nasjobs.records import AGAIN, DONE, IN_FLIGHT, PENDING, RUNNING, SearchCancelled, TrialRecord
+from nasjobs.search import SearchRunner, resolve_device
+from nasjobs.training import between_batches
+from webapp.experiments import services
+from webapp.experiments.models import Experiment, ExperimentEvent, Trial, Worker
+
+log = logging.getLogger(__name__)
+CACHED = 4  # experiments whose runner and planner a worker process keeps between its jobs
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def device_label() -> str:
+    """The device trials run on here, as a trial records it: `cuda:0 NVIDIA H200 (CUDA_VISIBLE_DEVICES=3)`."""
+    device = resolve_device(settings.NAS_DEVICE)
+    if device.type != "cuda":
+        return str(device)
+    import torch
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    pinned = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return f"cuda:{index} {torch.cuda.get_device_name(index)}" + (f" (CUDA_VISIBLE_DEVICES={pinned})" if pinned else "")
+
+
+def lease_seconds() -> float:
+    return float(settings.NAS_LEASE_SECONDS)
+
+
+def heartbeat_seconds() -> float:
+    """How often a running job renews its lease: a third of it, at most NAS_HEARTBEAT_SECONDS."""
+    return min(float(settings.NAS_HEARTBEAT_SECONDS), lease_seconds() / 3)
+
+
+# ---------------------------------------------------------------------------------------------------- caches
+_runners: OrderedDict[int, tuple[str, SearchRunner]] = OrderedDict()
+_planners: OrderedDict[int, tuple[int, Planner]] = OrderedDict()
+
+
+def _remember(cache: OrderedDict, key: int, value: Any) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > CACHED:
+        cache.popitem(last=False)
+
+
+def runner_for(experiment: Experiment) -> SearchRunner:
+    """The experiment's components (space, estimator, dataset once a trial needs it), built once per process and
+    built again if its settings change."""
+    spec = experiment.spec()
+    fingerprint = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)
+    cached = _runners.get(experiment.pk)
+    if cached is not None and cached[0] == fingerprint:
+        _runners.move_to_end(experiment.pk)
+        return cached[1]
+    runner = SearchRunner(spec, None, ArtifactStore(settings.NAS_ARTIFACTS_DIR, experiment.pk),
+                          resolve_device(settings.NAS_DEVICE))
+    _remember(_runners, experiment.pk, (fingerprint, runner))
+    return runner
+
+
+def trial_records(experiment_id: int, *, curves: bool = False) -> list[TrialRecord]:
+    """Every trial of the experiment as the engine records it, in number order; learning curves only on request
+    (planning needs none, and they are most of a trial's row)."""
+    rows = Trial.objects.filter(experiment_id=experiment_id).order_by("number")
+    if not curves:
+        rows = rows.defer("curve", "traceback")
+    return [record_of(t, curves=curves) for t in rows]
+
+
+def record_of(t: Trial, *, curves: bool = True) -> TrialRecord:
+    return TrialRecord(t.number, t.arch_key, t.arch_display, t.val_acc, t.params, t.flops, t.train_seconds,
+                       t.fidelity, t.curve if curves else [], t.weights_path or None, t.estimator, t.search_seconds,
+                       t.proposals, t.distance_to_incumbent, list(t.evaluations), status=t.status, job=t.job,
+                       told=t.told, error=t.error)
+
+
+def _planner(experiment: Experiment) -> Planner:
+    """The experiment's planner as of its last planning step: this process's own when it took that step, else
+    restored from the strategy checkpoint and the trials."""
+    cached = _planners.get(experiment.pk)
+    if cached is not None and cached[0] == experiment.plan_version:
+        return cached[1]
+    runner = runner_for(experiment)
+    planner = Planner(runner.spec, runner.space, runner.new_strategy(), experiment.parallelism,
+                      experiment.failure_policy)
+    state = Experiment.objects.filter(pk=experiment.pk).values_list("strategy_state", flat=True).first()
+    planner.restore(state, trial_records(experiment.pk))
+    return planner
+
+
+@contextmanager
+def planning(experiment_id: int) -> Iterator[tuple[Experiment, Planner]]:
+    """The experiment's row locked until commit, with its planner: one planning step at a time, whichever worker
+    takes it. The caller saves the step with `_planned`; a step that fails leaves no planner cached."""
+    try:
+        with transaction.atomic():
+            experiment = Experiment.objects.select_for_update().defer("strategy_state").get(pk=experiment_id)
+            yield experiment, _planner(experiment)
+    except BaseException:
+        _planners.pop(experiment_id, None)
+        raise
+
+
+def _planned(experiment: Experiment, planner: Planner, **fields: Any) -> None:
+    """Save a planning step: the strategy's checkpoint, the step counted (so other processes' planners are seen
+    to be stale), the best trial, and `fields`."""
+    best = planner.best
+    Experiment.objects.filter(pk=experiment.pk).update(
+        strategy_state=planner.strategy.state_dict(), plan_version=F("plan_version") + 1,
+        best_val_acc=best.val_acc if best else None, best_trial_number=best.number if best else None,
+        heartbeat_at=timezone.now(), **fields)
+    _remember(_planners, experiment.pk, (experiment.plan_version + 1, planner))
+
+
+def _propose(experiment: Experiment, planner: Planner) -> Plan:
+    """Ask the planner for more trials, write them as pending and queue them once the step commits."""
+    plan = planner.plan(experiment.search_seconds(timezone.now()))
+    new = [t for t in plan.jobs if t.job != AGAIN]
+    Trial.objects.bulk_create([Trial(experiment_id=experiment.pk, number=t.number, arch_key=t.arch_key,
+                                     arch_display=t.arch_display, val_acc=0.0, params=0, flops=0, train_seconds=0.0,
+                                     estimator=t.estimator, fidelity={}, curve=[], evaluations=[],
+                                     proposals=t.proposals, distance_to_incumbent=t.distance_to_incumbent,
+                                     status=PENDING) for t in new])
+    for t in plan.jobs:
+        if t.job == AGAIN:
+            Trial.objects.filter(experiment_id=experiment.pk, number=t.number).update(
+                status=PENDING, job=AGAIN, proposals=t.proposals, claimed_by="")
+    return plan
+
+
+def _enqueue_pending(experiment: Experiment) -> None:
+    """Queue every pending trial of the experiment once this transaction commits (duplicates are harmless)."""
+    ids = list(Trial.objects.filter(experiment_id=experiment.pk, status=PENDING).values_list("pk", flat=True))
+    if ids:
+        transaction.on_commit(lambda: trials_enqueue(experiment, ids))
+
+
+def trials_enqueue(experiment: Experiment, ids: list[int]) -> None:
+    from webapp.experiments.tasks import run_trial
+
+    queue = trial_queue(experiment)
+    for pk in ids:
+        run_trial.apply_async((pk,), queue=queue, soft_time_limit=settings.NAS_TRIAL_TIME_LIMIT or None)
+
+
+def trial_queue(experiment: Experiment) -> str:
+    """Trials that train networks go to the GPU queue; table lookups and training-free scores to the CPU one."""
+    estimator = experiment.spec().component_class("estimator")
+    return settings.NAS_GPU_QUEUE if estimator.trains_networks else settings.NAS_CPU_QUEUE
+
+
+# ---------------------------------------------------------------------------------------------------- leases
+class Lease:
+    """Renews a claim from a thread every few seconds, whatever the job is doing (a long batch, a test pass), and
+    raises in the job (`check`, called between batches) once the claim is lost or the experiment cancelled."""
+
+    def __init__(self, beat: Callable[[], str], every: float) -> None:
+        self.beat, self.every = beat, every
+        self.state = "held"  # or "cancelled" / "lost"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease", daemon=True)
+
+    def __enter__(self) -> "Lease":
+        # A claim made inside a transaction not yet committed (a test's, a caller's) is invisible to every other
+        # worker, so there is nothing to renew; a thread would only wait on the lock that transaction holds.
+        if not connection.in_atomic_block:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.every) and self.state == "held":
+                try:
+                    self.state = self.beat()
+                except Exception:  # the database away for a moment: try again at the next beat
+                    log.exception("could not renew a lease")
+        finally:
+            connection.close()  # this thread's own connection
+
+    def check(self) -> None:
+        if self.state == "cancelled":
+            raise SearchCancelled()
+        if self.state == "lost":
+            raise services.LostClaim("another worker took this job over")
+
+
+_last_seen = {"at": 0.0}
+
+
+def worker_seen(worker: str, trial_id: int | None, *, force: bool = False) -> None:
+    """Note this worker on the staff page's list (at most every few seconds unless `force`)."""
+    now = time.monotonic()
+    if not force and now - _last_seen["at"] < heartbeat_seconds():
+        return
+    _last_seen["at"] = now
+    Worker.objects.update_or_create(name=worker, defaults={"host": socket.gethostname(), "device": device_label(),
+                                                           "trial_id": trial_id, "seen_at": timezone.now()})
+
+
+# ---------------------------------------------------------------------------------------------------- trials
+def trial_claim(trial_id: int, worker: str) -> bool:
+    """Take a pending trial of a running experiment, or a running one whose worker went silent past the lease."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=lease_seconds())
+    return bool(Trial.objects.filter(Q(status=PENDING) | Q(status=RUNNING, heartbeat_at__lt=stale), pk=trial_id,
+                                     experiment__status=Experiment.Status.RUNNING).update(
+        status=RUNNING, claimed_by=worker, heartbeat_at=now, started_at=now, attempts=F("attempts") + 1,
+        host=socket.gethostname(), device=device_label()))
+
+
+def trial_heartbeat(trial_id: int, worker: str) -> str:
+    """Renew a trial's lease: "held", "cancelled" (its experiment was) or "lost" (another worker has it)."""
+    if not Trial.objects.filter(pk=trial_id, claimed_by=worker, status=RUNNING).update(heartbeat_at=timezone.now()):
+        return "lost"
+    worker_seen(worker, trial_id, force=True)
+    status = Experiment.objects.filter(trials=trial_id).values_list("status", flat=True).first()
+    return "held" if status == Experiment.Status.RUNNING else "cancelled"
+
+
+def trial_hand_back(trial_id: int, worker: str) -> None:
+    """Put an unfinished trial back as pending (a cancel, a lost claim): it runs again from its start."""
+    Trial.objects.filter(pk=trial_id, claimed_by=worker, status=RUNNING).update(
+        status=PENDING, claimed_by="", heartbeat_at=None)
+
+
+def trial_run_now(trial_id: int, worker: str) -> str:
+    """Claim and evaluate one trial in this process, then tell its result and plan what follows. Returns
+    "done", "failed" (recorded; the search goes on), "handed back" (cancelled or taken over mid-way) or
+    "skipped" (not pending: done, running elsewhere, or its experiment not running)."""
+    if not trial_claim(trial_id, worker):
+        return "skipped"
+    row = Trial.objects.select_related("experiment").defer("experiment__strategy_state").get(pk=trial_id)
+    experiment = row.experiment
+    worker_seen(worker, trial_id)
+    record, error, trace = record_of(row), "", ""
+    try:
+        runner = runner_for(experiment)
+        if hasattr(runner.estimator, "load_history"):
+            runner.load_estimator_history(trial_records(experiment.pk, curves=True))
+        with Lease(lambda: trial_heartbeat(trial_id, worker), heartbeat_seconds()) as lease, \
+                between_batches(lease.check):
+            record = runner.execute(record, lease.check)
+    except (SearchCancelled, services.LostClaim) as exc:
+        log.info("trial %s of experiment %s stopped (%s) and handed back as pending", row.number, experiment.pk,
+                 "its experiment was cancelled" if isinstance(exc, SearchCancelled) else exc)
+        trial_hand_back(trial_id, worker)
+        return "handed back"
+    except Exception as exc:  # the trial fails with its reason; the worker and the search go on
+        log.exception("trial %s of experiment %s failed", row.number, experiment.pk)
+        error, trace = f"{type(exc).__name__}: {exc}"[:1000], traceback.format_exc()[-20000:]
+    try:
+        finished = trial_report(experiment.pk, row.number, worker, record, error, trace)
+    except services.LostClaim as exc:
+        log.warning("%s", exc)
+        return "handed back"
+    if finished:
+        experiment_finalize(experiment.pk, worker, finished)
+    return "failed" if error else "done"
+
+
+def trial_report(experiment_id: int, number: int, worker: str, record: TrialRecord, error: str = "",
+                 trace: str = "") -> str | None:
+    """Record a trial's outcome and take the next planning step, in one transaction under the experiment's lock:
+    the strategy is told (or told per the failure policy), the next proposals are written as pending and queued
+    on commit, weights beyond the best `top_k` are forgotten. After `max_failures` failures in a row the
+    experiment fails, saying why. A result that finishes after a cancel is kept: it cost real compute.
+    Returns why the search is over (nothing in flight, nothing more to propose), or None."""
+    with planning(experiment_id) as (experiment, planner):
+        row = Trial.objects.filter(experiment_id=experiment_id, number=number, claimed_by=worker,
+                                   status=RUNNING).defer("curve").first()
+        if row is None:
+            raise services.LostClaim(f"trial {number} of experiment {experiment_id} is no longer held by {worker}")
+        now = timezone.now()
+        spent_before = len(row.evaluations)
+        if error:
+            planner.fail(record, error)
+        else:
+            record.search_seconds = experiment.search_seconds(now)
+            planner.tell(record)
+        Trial.objects.filter(pk=row.pk).update(
+            status=record.status, job="", told=record.told, error=error, traceback=trace, finished_at=now,
+            heartbeat_at=now, val_acc=record.val_acc, params=record.params, flops=record.flops,
+            train_seconds=record.train_seconds, fidelity=record.fidelity, curve=record.curve,
+            weights_path=record.weights_path or "", search_seconds=record.search_seconds,
+            evaluations=record.evaluations)
+        failures = experiment.consecutive_failures + 1 if error else 0
+        fields: dict[str, Any] = {"trials_done": F("trials_done") + len(record.evaluations) - spent_before,
+                                  "consecutive_failures": failures}
+        forgotten = _forget_weights(experiment, planner.kept(experiment.top_k))
+        finished = None
+        if experiment.status == Experiment.Status.RUNNING:
+            if failures >= experiment.max_failures:
+                message = (f"{failures} trials in a row failed (the experiment allows {experiment.max_failures}); "
+                           f"the last: {error}")
+                fields.update(status=Experiment.Status.FAILED, error=message[:1000], traceback=trace,
+                              finished_at=now, seconds_before=experiment.search_seconds(now), active_since=None)
+                services.event_record(experiment, ExperimentEvent.Action.FAILED, label=worker, detail=message[:500])
+            else:
+                finished = _propose(experiment, planner).finished
+                _enqueue_pending(experiment)
+        _planned(experiment, planner, **fields)
+    store = ArtifactStore(settings.NAS_ARTIFACTS_DIR, experiment_id)
+    for n in forgotten:  # once the step is saved: a step rolled back must not lose weights it still keeps
+        store.path(n).unlink(missing_ok=True)
+    return finished
+
+
+def _forget_weights(experiment: Experiment, kept: list[int]) -> list[int]:
+    """Forget the weights of trials no longer among the best; returns their numbers, whose files the caller
+    deletes. Only those files: a trial finishing elsewhere meanwhile has its own, not yet recorded."""
+    dropped = Trial.objects.filter(experiment_id=experiment.pk).exclude(number__in=kept).exclude(weights_path="")
+    numbers = list(dropped.values_list("number", flat=True))
+    if numbers:
+        dropped.update(weights_path="")
+    return numbers
+
+
+# ---------------------------------------------------------------------------------------------------- experiments
+def experiment_advance_now(experiment_id: int, worker: str) -> str:
+    """Start, resume or take up an experiment: a queued one becomes running; trials whose worker went silent go
+    back to pending; proposals fill it up to its parallelism and every pending trial is queued. A search that
+    runs as one job (differentiable, brackets) runs here. Returns what happened."""
+    experiment = Experiment.objects.defer("strategy_state").filter(pk=experiment_id).first()
+    if experiment is None:
+        return "finished"
+    if runner_for(experiment).kind != "trials":
+        return run_experiment_now(experiment_id, worker)
+    now = timezone.now()
+    with transaction.atomic():
+        if Experiment.objects.filter(pk=experiment_id, status=Experiment.Status.QUEUED).update(
+                status=Experiment.Status.RUNNING, active_since=now, claimed_by="", heartbeat_at=now):
+            services.experiment_started(experiment_id, worker, now)
+    with planning(experiment_id) as (experiment, planner):
+        if experiment.status != Experiment.Status.RUNNING:
+            return "finished"
+        stale = now - timedelta(seconds=lease_seconds())
+        Trial.objects.filter(experiment_id=experiment_id, status=RUNNING, heartbeat_at__lt=stale).update(
+            status=PENDING, claimed_by="")
+        finished = _propose(experiment, planner).finished
+        _enqueue_pending(experiment)
+        _planned(experiment, planner)
+    if finished:
+        experiment_finalize(experiment_id, worker, finished)
+    return "done"
+
+
+def experiment_finalize(experiment_id: int, worker: str, reason: str) -> bool:
+    """Finish a search that stopped for `reason` with nothing left in flight: the best trial's test accuracy,
+    under the experiment's lease (a worker killed meanwhile leaves it to the sweep). One with no evaluated trial
+    fails, saying why."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=lease_seconds())
+    claimable = Q(claimed_by="") | Q(heartbeat_at__lt=stale) | Q(claimed_by=worker)
+    if not Experiment.objects.filter(claimable, pk=experiment_id, status=Experiment.Status.RUNNING).exclude(
+            trials__status__in=IN_FLIGHT).update(claimed_by=worker, heartbeat_at=now):
+        return False
+    experiment = Experiment.objects.defer("strategy_state").get(pk=experiment_id)
+    runner = runner_for(experiment)
+    best = _planner(experiment).best
+    if best is None:
+        return services.experiment_fail(experiment_id, worker, f"stopped by {reason} before any trial was evaluated")
+    try:
+        with Lease(lambda: experiment_heartbeat(experiment_id, worker), heartbeat_seconds()):
+            test_acc = runner.best_test_accuracy(best)
+    except Exception as exc:
+        log.exception("experiment %s could not be finished", experiment_id)
+        return services.experiment_fail(experiment_id, worker, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    return services.experiment_finish(experiment_id, worker, best.number, test_acc, reason)
+
+
+def experiment_heartbeat(experiment_id: int, worker: str) -> str:
+    status = services.experiment_heartbeat(experiment_id, worker)
+    return "lost" if status is None else "cancelled" if status == Experiment.Status.CANCELLED else "held"
+
+
+def experiments_sweep() -> dict[str, list[int]]:
+    """What every worker runs every few seconds: trials whose worker went silent past the lease go back to
+    pending and are queued again; experiments held by a silent worker (a one-job search, a finish) are queued
+    again. Several workers sweeping at once is harmless: each change is a conditional UPDATE."""
+    stale = timezone.now() - timedelta(seconds=lease_seconds())
+    requeued: list[int] = []
+    silent = Trial.objects.filter(status=RUNNING, heartbeat_at__lt=stale, experiment__status=Experiment.Status.RUNNING)
+    for pk, experiment_id in list(silent.values_list("pk", "experiment_id")):
+        if Trial.objects.filter(pk=pk, status=RUNNING, heartbeat_at__lt=stale).update(status=PENDING, claimed_by=""):
+            trials_enqueue(Experiment.objects.only("estimator", "options").get(pk=experiment_id), [pk])
+            requeued.append(pk)
+    held = Experiment.objects.filter(status=Experiment.Status.RUNNING, heartbeat_at__lt=stale).exclude(
+        trials__status__in=IN_FLIGHT)
+    experiments = list(held.values_list("pk", flat=True))
+    for pk in experiments:
+        services.experiment_enqueue(pk)
+    return {"trials": requeued, "experiments": experiments}
+
+
+def experiment_run_inline(experiment_id: int, worker: str) -> str:
+    """Run an experiment to its end in this process, trial after trial, as workers would (`nas submit
+    --inline`); returns its status then."""
+    experiment_advance_now(experiment_id, worker)
+    while pending := list(Trial.objects.filter(experiment_id=experiment_id, status=PENDING,
+                                               experiment__status=Experiment.Status.RUNNING
+                                               ).order_by("number").values_list("pk", flat=True)):
+        for pk in pending:
+            trial_run_now(pk, worker)
+    return Experiment.objects.filter(pk=experiment_id).values_list("status", flat=True).first() or "deleted"
+
+
+# ---------------------------------------------------------------------------------------------------- one-job searches
+class DjangoStore:
+    """Persists a search that runs as one job through the experiment services; its lease is renewed by a
+    `Lease` thread, and `heartbeat` only raises once that lease reports a cancel or a takeover."""
+
+    def __init__(self, experiment_id: int, worker: str, lease: Lease) -> None:
+        self.experiment_id, self.worker, self.lease = experiment_id, worker, lease
+
+    def load(self) -> tuple[dict[str, Any] | None, list[TrialRecord]]:
+        state = Experiment.objects.filter(pk=self.experiment_id).values_list("strategy_state", flat=True).first()
+        return state, trial_records(self.experiment_id, curves=True)
+
+    def record_trial(self, trial: TrialRecord, strategy_state: dict[str, Any], kept: list[int]) -> None:
+        services.trial_record(self.experiment_id, self.worker, trial, strategy_state, kept)
+
+    def heartbeat(self) -> None:
+        self.lease.check()
+
+    def record_epoch(self, record: dict[str, Any]) -> None:
+        services.search_epoch_record(self.experiment_id, self.worker, record)
+
+    def finish(self, best_number: int, test_acc: float | None, stop_reason: str) -> None:
+        services.experiment_finish(self.experiment_id, self.worker, best_number, test_acc, stop_reason)
+
+
+def run_experiment_now(experiment_id: int, worker: str) -> str:
+    """Claim and run (or resume) a one-job search in this process. Returns "done" (finished or failed here),
+    "cancelled", "lost" (another worker took over), "busy" (held by a live worker: the sweep takes it over if that
+    worker dies) or "finished" (nothing left to do)."""
+    if not services.experiment_claim(experiment_id, worker):
+        status = Experiment.objects.filter(pk=experiment_id).values_list("status", flat=True).first()
+        return "busy" if status == Experiment.Status.RUNNING else "finished"
+    experiment = Experiment.objects.get(pk=experiment_id)
+    try:
+        with Lease(lambda: experiment_heartbeat(experiment_id, worker), heartbeat_seconds()) as lease:
+            runner = SearchRunner(experiment.spec(), DjangoStore(experiment_id, worker, lease),
+                                  ArtifactStore(settings.NAS_ARTIFACTS_DIR, experiment_id),
+                                  resolve_device(settings.NAS_DEVICE))
+            runner.run()
+    except SearchCancelled:
+        log.info("experiment %s cancelled", experiment_id)
+        return "cancelled"
+    except services.LostClaim as exc:
+        log.warning("%s", exc)
+        return "lost"
+    except Exception as exc:  # the experiment fails with a readable reason; the worker lives on
+        log.exception("experiment %s failed", experiment_id)
+        services.experiment_fail(experiment_id, worker, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    return "done"
+
+
+def run_calibration_now(calibration_id: int, worker: str) -> str:
+    """Claim and run a calibration in this process; "done" or "finished" (already taken or done)."""
+    from nasjobs.calibration import calibrate
+    from webapp.experiments.models import Calibration
+
+    if not services.calibration_claim(calibration_id, worker):
+        return "finished"
+    calibration = Calibration.objects.select_related("experiment").get(pk=calibration_id)
+    experiment = calibration.experiment
+    try:
+        runner = runner_for(experiment)
+        trials = [t for t in trial_records(experiment.pk, curves=True) if t.status == DONE]
+        result = calibrate(runner.space, runner.dataset, runner.estimator, trials, calibration.k, calibration.epochs,
+                           calibration.seed, runner.device)
+    except Exception as exc:  # a readable reason on the page; the worker lives on
+        log.exception("calibration %s failed", calibration_id)
+        services.calibration_fail(calibration_id, worker, f"{type(exc).__name__}: {exc}")
+        return "done"
+    services.calibration_finish(calibration_id, worker, result)
+    return "done"
+

@@ -2,7 +2,7 @@
 
 Fixed config: darts space, 8 init channels, 5 cells, batch 32, random 32x32x3 inputs, 10 classes.
 
-    PYTHONPATH=. python bench/darts_step.py [--device cpu|cuda] [--steps 10] [--warmup 2] [--json]
+    python bench/darts_step.py [--device cpu|cuda] [--steps 10] [--warmup 2] [--json]
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import torch
 
 import _root  # noqa: F401  (the repository root on the path, before the project's imports)
 
+from nasjobs.benchmeta import bench_meta
 from nasjobs.options import parse_config
 from nasjobs.spaces import Darts
 from nasjobs.strategies.darts import DartsConfig, Searcher
@@ -71,11 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         report["gpu"] = torch.cuda.get_device_name(device)
     report["threads"] = torch.get_num_threads()
     report["config"] = {**OPTIONS, "input": list(INPUT_SHAPE), "classes": NUM_CLASSES, "steps": args.steps}
+    space = Darts()
+    report["meta"] = bench_meta(args, device=device, components={
+        "space": {"name": space.name, "config": space.config},
+        "strategy": {order: parse_config(DartsConfig, {**OPTIONS, "order": order}) for order in ("first", "second")}},
+        argv=None if argv is None else ["python", "bench/darts_step.py", *argv])
     if args.json:
         print(json.dumps(report))
     else:
         for key, value in report.items():
-            print(f"{key:32} {value}")
+            if key != "meta":
+                print(f"{key:32} {value}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """How well each cheap estimator ranks chain CNNs on digits against full training, and what it costs per candidate.
 
-    PYTHONPATH=. python bench/estimators.py [--k 30] [--epochs 12] [--seed 0] [--json]
+    python bench/estimators.py [--k 30] [--epochs 12] [--seed 0] [--threads 1] [--json]
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import torch
 
 import _root  # noqa: F401  (the repository root on the path, before the project's imports)
 
+from nasjobs.benchmeta import bench_meta
 from nasjobs.calibration import rank_correlation
 from nasjobs.datasets import Dataset, load_digits
 from nasjobs.estimators import Estimator
@@ -93,6 +94,8 @@ def run(k: int, epochs: int, seed: int) -> dict[str, Any]:
     ref_cost = statistics.fmean(costs)  # of one training run, the cost a search would pay per candidate
     seed_tau, seed_rho = rank_correlation(runs[0], runs[1])
     results, skipped = [], []
+    used: dict[str, Any] = {"space": {"name": space.name, "config": space.config},
+                            "reference": {"estimator": reference.name, "config": reference.config}}
     for contender in CONTENDERS:
         try:
             estimator = contender.make(space, dataset, epochs)
@@ -100,6 +103,7 @@ def run(k: int, epochs: int, seed: int) -> dict[str, Any]:
             skipped.append({"estimator": contender.name, "reason": str(exc)})
             continue
         log.info("%s", contender.name)
+        used[contender.name] = {"estimator": estimator.name, "config": estimator.config}
         figures, cost = timed_figures(estimator, archs, epochs, seeds[0])
         tau, rho = rank_correlation(figures, truth)
         results.append({"estimator": contender.name, "kendall_tau": round(tau, 4), "spearman_rho": round(rho, 4),
@@ -108,7 +112,7 @@ def run(k: int, epochs: int, seed: int) -> dict[str, Any]:
             "reference_seconds_per_candidate": round(ref_cost, 4),
             "reference_seed_agreement": {"kendall_tau": round(seed_tau, 4), "spearman_rho": round(seed_rho, 4)},
             "reference_val_acc_range": [round(min(truth), 4), round(max(truth), 4)],
-            "results": results, "skipped": skipped}
+            "results": results, "skipped": skipped, "components": used}
 
 
 def table(report: dict[str, Any]) -> str:
@@ -148,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
     report = run(args.k, args.epochs, args.seed)
+    report["meta"] = bench_meta(args, device=CPU, components=report.pop("components"),
+                                argv=None if argv is None else ["python", "bench/estimators.py", *argv])
     print(json.dumps(report, indent=2) if args.json else table(report))
     return 0
 

@@ -4,11 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +18,8 @@ from threadpoolctl import threadpool_limits
 
 from nasjobs import nb201_table
 from nasjobs.artifacts import ArtifactStore
+from nasjobs.benchmeta import bench_meta
+from nasjobs.estimators import ESTIMATORS
 from nasjobs.options import parse_config
 from nasjobs.rng import derive_seed
 from nasjobs.search import LIMITS, ExperimentSpec, MemoryStore, SearchRunner, TrialRecord, best_trial
@@ -288,26 +287,22 @@ def bench_proposals(strategy: str, dataset: str, points: tuple[int, ...], window
     return report
 
 
-def provenance(argv: list[str], options: dict[str, Any]) -> dict[str, Any]:
-    """What a bench JSON records about how it was made: the commit (`dirty`: the engine's files, `nasjobs/`,
-    differed from it when the bench ended), the command line, the resolved options and the machine."""
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
-                                  cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--", ".")),
-            "command": " ".join(["python -m nasjobs.bench", *argv]), "options": options,
-            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                        "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-                        "numpy": np.__version__, "torch_threads": torch.get_num_threads()}}
+def components(names: list[str], dataset: str, options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The resolved configs a bench's runs use: each strategy's (its defaults with `options` applied; the peer has
+    none) and the `benchmark` estimator's, as `bench_spec` sets it."""
+    spec = bench_spec("random", dataset, 1, 0)
+    strategies: dict[str, Any] = {}
+    for name in names:
+        cls = None if name.split("@")[0] == OptunaTPE.name else STRATEGIES.get(name.split("@")[0])
+        strategies[name] = None if cls is None else parse_config(cls.Config, (options or {}).get(name))
+    return {"space": spec.space, "dataset": spec.dataset, "strategies": strategies,
+            "estimator": {"name": spec.estimator,
+                          "config": parse_config(ESTIMATORS.get(spec.estimator).Config, spec.options["estimator"])}}
 
 
 def format_proposals(report: dict[str, Any]) -> str:
-    points = report["options"]["points"]
-    lines = [f"proposal cost on the {report['options']['dataset']} table: median ms per proposal (p95), checkpoint "
+    points = report["points"]
+    lines = [f"proposal cost on the {report['dataset']} table: median ms per proposal (p95), checkpoint "
              "bytes, at each number of trials",
              f"{'strategy':<14}" + "".join(f"{f'ms@{n}':>18}{f'bytes@{n}':>12}" for n in points)]
     for name, row in report["strategies"].items():
@@ -360,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     # Differentiable strategies (DARTS) train a supernet instead of proposing: the table protocol does not apply.
     discrete = [n for n in STRATEGIES.names() if not getattr(STRATEGIES.get(n), "differentiable", False)]
     if args.command == "proposals":
-        return proposals_main(parser, args, discrete, list(sys.argv[1:] if argv is None else argv))
+        return proposals_main(parser, args, discrete, argv)
     if args.budget < 1 or args.runs < 1:
         parser.error("--budget and --runs must be positive")
     names = args.strategies.split(",") if args.strategies else discrete + [OptunaTPE.name]
@@ -375,15 +370,14 @@ def main(argv: list[str] | None = None) -> int:
                               progress=lambda line: print(line, file=sys.stderr, flush=True))
     seconds = time.perf_counter() - started
     report["seconds"] = round(seconds, 1)
-    report["provenance"] = provenance(list(sys.argv[1:] if argv is None else argv),
-                                      {"space": args.space, "dataset": args.dataset, "budget": args.budget,
-                                       "runs": args.runs, "strategies": names, "options": args.options or {}})
+    report["meta"] = bench_meta(args, device="cpu", components=components(names, args.dataset, args.options),
+                                argv=None if argv is None else [parser.prog, *argv])
     print(json.dumps(report) if args.json else format_table(report, seconds))
     return 0
 
 
 def proposals_main(parser: argparse.ArgumentParser, args: argparse.Namespace, discrete: list[str],
-                   argv: list[str]) -> int:
+                   argv: list[str] | None) -> int:
     try:
         points = tuple(sorted(int(n) for n in args.points.split(",")))
     except ValueError:
@@ -398,14 +392,15 @@ def proposals_main(parser: argparse.ArgumentParser, args: argparse.Namespace, di
     # A proposal is small work (a GP on a few hundred points at most): threads only contend, in torch and in BLAS.
     torch.set_num_threads(1)
     threadpool_limits(1)
-    options = {"dataset": args.dataset, "points": list(points), "window": args.window, "seed": args.seed,
-               "strategies": names, "excluded": [n for n in STRATEGIES.names() if n not in discrete]}
-    report = provenance(argv, options)
-    report["strategies"] = {}
+    report: dict[str, Any] = {"dataset": args.dataset, "points": list(points), "window": args.window,
+                              "seed": args.seed, "strategies": {},
+                              "excluded": [n for n in STRATEGIES.names() if n not in discrete]}
     for name in names:
         report["strategies"][name] = row = bench_proposals(name, args.dataset, points, args.window, args.seed)
         print(f"{name}: " + ", ".join(f"{n}: {row[f'ms_{n}']} ms, {row[f'state_bytes_{n}']} B" for n in points)
               + f" ({row['seconds']:.0f} s)", file=sys.stderr, flush=True)
+    report["meta"] = bench_meta(args, device="cpu", components=components(names, args.dataset),
+                                argv=None if argv is None else [parser.prog, *argv])
     print(json.dumps(report) if args.json else format_proposals(report))
     return 0
 

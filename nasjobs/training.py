@@ -4,13 +4,14 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from nasjobs.augment import Augmentation
 from nasjobs.datasets import Split
@@ -92,13 +93,38 @@ def on_device(split: Split, device: torch.device, budget: int | None = None) -> 
     return moved
 
 
+def tune_cuda() -> None:
+    """Let cuDNN time its convolution algorithms for each new shape and keep the fastest: a trial trains one
+    network on one input size for many batches, so the first batch's search pays for itself."""
+    torch.backends.cudnn.benchmark = True
+
+
+def check_precision(device: torch.device, bf16: bool) -> None:
+    """Refuse bf16 where it would not run as asked, rather than train in float32 under a bf16 label."""
+    if not bf16:
+        return
+    if device.type != "cuda":
+        raise ValueError(f"bf16 autocast needs a CUDA device; this run trains on {device.type!r}: turn bf16 off")
+    if not torch.cuda.is_bf16_supported():
+        raise ValueError(f"{torch.cuda.get_device_name(device)} has no bfloat16 support: turn bf16 off")
+
+
+def as_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """An image batch (N, C, H, W) in channels-last memory order; signals and tables have no such order."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
 @torch.no_grad()
-def accuracy(model: nn.Module, split: Split, device: torch.device, batch_size: int = 512) -> float:
+def accuracy(model: nn.Module, split: Split, device: torch.device, batch_size: int = 512,
+             channels_last: bool = False) -> float:
+    """Top-1 accuracy on `split`, in float32 (a bf16 run is still measured at full precision)."""
     model.eval()
     correct = 0
     for start in range(0, len(split), batch_size):
         x = split.x[start:start + batch_size].to(device, non_blocking=True)
         y = split.y[start:start + batch_size].to(device, non_blocking=True)
+        if channels_last:
+            x = as_channels_last(x)
         correct += (model(x).argmax(dim=1) == y).sum().item()
         batch_done()
     return correct / max(1, len(split))
@@ -108,11 +134,23 @@ class Trainer:
     """SGD with Nesterov momentum and a cosine learning-rate schedule over `total_epochs`, resumable between
     epochs: `state_dict()` holds the weights, the optimizer, the schedule, the data-order generator and the
     learning curve, so training stopped at epoch k and continued later is the same as training straight through.
+
+    Two settings of a run (both off by default; neither is part of the checkpoint, a resumed run passes them
+    again): `bf16` runs forward and loss under `torch.autocast` in bfloat16 (CUDA only: anywhere else it is a
+    ValueError); `channels_last` stores the model's convolution weights and every image batch in channels-last
+    memory order, which tensor-core convolutions prefer (allowed on CPU, where it changes only speed). On CUDA
+    the trainer turns on `torch.backends.cudnn.benchmark`.
     """
 
     def __init__(self, model: nn.Module, train: Split, val: Split, settings: SGDSettings, total_epochs: int,
-                 seed: int, device: torch.device, stream: bool | None = None) -> None:
-        self.model = model.to(device)
+                 seed: int, device: torch.device, stream: bool | None = None, *, bf16: bool = False,
+                 channels_last: bool = False) -> None:
+        check_precision(device, bf16)
+        if device.type == "cuda":
+            tune_cuda()
+        self.bf16, self.channels_last = bf16, channels_last
+        self.model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+        self.params = list(self.model.parameters())  # clipped after every batch: listed once
         budget = resident_bytes()
         train = on_device(train, device, budget)
         val = on_device(val, device, budget - (train.x.nelement() * train.x.element_size()
@@ -129,7 +167,6 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(seed)
         # Its own generator on the device, so augmented batches never leave it and data order stays as without.
         self.augment_generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "augment"))
-        self.loss_fn = nn.CrossEntropyLoss()
         self.epoch = 0
         self.curve: list[float] = []
 
@@ -144,43 +181,55 @@ class Trainer:
             torch.utils.data.TensorDataset(self.train.x, self.train.y), batch_sampler=[b.tolist() for b in batches],
             num_workers=loader_workers(), pin_memory=self.device.type == "cuda")
 
-    def _step_batch(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _autocast(self) -> AbstractContextManager:
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
+
+    def _step_batch(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on a batch; returns its loss, detached and left on the device (read it and wait)."""
         settings = self.settings
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         if settings.augmentation.active:
             x = settings.augmentation(x, self.augment_generator)
+        if self.channels_last:
+            x = as_channels_last(x)
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.model(x)
-        if isinstance(out, tuple):  # (logits, auxiliary logits) from a network with an auxiliary head
-            logits, aux = out
-            loss = self.loss_fn(logits, y) + settings.auxiliary_weight * self.loss_fn(aux, y)
-        else:
-            loss = self.loss_fn(out, y)
+        with self._autocast():
+            out = self.model(x)
+            if isinstance(out, tuple):  # (logits, auxiliary logits) from a network with an auxiliary head
+                logits, aux = out
+                loss = F.cross_entropy(logits, y) + settings.auxiliary_weight * F.cross_entropy(aux, y)
+            else:
+                loss = F.cross_entropy(out, y)
         loss.backward()
         if settings.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip)
+            nn.utils.clip_grad_norm_(self.params, settings.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
+        return loss.detach()
+
+    def train_epoch(self) -> None:
+        """One pass over the training split in this epoch's order, without measuring validation accuracy."""
+        self.model.train()
+        order = torch.randperm(len(self.train), generator=self.generator)
+        batches = [order[start:start + self.settings.batch_size]
+                   for start in range(0, len(self.train), self.settings.batch_size)]
+        batches = [b for b in batches if len(b) >= 2]  # batch norm cannot normalise a single sample
+        if self.stream:
+            for x, y in self._loader(batches):
+                self._step_batch(x, y)
+                batch_done()
+        else:
+            for idx in batches:
+                self._step(idx)
+                batch_done()
+        self.epoch += 1
 
     def run(self, until_epoch: int, on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
         """Train up to epoch `until_epoch` (counted from the start); returns the whole learning curve."""
         while self.epoch < until_epoch:
-            self.model.train()
-            order = torch.randperm(len(self.train), generator=self.generator)
-            batches = [order[start:start + self.settings.batch_size]
-                       for start in range(0, len(self.train), self.settings.batch_size)]
-            batches = [b for b in batches if len(b) >= 2]  # batch norm cannot normalise a single sample
-            if self.stream:
-                for x, y in self._loader(batches):
-                    self._step_batch(x, y)
-                    batch_done()
-            else:
-                for idx in batches:
-                    self._step(idx)
-                    batch_done()
-            self.epoch += 1
-            self.curve.append(accuracy(self.model, self.val, self.device))
+            self.train_epoch()
+            self.curve.append(accuracy(self.model, self.val, self.device, channels_last=self.channels_last))
             if on_epoch is not None:
                 on_epoch(self.epoch, self.curve[-1])
         return list(self.curve)
@@ -203,6 +252,9 @@ class Trainer:
 
 
 def train_epochs(model: nn.Module, train: Split, val: Split, epochs: int, settings: SGDSettings, seed: int,
-                 device: torch.device, on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
-    """Train for `epochs` epochs (the schedule spans them); returns validation accuracy per epoch."""
-    return Trainer(model, train, val, settings, epochs, seed, device).run(epochs, on_epoch)
+                 device: torch.device, on_epoch: Callable[[int, float], None] | None = None, *,
+                 bf16: bool = False, channels_last: bool = False) -> list[float]:
+    """Train for `epochs` epochs (the schedule spans them); returns validation accuracy per epoch. `bf16` and
+    `channels_last` are the `Trainer`'s."""
+    return Trainer(model, train, val, settings, epochs, seed, device, bf16=bf16,
+                   channels_last=channels_last).run(epochs, on_epoch)

@@ -154,3 +154,41 @@ def test_streaming_through_a_dataloader_with_workers_trains_exactly_as_resident_
     (curve, weights), (streamed_curve, streamed_weights) = results
     assert curve == streamed_curve and curve[-1] > 0.5
     assert all(torch.equal(weights[k], streamed_weights[k]) for k in weights)
+
+
+def test_channels_last_trains_the_same_loss_trajectory_on_cpu():
+    from nasjobs.training import SGDSettings, Trainer, seeded_init
+
+    ds = load_digits()
+    arch = SPACE.from_str("c16k3p-c32k3")
+    settings = SGDSettings(lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=64)
+    runs = []
+    for channels_last in (False, True):
+        model = seeded_init(lambda: SPACE.build(arch, (1, 8, 8), 10), 0)
+        trainer = Trainer(model, ds.train, ds.val, settings, 2, seed=3, device=CPU, channels_last=channels_last)
+        losses = [float(trainer._step_batch(ds.train.x[i:i + 64], ds.train.y[i:i + 64]))
+                  for i in range(0, 640, 64)]
+        curve = trainer.run(1)
+        convs = [m.weight for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d)]
+        in_order = [w.is_contiguous(memory_format=torch.channels_last) for w in convs]
+        assert all(in_order) if channels_last else not all(in_order)  # a 1-channel conv is in both orders
+        runs.append((losses, curve, trainer.state_dict()["model"]))
+    (losses, curve, weights), (cl_losses, cl_curve, cl_weights) = runs
+    assert losses[-1] < losses[0]
+    assert np.allclose(losses, cl_losses, rtol=1e-4, atol=1e-5)
+    assert np.allclose(curve, cl_curve, atol=0.01)  # at most a few of 360 validation images change class
+    assert all(torch.allclose(weights[k].float(), cl_weights[k].float(), rtol=1e-3, atol=1e-4) for k in weights)
+
+
+def test_bf16_on_cpu_is_refused_with_a_clear_error():
+    import pytest
+
+    from nasjobs.training import SGDSettings, Trainer, train_epochs
+
+    ds = load_digits()
+    settings = SGDSettings(lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=64)
+    model = SPACE.build(SPACE.from_str("c16k3"), (1, 8, 8), 10)
+    with pytest.raises(ValueError, match="bf16 autocast needs a CUDA device"):
+        Trainer(model, ds.train, ds.val, settings, 1, seed=0, device=CPU, bf16=True)
+    with pytest.raises(ValueError, match="bf16 autocast needs a CUDA device"):
+        train_epochs(model, ds.train, ds.val, 1, settings, 0, CPU, bf16=True)

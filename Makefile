@@ -24,8 +24,10 @@ run: setup
 	@scripts/system-deps.sh graphviz || true
 	@scripts/run.sh
 
+# One Celery worker per GPU (or one CPU worker); its settings are at the top of scripts/worker.sh. `exec`, so
+# that a SIGTERM make forwards reaches the script rather than the shell around it.
 worker: setup
-	DEBUG=$${DEBUG:-1} $(PY) -m celery -A webapp worker --loglevel=INFO --concurrency=$${CONCURRENCY:-1} -Q $${NAS_GPU_QUEUE:-gpu},$${NAS_CPU_QUEUE:-cpu}
+	DEBUG=$${DEBUG:-1} NAS_PYTHON=$(PY) exec scripts/worker.sh
 
 test: setup
 	@scripts/system-deps.sh graphviz chromium

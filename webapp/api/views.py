@@ -23,7 +23,7 @@ from webapp.datasets import selectors as dataset_selectors
 from webapp.datasets import services as dataset_services
 from webapp.datasets.models import Dataset
 from webapp.experiments import selectors, services
-from webapp.experiments.models import Experiment
+from webapp.experiments.models import Experiment, Trial
 from webapp.teams import selectors as team_selectors
 from webapp.teams.services import team_usage
 
@@ -148,15 +148,23 @@ class ExperimentViewSet(viewsets.GenericViewSet):
     def reject(self, request: Request, pk: str) -> Response:
         return self._review(request, pk, approve=False)
 
-    @extend_schema(parameters=[OpenApiParameter("ordering", str, enum=[
-        o for f in TRIAL_ORDERINGS for o in (f, f"-{f}")])], responses=FREE)
+    @extend_schema(parameters=[
+        OpenApiParameter("ordering", str, enum=[o for f in TRIAL_ORDERINGS for o in (f, f"-{f}")]),
+        OpenApiParameter("status", str, enum=[s for s, _ in Trial.Status.choices],
+                         description="Only trials in this status (default: all; pending, running and failed "
+                                     "ones have no figure yet)")], responses=FREE)
     @action(detail=True, methods=["get"])
     def trials(self, request: Request, pk: str) -> Response:
         experiment = selectors.experiment_for_user(request.user, int(pk))
         ordering = request.query_params.get("ordering", "-val_acc")
         if ordering.lstrip("-") not in TRIAL_ORDERINGS:
             raise ValidationError({"ordering": [f"one of {', '.join(TRIAL_ORDERINGS)}, '-' first for descending"]})
-        trials = experiment.trials.defer("curve").order_by(ordering, "number")
+        trials = experiment.trials.defer("curve", "traceback").order_by(ordering, "number")
+        wanted = request.query_params.get("status")
+        if wanted:
+            if wanted not in Trial.Status.values:
+                raise ValidationError({"status": [f"one of {', '.join(Trial.Status.values)}"]})
+            trials = trials.filter(status=wanted)
         page = self.paginate_queryset(trials)
         return self.get_paginated_response([selectors.trial_to_json(t) for t in page])
 

@@ -9,7 +9,7 @@ from django.utils.functional import cached_property
 
 from nasjobs.estimators import Figure, estimator_figure
 from nasjobs.planner import FAILURE_POLICIES
-from nasjobs.records import DONE, FAILED, PENDING, RUNNING
+from nasjobs.records import AGAIN, DONE, FAILED, IN_FLIGHT, PENDING, RUNNING
 from nasjobs.search import ExperimentSpec
 from nasjobs.strategies import STRATEGIES
 
@@ -139,6 +139,10 @@ class Trial(models.Model):
         DONE = DONE
         FAILED = FAILED
 
+    # Trials that have a figure: evaluated, or evaluated and now being evaluated once more. Pending, running and
+    # failed first evaluations have none (their val_acc is a placeholder 0).
+    WITH_FIGURE = models.Q(status=DONE) | models.Q(job=AGAIN)
+
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="trials")
     number = models.PositiveIntegerField(help_text="Order in which the strategy proposed it, from 0")
     arch_key = models.TextField(help_text="Canonical architecture string")
@@ -184,6 +188,14 @@ class Trial(models.Model):
 
     def __str__(self) -> str:
         return f"{self.experiment_id}/{self.number} {self.arch_key}"
+
+    @property
+    def in_flight(self) -> bool:
+        return self.status in IN_FLIGHT
+
+    @property
+    def has_figure(self) -> bool:
+        return self.status == DONE or self.job == AGAIN
 
 
 class SearchEpoch(models.Model):

@@ -5,11 +5,12 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import Max, OuterRef, QuerySet, Subquery
 from django.http import Http404
 from django.utils import timezone
 
-from webapp.experiments.models import Calibration, Experiment, ExperimentEvent, SearchEpoch, Trial
+from nasjobs.records import AGAIN, FAILED, IN_FLIGHT, RUNNING
+from webapp.experiments.models import Calibration, Experiment, ExperimentEvent, SearchEpoch, Trial, Worker
 from webapp.teams.selectors import User, is_team_admin, visible_team_ids
 
 # What a list row shows; the strategy checkpoint, options and traceback stay in the database.
@@ -115,8 +116,29 @@ def similar_runs_seconds_per_trial_epoch(experiment: Experiment, limit: int = 5)
 
 
 def experiment_leaderboard(experiment: Experiment, limit: int | None = None) -> QuerySet[Trial]:
-    trials = experiment.trials.order_by("-val_acc", "number")
+    """The trials with a figure, best first (pending, running and failed ones have none)."""
+    trials = experiment.trials.filter(Trial.WITH_FIGURE).order_by("-val_acc", "number")
     return trials[:limit] if limit else trials
+
+
+def experiment_in_flight(experiment: Experiment) -> QuerySet[Trial]:
+    """The trials waiting for a worker or being evaluated: at most its parallelism."""
+    return experiment.trials.filter(status__in=IN_FLIGHT).defer("curve", "traceback").order_by("number")
+
+
+def workers_seen(minutes: int = 10) -> QuerySet[Worker]:
+    """The worker processes heard from in the last `minutes`, latest first, with the trial each last ran."""
+    since = timezone.now() - timedelta(minutes=minutes)
+    return (Worker.objects.filter(seen_at__gte=since).select_related("trial", "trial__experiment")
+            .only("name", "host", "device", "seen_at", "trial__number", "trial__status", "trial__heartbeat_at",
+                  "trial__experiment__name", "trial__experiment__team_id")
+            .order_by("-seen_at"))
+
+
+def experiment_failures(experiment: Experiment, limit: int = 20) -> tuple[int, list[Trial]]:
+    """How many trials failed, and the latest `limit` of them (errors; tracebacks stay in the rows)."""
+    failed = experiment.trials.filter(status=FAILED)
+    return failed.count(), list(failed.defer("curve", "traceback").order_by("-number")[:limit])
 
 
 def experiment_best_trial(experiment: Experiment) -> Trial | None:
@@ -126,12 +148,12 @@ def experiment_best_trial(experiment: Experiment) -> Trial | None:
 
 
 def experiment_exploration(experiment: Experiment) -> dict[str, Any]:
-    """How the search balanced exploring new architectures against refining the best one."""
-    last = experiment.trials.order_by("-number").first()
-    proposals = last.proposals if last else 0
-    distances = list(experiment.trials.exclude(distance_to_incumbent=None).values_list("distance_to_incumbent",
-                                                                                        flat=True))
-    return {"unique_architectures": experiment.trials_done, "proposals": proposals,
+    """How the search balanced exploring new architectures against refining the best one: architectures
+    evaluated (re-evaluations of one count once) against proposals made (repeats included)."""
+    figured = experiment.trials.filter(Trial.WITH_FIGURE)
+    stats = experiment.trials.aggregate(proposals=Max("proposals"))
+    distances = list(figured.exclude(distance_to_incumbent=None).values_list("distance_to_incumbent", flat=True))
+    return {"unique_architectures": figured.count(), "proposals": stats["proposals"] or 0,
             "mean_distance_to_incumbent": sum(distances) / len(distances) if distances else None}
 
 
@@ -147,7 +169,9 @@ def trial_to_json(trial: Trial, rank: int | None = None) -> dict[str, Any]:
             "val_acc": trial.val_acc, "params": trial.params, "flops": trial.flops,
             "train_seconds": round(trial.train_seconds, 3), "estimator": trial.estimator, "fidelity": trial.fidelity,
             "search_seconds": round(trial.search_seconds, 3), "proposals": trial.proposals,
-            "distance_to_incumbent": trial.distance_to_incumbent, "evaluations": trial.evaluations}
+            "distance_to_incumbent": trial.distance_to_incumbent, "evaluations": trial.evaluations,
+            "status": trial.status, "host": trial.host, "device": trial.device, "attempts": trial.attempts,
+            "error": trial.error}
     if rank is not None:
         data["rank"] = rank
     return data
@@ -170,18 +194,25 @@ def epoch_to_json(epoch: SearchEpoch) -> dict[str, Any]:
 
 
 def experiment_liveness(experiment: Experiment) -> dict[str, Any] | None:
-    """For a running experiment whose worker has gone quiet (its heartbeat, written every few seconds even
-    mid-epoch, is older than 15 s or half the lease): how long, and when another worker may take it over."""
-    if experiment.status != Experiment.Status.RUNNING or experiment.heartbeat_at is None:
+    """For a running experiment whose worker has gone quiet (the heartbeat of a running trial, or of a search
+    that runs as one job, written every few seconds even mid-epoch, is older than 15 s or half the lease): how
+    long, and when another worker takes it over."""
+    if experiment.status != Experiment.Status.RUNNING:
         return None
-    silent = (timezone.now() - experiment.heartbeat_at).total_seconds()
+    trial = experiment.trials.filter(status=RUNNING).order_by("heartbeat_at").values("number", "heartbeat_at",
+                                                                                      "host").first()
+    beat = trial["heartbeat_at"] if trial else None if experiment.claimed_by == "" else experiment.heartbeat_at
+    if beat is None:
+        return None
+    silent = (timezone.now() - beat).total_seconds()
     if silent < min(15.0, settings.NAS_LEASE_SECONDS / 2):
         return None
-    takeover = experiment.heartbeat_at + timedelta(seconds=settings.NAS_LEASE_SECONDS)
+    takeover = beat + timedelta(seconds=settings.NAS_LEASE_SECONDS + settings.NAS_SWEEP_SECONDS)
+    who = f"the worker of trial {trial['number']} (on {trial['host']})" if trial else "its worker"
     return {"silent_seconds": int(silent), "takeover_at": takeover.isoformat(),
-            "message": f"no heartbeat from its worker for {int(silent)} s; another worker takes over at "
+            "message": f"no heartbeat from {who} for {int(silent)} s; another worker takes over by "
                        f"{takeover:%H:%M:%S} UTC" if takeover > timezone.now() else
-                       f"no heartbeat from its worker for {int(silent)} s; the next worker to start takes it over"}
+                       f"no heartbeat from {who} for {int(silent)} s; the next worker to sweep takes it over"}
 
 
 def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> dict[str, Any]:
@@ -210,6 +241,10 @@ def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> d
         "finished_at": experiment.finished_at.isoformat() if experiment.finished_at else None,
         "elapsed_seconds": experiment_elapsed_seconds(experiment),
         "liveness": experiment_liveness(experiment),
+        "in_flight": [{"number": t.number, "arch_display": t.arch_display, "status": t.status, "host": t.host,
+                       "device": t.device, "attempts": t.attempts, "again": t.job == AGAIN}
+                      for t in experiment_in_flight(experiment)],
+        "failed_trials": experiment.trials.filter(status=FAILED).count(),
     }
     if leaderboard != 0:
         rows = experiment_leaderboard(experiment, leaderboard)

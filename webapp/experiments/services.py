@@ -290,7 +290,7 @@ def trial_record(experiment_id: int, worker: str, trial: TrialRecord, strategy_s
             row = existing
         Trial.objects.filter(experiment_id=experiment_id).exclude(number__in=kept).exclude(weights_path="").update(
             weights_path="")
-        best = Trial.objects.filter(experiment_id=experiment_id).order_by("-val_acc", "number").first()
+        best = Trial.objects.filter(Trial.WITH_FIGURE, experiment_id=experiment_id).order_by("-val_acc", "number").first()
         Experiment.objects.filter(pk=experiment_id).update(best_val_acc=best.val_acc, best_trial_number=best.number)
     return row
 
@@ -360,7 +360,7 @@ def calibration_create(*, experiment: Experiment, user: AbstractBaseUser | None,
         raise SpecError("k", "measure between 2 and 1000 candidates")
     if not 1 <= epochs <= 10_000:
         raise SpecError("epochs", "must be an integer from 1 to 10000")
-    if experiment.trials.count() < 2:
+    if experiment.trials.filter(Trial.WITH_FIGURE).count() < 2:
         raise SpecError("k", "the experiment needs at least two evaluated trials first")
     with transaction.atomic():
         calibration = Calibration.objects.create(

@@ -12,6 +12,7 @@ urlpatterns = [
     path("experiments/<int:pk>/delete/", views.experiment_delete, name="experiment_delete"),
     path("experiments/<int:pk>/review/", views.experiment_review, name="experiment_review"),
     path("review/", views.review_queue, name="review_queue"),
+    path("workers/", views.worker_list, name="worker_list"),
     path("experiments/<int:pk>/calibrate/", views.experiment_calibrate, name="experiment_calibrate"),
     path("experiments/<int:pk>/trials/<int:number>/", views.trial_detail, name="trial_detail"),
     path("experiments/<int:pk>/trials/<int:number>/model.zip", views.trial_export, name="trial_export"),

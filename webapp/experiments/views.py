@@ -7,7 +7,8 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.conf import settings
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
@@ -80,6 +81,8 @@ def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "calibration": experiment.calibrations.first(),
         "calibration_form": CalibrationForm(initial=CalibrationForm.defaults(experiment)),
         "has_search_epochs": experiment.search_epochs.exists() or experiment.is_differentiable,
+        "in_flight": selectors.experiment_in_flight(experiment),
+        "failures": selectors.experiment_failures(experiment),
         "leaderboard": selectors.experiment_leaderboard(experiment)})
 
 
@@ -93,7 +96,8 @@ def experiment_status(request: HttpRequest, pk: int) -> JsonResponse:
 def trial_detail(request: HttpRequest, pk: int, number: int) -> HttpResponse:
     experiment, trial = selectors.trial_for_user(request.user, pk, number)
     return render(request, "experiments/trial.html", {
-        "experiment": experiment, "trial": trial, "diagram": _diagram(experiment, trial)})
+        "experiment": experiment, "trial": trial, "diagram": _diagram(experiment, trial),
+        "can_see_traceback": selectors.can_see_traceback(request.user, experiment)})
 
 
 @login_required
@@ -204,3 +208,15 @@ def experiment_calibrate(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         messages.success(request, "Calibration queued: a worker trains the candidates and reports the trust.")
     return redirect("experiment_detail", pk=pk)
+
+
+@login_required
+def worker_list(request: HttpRequest) -> HttpResponse:
+    """Staff only (a 404 for anyone else): the worker processes seen lately, what each runs and when it last
+    renewed its lease."""
+    if not request.user.is_staff:
+        raise Http404("no such page")
+    paginator = Paginator(selectors.workers_seen(), 50)
+    return render(request, "experiments/workers.html", {
+        "page": paginator.get_page(request.GET.get("page")), "lease": settings.NAS_LEASE_SECONDS})
+

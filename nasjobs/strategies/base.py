@@ -89,12 +89,11 @@ class Outstanding:
         self._trim()
 
     def take(self, key: str) -> tuple[bool, Any]:
-        """Remove the oldest proposal of `key`: (whether there was one, its note)."""
-        for i, (k, note) in enumerate(self.entries):
-            if k == key:
-                del self.entries[i]
-                return True, note
-        return False, None
+        """`key`'s value came: forget every proposal of it (the loop runs no architecture twice at once, so the
+        others were duplicates it dropped). Returns whether there was one, and the oldest one's note."""
+        notes = [note for k, note in self.entries if k == key]
+        self.entries = [(k, note) for k, note in self.entries if k != key]
+        return (True, notes[0]) if notes else (False, None)
 
     def __contains__(self, key: object) -> bool:
         return any(k == key for k, _ in self.entries)

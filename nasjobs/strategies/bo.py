@@ -112,8 +112,8 @@ class BayesianOptimisation(Racing, Strategy):
     posterior mean and removes the uncertainty at and around each point in flight, so the next proposal goes
     elsewhere, and it leaves the incumbent y* alone. The kernel's hyperparameters are fitted to true values only
     (the lies only condition the model, as in the paper). The random initial design counts the points in flight
-    towards its `initial`, and candidates skip them. Re-evaluations in flight count as readings to come, for
-    intensification and for the final race. The checkpoint holds the proposals in flight (at most 2k, the oldest
+    towards its `initial`, and candidates skip them; intensification and the final race skip leaders in flight
+    (their readings are on their way). The checkpoint holds the proposals in flight (at most 2k, the oldest
     forgotten beyond: the planner may drop one and never observe it).
     """
 
@@ -229,7 +229,7 @@ class BayesianOptimisation(Racing, Strategy):
         return [k for k in order if k in chosen]
 
     def _to_reevaluate(self, ranking: list[str], evaluated: list[str], posterior: np.ndarray,
-                       in_flight: list[str]) -> str | None:
+                       in_flight: set[str]) -> str | None:
         """Intensification (Hutter, Hoos & Leyton-Brown 2011, SMAC, Procedure "Intensify"): the leaders are
         measured again until each holds `incumbent_evaluations` readings. The leaders are the best
         `contenders` by mean (a single lucky validation seed cannot stay the reported best) and, with
@@ -244,8 +244,8 @@ class BayesianOptimisation(Racing, Strategy):
         needed = self.config.incumbent_evaluations
         if self.config.readings_every:
             needed = max(needed, 1 + len(ranking) // self.config.readings_every)
-        for key in leaders:  # a re-evaluation in flight is a reading to come
-            if len(readings[key]) + in_flight.count(key) < needed:
+        for key in leaders:  # one in flight is skipped: its reading is on its way, and none runs twice at once
+            if key not in in_flight and len(readings[key]) < needed:
                 return key
         return None
 
@@ -293,7 +293,7 @@ class BayesianOptimisation(Racing, Strategy):
         encode = self._encoder(evaluated + candidates + in_flight)
         gp = self._model(encode, points)
         posterior = gp.predict(encode(evaluated))
-        again = self._to_reevaluate(ranking, evaluated, posterior, self.racing_in_flight())
+        again = self._to_reevaluate(ranking, evaluated, posterior, set(self.outstanding.keys()))
         if again is not None:
             return again
         if not candidates:

@@ -73,15 +73,18 @@ class FinalRace:
         return sorted(self.readings, key=lambda k: (-sum(self.readings[k]) / len(self.readings[k]), order[k]))
 
     def next(self, in_flight: Sequence[str] = ()) -> str | None:
-        """The architecture to measure again now, or None when the race has not begun. `in_flight`: the
-        re-evaluations proposed and not yet observed (with parallel trials), each counted as a reading to come, so
-        k free workers measure k different leaders rather than queue behind one."""
+        """The architecture to measure again now, or None when the race has not begun. `in_flight`: architectures
+        whose evaluation is still running (with parallel trials); they are left out, since the loop runs no
+        architecture twice at once, so k free workers measure k different leaders. With every leader in flight, the
+        next architecture by mean that is not is measured instead: a free worker still sharpens the ranking."""
         if not self.racing:
             return None
-        top = self.ranking()[:self.leaders]
-        count = {k: len(self.readings[k]) + sum(1 for f in in_flight if f == k) for k in top}
-        fewest = min(count.values())
-        return next(k for k in top if count[k] == fewest)
+        busy = set(in_flight)
+        ranking = self.ranking()
+        top = [k for k in ranking[:self.leaders] if k not in busy] \
+            or [k for k in ranking if k not in busy][:1] or ranking[:1]
+        fewest = min(len(self.readings[k]) for k in top)
+        return next(k for k in top if len(self.readings[k]) == fewest)
 
     def restore(self, history: Sequence[Observed]) -> None:
         """Rebuild the readings from the observed history (each architecture's readings, in order first observed)."""
@@ -109,13 +112,9 @@ class Racing:
     def set_budget(self, evaluations: int) -> None:
         self.race.budget = evaluations
 
-    def racing_in_flight(self) -> list[str]:
-        """The re-evaluations proposed and not yet observed."""
-        return [key for key, note in self.outstanding if note["again"]]
-
     def propose_again(self) -> str | None:
         """The leader the race measures now (noted as in flight), or None before the race."""
-        key = self.race.next(self.racing_in_flight())
+        key = self.race.next(self.outstanding.keys())
         if key is not None:
             self.outstanding.add(key, {"again": True})
         return key
@@ -125,7 +124,7 @@ class Racing:
         self.outstanding.add(key, {"again": bool(self.reevaluates), **note})
 
     def observed_reevaluating(self, key: str) -> bool:
-        """Forget the oldest proposal of `key` in flight: whether the loop re-evaluated it (the flag now if it was
-        not proposed, or was forgotten)."""
+        """`key`'s value came: whether the loop re-evaluated it when it was proposed (the flag now if it was not
+        proposed, or was forgotten)."""
         found, note = self.outstanding.take(key)
         return bool(note["again"]) if found else bool(self.reevaluates)

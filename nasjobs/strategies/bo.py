@@ -109,7 +109,7 @@ class BayesianOptimisation(Racing, Strategy):
     Gaussian process on them too, each with the same lie L for its unknown value, before expected improvement is
     maximised; without it k parallel proposals would be k copies of the same argmax. L is the worst value observed
     so far (in our maximisation; the paper, which minimises, calls this pessimistic lie CL[max]): it lowers the
-    posterior mean and removes the uncertainty at and around each point in flight, so the next proposal goes
+    posterior mean and shrinks the uncertainty at and around each point in flight, so the next proposal goes
     elsewhere, and it leaves the incumbent y* alone. The kernel's hyperparameters are fitted to true values only
     (the lies only condition the model, as in the paper). The random initial design counts the points in flight
     towards its `initial`, and candidates skip them; intensification and the final race skip leaders in flight

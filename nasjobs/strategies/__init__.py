@@ -1,6 +1,6 @@
 """Search strategies, by name."""
 from nasjobs.registry import Registry
-from nasjobs.strategies.base import Observed, Strategy
+from nasjobs.strategies.base import Observed, Outstanding, Strategy
 from nasjobs.strategies.bo import BayesianOptimisation
 from nasjobs.strategies.darts import DartsSearch
 from nasjobs.strategies.evolution import RegularizedEvolution
@@ -16,5 +16,5 @@ STRATEGIES.register(BayesianOptimisation.name, BayesianOptimisation)
 STRATEGIES.register(LocalSearch.name, LocalSearch)
 STRATEGIES.register(DartsSearch.name, DartsSearch)
 
-__all__ = ["STRATEGIES", "Observed", "Strategy", "BayesianOptimisation", "LocalSearch", "RandomSearch",
+__all__ = ["STRATEGIES", "Observed", "Outstanding", "Strategy", "BayesianOptimisation", "LocalSearch", "RandomSearch",
            "RegularizedEvolution", "Reinforce"]

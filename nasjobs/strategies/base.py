@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 from nasjobs.spaces.base import SearchSpace
 
@@ -46,6 +46,14 @@ class Strategy(ABC):
         """Told by the search loop before the first proposal: the experiment's evaluation budget, where the loop
         re-evaluates on request. Strategies that plan their end (a final race) keep it; the default ignores it."""
 
+    def set_parallelism(self, k: int) -> None:
+        """Told once after construction and after every restore, before any proposal: up to `k` trials run at once.
+        `propose()` may then be called up to `k` times before any `observe()`; the values arrive in any order,
+        interleaved with further proposals, and some proposals are never observed (the planner drops a duplicate
+        of an architecture in flight). A strategy that must know what is in flight keeps it in its checkpoint,
+        bounded (`Outstanding`). The default ignores it: a strategy that learns nothing from the order, or runs as
+        one task, needs nothing more."""
+
     @abstractmethod
     def propose(self) -> Any: ...
 
@@ -58,3 +66,54 @@ class Strategy(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any], history: Sequence[Observed] = ()) -> None:
         """Restore the checkpoint `state`; `history` is what the strategy had observed when it was taken."""
+
+
+class Outstanding:
+    """Proposals made and not yet observed, oldest first, each with what its strategy needs to know when the value
+    arrives (a JSON-serialisable note). Once the parallelism k is told, at most 2k are kept: a proposal the
+    planner discards is never observed, so beyond the bound the oldest is forgotten rather than waited for. Until
+    then nothing is forgotten: the loops that do not tell it observe every proposal in the end (one trial at a
+    time, each before the next proposal, so the list is empty at proposal time; a successive-halving bracket,
+    once its members are ranked)."""
+
+    def __init__(self) -> None:
+        self.bound: int | None = None
+        self.entries: list[tuple[str, Any]] = []
+
+    def set_parallelism(self, k: int) -> None:
+        self.bound = 2 * max(1, int(k))
+        self._trim()
+
+    def add(self, key: str, note: Any = None) -> None:
+        self.entries.append((key, note))
+        self._trim()
+
+    def take(self, key: str) -> tuple[bool, Any]:
+        """`key`'s value came: forget every proposal of it (the loop runs no architecture twice at once, so the
+        others were duplicates it dropped). Returns whether there was one, and the oldest one's note."""
+        notes = [note for k, note in self.entries if k == key]
+        self.entries = [(k, note) for k, note in self.entries if k != key]
+        return (True, notes[0]) if notes else (False, None)
+
+    def __contains__(self, key: object) -> bool:
+        return any(k == key for k, _ in self.entries)
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        return iter(list(self.entries))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def keys(self) -> list[str]:
+        return [k for k, _ in self.entries]
+
+    def state(self) -> list[list[Any]]:
+        return [[k, note] for k, note in self.entries]
+
+    def load(self, state: Sequence[Sequence[Any]]) -> None:
+        self.entries = [(str(k), note) for k, note in state]
+        self._trim()
+
+    def _trim(self) -> None:
+        if self.bound is not None:
+            del self.entries[:max(0, len(self.entries) - self.bound)]

@@ -17,7 +17,7 @@ from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 from nasjobs.options import option
 from nasjobs.rng import rng_state, set_rng_state
 from nasjobs.spaces.base import SearchSpace
-from nasjobs.strategies.base import Observed, Strategy
+from nasjobs.strategies.base import Observed, Outstanding, Strategy
 from nasjobs.strategies.encodings import one_hot_features, wl_features
 from nasjobs.strategies.race import FinalRace, Racing, race_options
 
@@ -103,6 +103,18 @@ class BayesianOptimisation(Racing, Strategy):
     the model is the exact one, so the figures above are unchanged. Encodings are computed once per
     architecture. The checkpoint holds the random state, the kernel's hyperparameters and two counters; the
     readings come back from the trials.
+
+    Parallel trials (the constant liar, Ginsbourger, Le Riche & Carraro 2010, "Kriging is well-suited to
+    parallelize optimization", Section 3.2, Algorithm 2): a proposal made while others are in flight conditions the
+    Gaussian process on them too, each with the same lie L for its unknown value, before expected improvement is
+    maximised; without it k parallel proposals would be k copies of the same argmax. L is the worst value observed
+    so far (in our maximisation; the paper, which minimises, calls this pessimistic lie CL[max]): it lowers the
+    posterior mean and shrinks the uncertainty at and around each point in flight, so the next proposal goes
+    elsewhere, and it leaves the incumbent y* alone. The kernel's hyperparameters are fitted to true values only
+    (the lies only condition the model, as in the paper). The random initial design counts the points in flight
+    towards its `initial`, and candidates skip them; intensification and the final race skip leaders in flight
+    (their readings are on their way). The checkpoint holds the proposals in flight (at most 2k, the oldest
+    forgotten beyond: the planner may drop one and never observe it).
     """
 
     name = "bo"
@@ -125,6 +137,10 @@ class BayesianOptimisation(Racing, Strategy):
         self.fitted_at = 0  # observations when the hyperparameters were last fitted
         self.features: dict[str, dict[str, float]] = {}  # encoding of each architecture met (a cache, not state)
         self.subset_logged = False
+        self.outstanding = Outstanding()
+
+    def set_parallelism(self, k: int) -> None:
+        self.outstanding.set_parallelism(k)
 
     # encoding and model ---------------------------------------------------------------------------------------
     def _encode_one(self, key: str) -> dict[str, float]:
@@ -159,11 +175,19 @@ class BayesianOptimisation(Racing, Strategy):
             y = -np.log(np.clip(1.0 - y, 1e-4, None))
         return y
 
-    def _model(self, encode: Callable[[list[str]], np.ndarray], points: list[str]) -> GaussianProcessRegressor:
+    def _kernel(self) -> Any:
         kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * RBF(2.0, (0.1, 100.0))
                   + WhiteKernel(0.01, (1e-6, 1.0)))
         if self.theta is not None:
             kernel = kernel.clone_with_theta(np.asarray(self.theta))
+        return kernel
+
+    def _mean(self, key: str) -> float:
+        readings = self.race.readings[key]
+        return sum(readings) / len(readings)
+
+    def _model(self, encode: Callable[[list[str]], np.ndarray], points: list[str]) -> GaussianProcessRegressor:
+        kernel = self._kernel()
         refit = self.theta is None or self.observations - self.fitted_at >= self.config.refit_every
         gp = GaussianProcessRegressor(kernel, normalize_y=True, optimizer="fmin_l_bfgs_b" if refit else None)
         with warnings.catch_warnings():
@@ -175,6 +199,15 @@ class BayesianOptimisation(Racing, Strategy):
         if refit:
             self.theta = gp.kernel_.theta.tolist()
             self.fitted_at = self.observations
+        return gp
+
+    def _lying_model(self, encode: Callable[[list[str]], np.ndarray], points: list[str],
+                     in_flight: list[str]) -> GaussianProcessRegressor:
+        """The constant liar's model: the fitted kernel, conditioned on `points` and on the architectures in flight,
+        each told the worst value observed (CL[max] of Ginsbourger et al. 2010, who minimise)."""
+        lie = min(self._mean(k) for k in self.race.readings)
+        gp = GaussianProcessRegressor(self._kernel(), normalize_y=True, optimizer=None)
+        gp.fit(encode(points + in_flight), self._target([self._mean(k) for k in points] + [lie] * len(in_flight)))
         return gp
 
     def _points(self, ranking: list[str]) -> list[str]:
@@ -195,7 +228,8 @@ class BayesianOptimisation(Racing, Strategy):
         chosen.update(self.rng.sample(others, bound - len(chosen)))
         return [k for k in order if k in chosen]
 
-    def _to_reevaluate(self, ranking: list[str], evaluated: list[str], posterior: np.ndarray) -> str | None:
+    def _to_reevaluate(self, ranking: list[str], evaluated: list[str], posterior: np.ndarray,
+                       in_flight: set[str]) -> str | None:
         """Intensification (Hutter, Hoos & Leyton-Brown 2011, SMAC, Procedure "Intensify"): the leaders are
         measured again until each holds `incumbent_evaluations` readings. The leaders are the best
         `contenders` by mean (a single lucky validation seed cannot stay the reported best) and, with
@@ -210,8 +244,8 @@ class BayesianOptimisation(Racing, Strategy):
         needed = self.config.incumbent_evaluations
         if self.config.readings_every:
             needed = max(needed, 1 + len(ranking) // self.config.readings_every)
-        for key in leaders:
-            if len(readings[key]) < needed:
+        for key in leaders:  # one in flight is skipped: its reading is on its way, and none runs twice at once
+            if key not in in_flight and len(readings[key]) < needed:
                 return key
         return None
 
@@ -230,38 +264,58 @@ class BayesianOptimisation(Racing, Strategy):
         return [k for k in dict.fromkeys(out) if k not in seen]
 
     # ask / tell -----------------------------------------------------------------------------------------------
+    def _sample(self) -> str:
+        """A random architecture, not one in flight (a few redraws)."""
+        key = self.space.to_str(self.space.sample(self.rng))
+        for _ in range(100 if len(self.outstanding) else 0):
+            if key not in self.outstanding:
+                break
+            key = self.space.to_str(self.space.sample(self.rng))
+        return key
+
     def propose(self) -> Any:
-        again = self.race.next()
+        again = self.propose_again()
         if again is not None:
             return self.space.from_str(again)
-        if len(self.race.readings) < self.config.initial:
-            return self.space.sample(self.rng)
+        key = self._choose()
+        self.note_proposal(key)
+        return self.space.from_str(key)
+
+    def _choose(self) -> str:
+        readings = self.race.readings
+        in_flight = [k for k in dict.fromkeys(self.outstanding.keys()) if k not in readings]
+        if len(readings) + len(in_flight) < self.config.initial or not readings:
+            return self._sample()
         ranking = self.race.ranking()
-        candidates = self._candidates(ranking)
+        candidates = [k for k in self._candidates(ranking) if k not in in_flight]
         points = self._points(ranking)
         evaluated = sorted(points)
-        encode = self._encoder(evaluated + candidates)
+        encode = self._encoder(evaluated + candidates + in_flight)
         gp = self._model(encode, points)
         posterior = gp.predict(encode(evaluated))
-        again = self._to_reevaluate(ranking, evaluated, posterior)
+        again = self._to_reevaluate(ranking, evaluated, posterior, set(self.outstanding.keys()))
         if again is not None:
-            return self.space.from_str(again)
+            return again
         if not candidates:
-            return self.space.sample(self.rng)
+            return self._sample()
+        if in_flight:  # the constant liar
+            gp = self._lying_model(encode, points, in_flight)
+            posterior = gp.predict(encode(evaluated))
         mu, sigma = gp.predict(encode(candidates), return_std=True)
         incumbent = float(np.max(posterior))
         sigma = np.maximum(sigma, 1e-12)
         z = (mu - incumbent - self.config.xi) / sigma
         ei = (mu - incumbent - self.config.xi) * norm.cdf(z) + sigma * norm.pdf(z)
-        return self.space.from_str(candidates[int(np.argmax(ei))])
+        return candidates[int(np.argmax(ei))]
 
     def observe(self, arch: Any, value: float) -> None:
-        self.race.observe(self.space.to_str(arch), float(value), self.reevaluates)
+        key = self.space.to_str(arch)
+        self.race.observe(key, float(value), self.observed_reevaluating(key))
         self.observations += 1
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": rng_state(self.rng), "theta": self.theta, "fitted_at": self.fitted_at,
-                "observations": self.observations}
+                "observations": self.observations, "outstanding": self.outstanding.state()}
 
     def load_state_dict(self, state: dict[str, Any], history: Sequence[Observed] = ()) -> None:
         set_rng_state(self.rng, state["rng"])
@@ -269,3 +323,4 @@ class BayesianOptimisation(Racing, Strategy):
         self.theta = None if state["theta"] is None else [float(t) for t in state["theta"]]
         self.fitted_at = int(state["fitted_at"])
         self.observations = int(state.get("observations", self.race.spent))
+        self.outstanding.load(state.get("outstanding", ()))

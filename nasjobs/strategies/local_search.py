@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from nasjobs.options import option
 from nasjobs.rng import rng_state, set_rng_state
 from nasjobs.spaces.base import SearchSpace
-from nasjobs.strategies.base import Observed, Strategy
+from nasjobs.strategies.base import Observed, Outstanding, Strategy
 from nasjobs.strategies.race import FinalRace, Racing, race_options
 
 
@@ -29,8 +29,16 @@ class LocalSearch(Racing, Strategy):
     otherwise the current one is a local optimum and the search restarts from fresh random samples.
     Neighbours evaluated before are answered from the record without spending budget. The last `final_race`
     share of the budget measures the leaders again (`FinalRace`), so the reported best is not a lucky reading.
-    The checkpoint holds the random state and the current phase (at most one neighbourhood); what was observed
-    comes back from the trials.
+
+    With k parallel trials a phase's architectures are evaluated k at a time; the phase ends (the step is taken)
+    only once all of them are back, as steepest ascent needs. A worker freed while the last of them are in flight
+    looks ahead instead of waiting: it evaluates the next unevaluated, not yet proposed neighbour of the best
+    architecture the phase has found so far, if that beats the current one (where the climb most likely goes
+    next; the next phase then finds it in the record at no cost), otherwise an unseen random architecture.
+
+    The checkpoint holds the random state, the current phase (at most one neighbourhood) and the proposals in
+    flight (at most 2k, the oldest forgotten beyond: the planner may drop one and never observe it); what was
+    observed comes back from the trials.
     """
 
     name = "local_search"
@@ -46,6 +54,10 @@ class LocalSearch(Racing, Strategy):
         self.phase_keys: list[str] = []  # what this phase proposed, to pick its best when it is done
         self.current: str | None = None
         self.race = FinalRace(config.final_race, config.race_leaders)
+        self.outstanding = Outstanding()
+
+    def set_parallelism(self, k: int) -> None:
+        self.outstanding.set_parallelism(k)
 
     def _start_phase(self) -> None:
         if self.phase == "init" or self.current is None:
@@ -68,26 +80,56 @@ class LocalSearch(Racing, Strategy):
         else:  # a local optimum: restart
             self.current, self.phase = None, "init"
 
+    def _waiting(self) -> bool:
+        """Whether some of this phase's architectures are in flight, so it cannot be judged yet."""
+        return any(k not in self.values and k in self.outstanding for k in self.phase_keys)
+
+    def _look_ahead(self) -> str:
+        """A proposal while the phase waits on its last values: see the class docstring."""
+        scored = [k for k in self.phase_keys if k in self.values]
+        best = max(scored, key=lambda k: self.values[k]) if scored else None
+        if self.phase == "climb" and best is not None and self.current is not None \
+                and self.values[best] > self.values[self.current]:
+            for n in self.space.neighbours(self.space.from_str(best)):
+                key = self.space.to_str(n)
+                if key not in self.values and key not in self.outstanding and key not in self.phase_keys:
+                    return key
+        for _ in range(100):
+            key = self.space.to_str(self.space.sample(self.rng))
+            if key not in self.values and key not in self.outstanding:
+                break
+        return key
+
     def propose(self) -> Any:
-        again = self.race.next()
+        again = self.propose_again()
         if again is not None:
             return self.space.from_str(again)
-        while not self.queue:
-            if self.phase_keys:
-                self._end_phase()
-            self._start_phase()
-        return self.space.from_str(self.queue.pop(0))
+        key = None
+        while key is None:
+            if self.queue:
+                key = self.queue.pop(0)
+                if key in self.outstanding and key not in self.values:
+                    key = None  # already in flight (a look-ahead): its value is on its way
+            elif self._waiting():
+                key = self._look_ahead()
+            else:
+                if self.phase_keys:
+                    self._end_phase()
+                self._start_phase()
+        self.note_proposal(key)
+        return self.space.from_str(key)
 
     def observe(self, arch: Any, value: float) -> None:
         key = self.space.to_str(arch)
-        racing = self.race.racing
+        racing = self.observed_reevaluating(key)
         self.race.observe(key, float(value), racing)
         if not racing:
             self.values[key] = float(value)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": rng_state(self.rng), "queue": list(self.queue), "phase": self.phase,
-                "phase_keys": list(self.phase_keys), "current": self.current}
+                "phase_keys": list(self.phase_keys), "current": self.current,
+                "outstanding": self.outstanding.state()}
 
     def load_state_dict(self, state: dict[str, Any], history: Sequence[Observed] = ()) -> None:
         set_rng_state(self.rng, state["rng"])
@@ -97,4 +139,5 @@ class LocalSearch(Racing, Strategy):
         self.phase = state["phase"]
         self.phase_keys = list(state["phase_keys"])
         self.current = state["current"]
+        self.outstanding.load(state.get("outstanding", ()))
         self.race.restore(history)

@@ -5,7 +5,7 @@ import math
 from typing import Any, Sequence
 
 from nasjobs.options import option
-from nasjobs.strategies.base import Observed
+from nasjobs.strategies.base import Observed, Outstanding
 
 
 def race_options() -> tuple[Any, Any]:
@@ -72,11 +72,17 @@ class FinalRace:
         order = {k: i for i, k in enumerate(self.readings)}
         return sorted(self.readings, key=lambda k: (-sum(self.readings[k]) / len(self.readings[k]), order[k]))
 
-    def next(self) -> str | None:
-        """The architecture to measure again now, or None when the race has not begun."""
+    def next(self, in_flight: Sequence[str] = ()) -> str | None:
+        """The architecture to measure again now, or None when the race has not begun. `in_flight`: architectures
+        whose evaluation is still running (with parallel trials); they are left out, since the loop runs no
+        architecture twice at once, so k free workers measure k different leaders. With every leader in flight, the
+        next architecture by mean that is not is measured instead: a free worker still sharpens the ranking."""
         if not self.racing:
             return None
-        top = self.ranking()[:self.leaders]
+        busy = set(in_flight)
+        ranking = self.ranking()
+        top = [k for k in ranking[:self.leaders] if k not in busy] \
+            or [k for k in ranking if k not in busy][:1] or ranking[:1]
         fewest = min(len(self.readings[k]) for k in top)
         return next(k for k in top if len(self.readings[k]) == fewest)
 
@@ -88,9 +94,16 @@ class FinalRace:
 
 class Racing:
     """Mixin for a `Strategy` that ends with the `FinalRace` it holds as `self.race`: it re-evaluates while the race
-    runs, and hands the budget the loop announces to the race. List it before `Strategy` among the bases."""
+    runs, and hands the budget the loop announces to the race. List it before `Strategy` among the bases.
+
+    With parallel trials the strategy notes, for each proposal in flight (`self.outstanding`), whether the loop was
+    told to re-evaluate when it was made (`self.reevaluates` then): that, not the flag when its value arrives
+    (other values may have started the race meanwhile), says whether the value is a new reading, as the trials
+    record it. `note_proposal`, `propose_again` and `observed_reevaluating` keep this; one trial at a time, the
+    two flags are the same."""
 
     race: FinalRace
+    outstanding: Outstanding
 
     @property
     def reevaluates(self) -> bool:
@@ -98,3 +111,20 @@ class Racing:
 
     def set_budget(self, evaluations: int) -> None:
         self.race.budget = evaluations
+
+    def propose_again(self) -> str | None:
+        """The leader the race measures now (noted as in flight), or None before the race."""
+        key = self.race.next(self.outstanding.keys())
+        if key is not None:
+            self.outstanding.add(key, {"again": True})
+        return key
+
+    def note_proposal(self, key: str, **note: Any) -> None:
+        """`key` was proposed now: in flight, with `note` and whether the loop re-evaluates it."""
+        self.outstanding.add(key, {"again": bool(self.reevaluates), **note})
+
+    def observed_reevaluating(self, key: str) -> bool:
+        """`key`'s value came: whether the loop re-evaluated it when it was proposed (the flag now if it was not
+        proposed, or was forgotten)."""
+        found, note = self.outstanding.take(key)
+        return bool(note["again"]) if found else bool(self.reevaluates)

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from nasjobs.options import option
 from nasjobs.rng import rng_state, set_rng_state
 from nasjobs.spaces.base import SearchSpace
-from nasjobs.strategies.base import Observed, Strategy
+from nasjobs.strategies.base import Observed, Outstanding, Strategy
 
 
 @dataclass(frozen=True)
@@ -20,9 +20,10 @@ class RandomSearchConfig:
 class RandomSearch(Strategy):
     """Uniform sampling from the space (Li & Talwalkar 2019, "Random search and reproducibility for NAS").
 
-    With `no_repeats`, samples already proposed are redrawn, up to `max_attempts` times. Every proposal is
-    either evaluated or a repeat of an evaluated architecture, so what was proposed is what the trials hold: the
-    checkpoint keeps only the random state.
+    With `no_repeats`, samples already observed or still in flight are redrawn, up to `max_attempts` times.
+    Random search is asynchronous by nature: k parallel proposals are k independent samples. What was observed
+    the trials hold; the checkpoint keeps the random state and the proposals still in flight (`Outstanding`,
+    at most 2k: one the planner discards is forgotten, and may be drawn again).
     """
 
     name = "random"
@@ -32,24 +33,32 @@ class RandomSearch(Strategy):
     def __init__(self, space: SearchSpace, config: RandomSearchConfig, seed: int) -> None:
         super().__init__(space, config, seed)
         self.rng = random.Random(seed)
-        self.seen: set[str] = set()
+        self.seen: set[str] = set()  # every architecture observed
+        self.outstanding = Outstanding()
+
+    def set_parallelism(self, k: int) -> None:
+        self.outstanding.set_parallelism(k)
 
     def propose(self) -> Any:
         arch = self.space.sample(self.rng)
         if self.config.no_repeats:
             for _ in range(self.config.max_attempts - 1):
-                if self.space.to_str(arch) not in self.seen:
+                key = self.space.to_str(arch)
+                if key not in self.seen and key not in self.outstanding:
                     break
                 arch = self.space.sample(self.rng)
-        self.seen.add(self.space.to_str(arch))
+        self.outstanding.add(self.space.to_str(arch))
         return arch
 
     def observe(self, arch: Any, value: float) -> None:
-        pass  # random search learns nothing from results
+        key = self.space.to_str(arch)  # random search learns nothing from results, only what was tried
+        self.outstanding.take(key)
+        self.seen.add(key)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": rng_state(self.rng)}
+        return {"rng": rng_state(self.rng), "outstanding": self.outstanding.state()}
 
     def load_state_dict(self, state: dict[str, Any], history: Sequence[Observed] = ()) -> None:
         set_rng_state(self.rng, state["rng"])
         self.seen = {o.key for o in history}
+        self.outstanding.load(state.get("outstanding", ()))

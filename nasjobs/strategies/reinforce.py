@@ -11,7 +11,7 @@ from torch import nn
 
 from nasjobs.options import option
 from nasjobs.spaces.base import SearchSpace
-from nasjobs.strategies.base import Observed, Strategy
+from nasjobs.strategies.base import Observed, Outstanding, Strategy
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,16 @@ class Reinforce(Strategy):
     validation accuracy; b is an exponential moving average of past rewards. An entropy bonus keeps the
     policy from collapsing early, and logits pass through a temperature and c·tanh clipping (as in ENAS, Pham
     et al. 2018). One Adam step per batch of m observed architectures.
+
+    With k parallel trials the controller samples k architectures from its current policy, as the paper's
+    controller replicas each sample m children trained in parallel (Section 3.3). Each value, in whatever order it
+    arrives, is matched to the tokens sampled for its architecture, and its log-probability is recomputed from
+    those tokens under the controller at update time. The update batch is max(m, k): with k <= m it stays m,
+    and with k > m it grows to k, so that a sample is never drawn from a policy more than one update older than
+    the one it trains (with a batch of m < k, the k - m samples still in flight at an update would be a further
+    update stale for every step). With k = 1 it is m, as before. The tokens of the proposals in flight are in the
+    checkpoint (at most 2k, the oldest forgotten beyond: the planner may drop a proposal; a value that comes
+    without its tokens is scored from the architecture's `to_tokens`).
     """
 
     name = "reinforce"
@@ -100,21 +110,25 @@ class Reinforce(Strategy):
         self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=config.lr)
         self.generator = torch.Generator().manual_seed(seed % 2**63)
         self.baseline: float | None = None
-        self.proposed: dict[str, list[int]] = {}  # key -> the tokens sampled for it, until observed
+        self.proposed = Outstanding()  # key -> the tokens sampled for it, until observed
         self.batch: list[tuple[list[int], float]] = []  # (tokens, reward) awaiting the next update
+        self.batch_size = config.batch_size
+
+    def set_parallelism(self, k: int) -> None:
+        self.proposed.set_parallelism(k)
+        self.batch_size = max(self.config.batch_size, k)
 
     def propose(self) -> Any:
         with torch.no_grad():
             tokens, _, _ = self.controller.run(self.config, generator=self.generator)
         arch = self.space.from_tokens(tokens)
-        self.proposed[self.space.to_str(arch)] = tokens
+        self.proposed.add(self.space.to_str(arch), tokens)
         return arch
 
     def observe(self, arch: Any, value: float) -> None:
-        key = self.space.to_str(arch)
-        tokens = self.proposed.pop(key, None) or self.space.to_tokens(arch)
-        self.batch.append((tokens, float(value)))
-        if len(self.batch) >= self.config.batch_size:
+        found, tokens = self.proposed.take(self.space.to_str(arch))
+        self.batch.append((list(tokens) if found else self.space.to_tokens(arch), float(value)))
+        if len(self.batch) >= self.batch_size:
             self._update()
 
     def _update(self) -> None:
@@ -146,7 +160,7 @@ class Reinforce(Strategy):
     def state_dict(self) -> dict[str, Any]:
         return {"controller": _encode(self.controller.state_dict()), "optimizer": _encode(self.optimizer.state_dict()),
                 "generator": _encode(self.generator.get_state()), "baseline": self.baseline,
-                "proposed": [[k, t] for k, t in self.proposed.items()], "batch": [[t, r] for t, r in self.batch]}
+                "proposed": self.proposed.state(), "batch": [[t, r] for t, r in self.batch]}
 
     def load_state_dict(self, state: dict[str, Any], history: Sequence[Observed] = ()) -> None:
         """The controller is the whole memory of the search (its weights and Adam's moments, a fixed size): the
@@ -155,5 +169,5 @@ class Reinforce(Strategy):
         self.optimizer.load_state_dict(_decode(state["optimizer"]))
         self.generator.set_state(_decode(state["generator"]))
         self.baseline = state["baseline"]
-        self.proposed = {k: list(t) for k, t in state["proposed"]}
+        self.proposed.load([(k, list(t)) for k, t in state["proposed"]])
         self.batch = [(list(t), float(r)) for t, r in state["batch"]]

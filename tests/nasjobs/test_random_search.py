@@ -37,6 +37,15 @@ def test_it_never_repeats_until_the_space_is_exhausted():
     assert len(set(proposals)) == size
 
 
+def test_it_does_not_propose_an_architecture_in_flight_again():
+    strategy = RandomSearch(SPACE, RandomSearchConfig(no_repeats=True), seed=0)
+    strategy.set_parallelism(8)
+    first = [strategy.propose() for _ in range(8)]
+    strategy.observe(first[3], 0.5)
+    proposals = [SPACE.to_str(a) for a in first + [strategy.propose() for _ in range(7)]]
+    assert len(set(proposals)) == 15
+
+
 def test_with_repeats_allowed_it_samples_independently():
     strategy = RandomSearch(SPACE, RandomSearchConfig(no_repeats=False), seed=0)
     proposals = [SPACE.to_str(strategy.propose()) for _ in range(200)]

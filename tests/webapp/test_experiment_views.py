@@ -1,9 +1,12 @@
+from datetime import timedelta
+
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from nasjobs.search import ExperimentSpec, TrialRecord
 from webapp.experiments import services
-from webapp.experiments.models import Experiment
+from webapp.experiments.models import Experiment, Trial, Worker
 
 pytestmark = pytest.mark.django_db
 SPEC = ExperimentSpec("digits", "chain_cnn", "random", "train", budget=3, epochs=1, seed=0)
@@ -143,22 +146,66 @@ def test_a_zero_cost_score_is_shown_as_a_named_score_and_an_accuracy_as_a_percen
 
 def test_a_running_experiment_whose_worker_went_quiet_says_so_and_when_it_is_taken_over(alice_client, alice,
                                                                                           settings):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    settings.NAS_LEASE_SECONDS = 600
-    e = make(alice, "quiet", trials=[("c16k3", 0.5)])
+    settings.NAS_LEASE_SECONDS, settings.NAS_SWEEP_SECONDS = 600, 10
+    e = make(alice, "quiet", trials=[("c16k3", 0.5)])  # a search run as one job, held by worker "w"
     assert e.status == "running"
     beat = timezone.now() - timedelta(seconds=100)
     Experiment.objects.filter(pk=e.pk).update(heartbeat_at=beat)
     page = alice_client.get(reverse("experiment_detail", args=[e.pk])).content.decode()
-    takeover = (beat + timedelta(seconds=600)).strftime("%H:%M:%S")
-    assert "Running, but no heartbeat from its worker for 100 s; another worker takes over at " + takeover in page
+    takeover = beat + timedelta(seconds=610)  # the lease, then the next sweep
+    assert ("Running, but no heartbeat from its worker for 100 s; another worker takes over by "
+            + takeover.strftime("%H:%M:%S")) in page
     live = alice_client.get(reverse("experiment_status", args=[e.pk])).json()["liveness"]
-    assert live["silent_seconds"] >= 100 and live["takeover_at"].startswith((beat + timedelta(seconds=600)).date().isoformat())
+    assert live["silent_seconds"] >= 100 and live["takeover_at"].startswith(takeover.date().isoformat())
 
     assert services.experiment_heartbeat(e.pk, "w") == "running"  # the worker is heard from again
     page = alice_client.get(reverse("experiment_detail", args=[e.pk])).content.decode()
     assert '<p class="errorlist" id="liveness" hidden></p>' in page
     assert alice_client.get(reverse("experiment_status", args=[e.pk])).json()["liveness"] is None
+
+    # A search of trial jobs: the silent one is a running trial's worker.
+    Experiment.objects.filter(pk=e.pk).update(claimed_by="")
+    Trial.objects.create(experiment=e, number=1, arch_key="c32k5", arch_display="c32k5", val_acc=0.0, params=0,
+                         flops=0, train_seconds=0.0, estimator="train", status="running", host="gpu-box-3",
+                         heartbeat_at=timezone.now() - timedelta(seconds=40))
+    live = alice_client.get(reverse("experiment_status", args=[e.pk])).json()["liveness"]
+    assert live["message"].startswith("no heartbeat from the worker of trial 1 (on gpu-box-3) for 40 s")
+
+
+def test_trials_in_flight_and_failed_trials_are_shown_apart_from_the_leaderboard(alice_client, alice, carol):
+    e = make(alice, trials=[("c16k3", 0.5)])
+    Trial.objects.create(experiment=e, number=1, arch_key="c32k5", arch_display="c32k5", val_acc=0.0, params=0,
+                         flops=0, train_seconds=0.0, estimator="train", status="running", host="gpu-box-7",
+                         device="cuda:0 NVIDIA H200", attempts=2, heartbeat_at=timezone.now())
+    Trial.objects.create(experiment=e, number=2, arch_key="c64k3", arch_display="c64k3", val_acc=0.0, params=0,
+                         flops=0, train_seconds=0.0, estimator="train", status="failed", host="gpu-box-7",
+                         error="OutOfMemoryError: CUDA out of memory", traceback="Traceback: /srv/secret/path.py")
+    page = alice_client.get(reverse("experiment_detail", args=[e.pk])).content.decode()
+    board = page[page.index('id="leaderboard"'):]
+    assert "c16k3" in board and "c32k5" not in board and "c64k3" not in board  # no placeholder 0% rows
+    flight = page[page.index('id="in-flight"'):page.index('id="leaderboard"')]
+    assert "c32k5" in flight and "gpu-box-7" in flight and "cuda:0 NVIDIA H200" in flight
+    assert "Failed trials (1)" in page and "CUDA out of memory" in page and "/srv/secret" not in page
+    status = alice_client.get(reverse("experiment_status", args=[e.pk])).json()
+    assert [t["number"] for t in status["leaderboard"]] == [0]
+    assert status["in_flight"] == [{"number": 1, "arch_display": "c32k5", "status": "running", "host": "gpu-box-7",
+                                    "device": "cuda:0 NVIDIA H200", "attempts": 2, "again": False}]
+    assert status["failed_trials"] == 1 and status["exploration"]["unique_architectures"] == 1
+
+    trial_page = alice_client.get(reverse("trial_detail", args=[e.pk, 2])).content.decode()
+    assert "Failed: OutOfMemoryError: CUDA out of memory" in trial_page and "/srv/secret/path.py" in trial_page
+    alice_client.force_login(carol)  # a member, not an admin: the error without the traceback
+    trial_page = alice_client.get(reverse("trial_detail", args=[e.pk, 2])).content.decode()
+    assert "CUDA out of memory" in trial_page and "/srv/secret" not in trial_page
+
+
+def test_the_workers_page_is_for_staff_only(alice_client, alice, carol, client):
+    e = make(alice, trials=[("c16k3", 0.5)])
+    Worker.objects.create(name="gpu-box-7:123", host="gpu-box-7", device="cuda:1 NVIDIA H200",
+                          trial=e.trials.get(), seen_at=timezone.now())
+    Worker.objects.create(name="old:1", host="old-box", seen_at=timezone.now() - timedelta(hours=1))
+    page = alice_client.get(reverse("worker_list")).content.decode()
+    assert "gpu-box-7:123" in page and "cuda:1 NVIDIA H200" in page and "trial 0" in page
+    assert "old-box" not in page  # not heard from in the last minutes
+    client.force_login(carol)
+    assert client.get(reverse("worker_list")).status_code == 404

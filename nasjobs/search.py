@@ -23,7 +23,7 @@ from nasjobs.records import (AGAIN, DONE, MAX_REPEATED_PROPOSALS, Leaderboard, S
                              best_trial,
                              bracket_told_order, evaluations_done, observed_history, promotion, restore_strategy,  # noqa: F401
                              top_k_numbers)
-from nasjobs.training import between_batches
+from nasjobs.training import between_batches, training_format
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ class ExperimentSpec:
     parallelism: int = 1  # trials in flight at once, across every worker
     failure_policy: str = "worst"  # what the strategy is told of a failed trial (`nasjobs.planner.FAILURE_POLICIES`)
     max_failures: int = 3  # the experiment fails after this many failed trials in a row
+    bf16: bool = False  # train under bfloat16 autocast (CUDA only)
+    channels_last: bool = False  # train with channels-last memory (faster convolutions on tensor cores)
 
     def component_class(self, component: str) -> type:
         registry = {"space": SPACES, "strategy": STRATEGIES, "estimator": ESTIMATORS}[component]
@@ -96,6 +98,11 @@ def validate_spec(spec: ExperimentSpec) -> ExperimentSpec:
         configs[component] = config
     if spec.failure_policy not in FAILURE_POLICIES:
         raise SpecError("failure_policy", f"choose one of {', '.join(FAILURE_POLICIES)}")
+    for name in ("bf16", "channels_last"):
+        if not isinstance(getattr(spec, name), bool):
+            raise SpecError(name, "must be true or false")
+        if getattr(spec, name) and not spec.component_class("estimator").trains_networks:
+            raise SpecError(name, f"applies to training, and the {spec.estimator} estimator trains no network")
     if getattr(spec.component_class("strategy"), "differentiable", False):
         if spec.parallelism > 1:
             raise SpecError("parallelism", "a differentiable search trains one supernet, so it runs as one job: "
@@ -262,7 +269,7 @@ class SearchRunner:
     def run(self) -> None:
         """The store's heartbeat also runs between training batches (`nasjobs.training.between_batches`), so a
         cancel or a lost claim stops a trial within a batch, not at the end of a long epoch."""
-        with between_batches(self.store.heartbeat):
+        with between_batches(self.store.heartbeat), training_format(self.spec.bf16, self.spec.channels_last):
             self._run()
 
     def _run(self) -> None:
@@ -308,6 +315,10 @@ class SearchRunner:
         """Run a trial's job, as the planner set it: its first evaluation (weights saved when the estimator trains
         some), or one more with a fresh seed (`job == AGAIN`: the figure becomes the mean; the first evaluation's
         weights stay). Returns the record, done; `heartbeat` runs after every epoch and may raise to stop it."""
+        with training_format(self.spec.bf16, self.spec.channels_last):
+            return self._execute(trial, heartbeat)
+
+    def _execute(self, trial: TrialRecord, heartbeat: Callable[[], None]) -> TrialRecord:
         arch = self.space.from_str(trial.arch_key)
         hook = lambda epoch, acc: heartbeat()  # noqa: E731
         if trial.job == AGAIN:

@@ -44,6 +44,28 @@ def between_batches(check: Callable[[], None]) -> Iterator[None]:
         _BETWEEN_BATCHES.reset(token)
 
 
+@dataclass(frozen=True)
+class TrainingFormat:
+    """How networks are trained inside a `training_format` block, unless a call says otherwise."""
+
+    bf16: bool = False
+    channels_last: bool = False
+
+
+_FORMAT: ContextVar[TrainingFormat] = ContextVar("training_format", default=TrainingFormat())
+
+
+@contextmanager
+def training_format(bf16: bool = False, channels_last: bool = False) -> Iterator[None]:
+    """Train every network inside the block with bf16 autocast and/or channels-last memory (`Trainer`): how a
+    search applies its experiment's settings to whatever its estimator trains."""
+    token = _FORMAT.set(TrainingFormat(bf16, channels_last))
+    try:
+        yield
+    finally:
+        _FORMAT.reset(token)
+
+
 def batch_done() -> None:
     """Called by a training loop after each batch: the installed check, if any."""
     check = _BETWEEN_BATCHES.get()
@@ -145,6 +167,8 @@ class Trainer:
     def __init__(self, model: nn.Module, train: Split, val: Split, settings: SGDSettings, total_epochs: int,
                  seed: int, device: torch.device, stream: bool | None = None, *, bf16: bool = False,
                  channels_last: bool = False) -> None:
+        current = _FORMAT.get()
+        bf16, channels_last = bf16 or current.bf16, channels_last or current.channels_last
         check_precision(device, bf16)
         if device.type == "cuda":
             tune_cuda()

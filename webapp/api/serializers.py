@@ -24,6 +24,8 @@ class ExperimentCreateSerializer(serializers.Serializer):
     failure_policy = serializers.CharField(default="worst", help_text="What the strategy is told of a failed "
                                                                       "trial: worst or ignore")
     max_failures = serializers.IntegerField(default=3, help_text="Fail after this many failed trials in a row")
+    bf16 = serializers.BooleanField(default=False, help_text="Train under bfloat16 autocast (CUDA workers only)")
+    channels_last = serializers.BooleanField(default=False, help_text="Train with channels-last memory")
     options = serializers.DictField(child=serializers.DictField(), required=False, default=dict)
 
 

@@ -57,7 +57,8 @@ def cancel(modeladmin, request, queryset):
 
 
 SPEC_FIELDS = ("dataset", "space", "strategy", "estimator", "budget", "epochs", "seed", "options", "top_k",
-               "patience", "max_seconds", "parallelism", "failure_policy", "max_failures")
+               "patience", "max_seconds", "parallelism", "failure_policy", "max_failures",
+               "bf16", "channels_last")
 
 
 class ExperimentAdminForm(forms.ModelForm):

@@ -109,6 +109,10 @@ class ExperimentForm(forms.Form):
     max_failures = forms.IntegerField(min_value=LIMITS["max_failures"][0], max_value=LIMITS["max_failures"][1],
                                       initial=3, label="Failures in a row allowed",
                                       help_text="The experiment fails after this many failed trials in a row")
+    bf16 = forms.BooleanField(required=False, label="bf16 autocast",
+                              help_text="Train in bfloat16 mixed precision (needs CUDA workers)")
+    channels_last = forms.BooleanField(required=False, label="Channels-last memory",
+                                       help_text="Faster convolutions on tensor cores; no change in results")
 
     def __init__(self, *args: Any, user=None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -163,7 +167,8 @@ class ExperimentForm(forms.Form):
                               seed=data["seed"], options=self._options(data), top_k=data["top_k"],
                               patience=data["patience"], max_seconds=data["max_seconds"],
                               parallelism=data["parallelism"], failure_policy=data["failure_policy"],
-                              max_failures=data["max_failures"])
+                              max_failures=data["max_failures"], bf16=data["bf16"],
+                              channels_last=data["channels_last"])
         try:
             self.spec = validate_spec(spec)
         except SpecError as exc:

@@ -47,6 +47,8 @@ class Experiment(models.Model):
                                       help_text="What the strategy is told of a failed trial")
     max_failures = models.PositiveIntegerField(default=3, help_text="The experiment fails after this many failed "
                                                                     "trials in a row")
+    bf16 = models.BooleanField(default=False, help_text="Train under bfloat16 autocast (CUDA workers only)")
+    channels_last = models.BooleanField(default=False, help_text="Train with channels-last memory")
 
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
     cost = models.PositiveBigIntegerField(default=0, help_text="Estimated compute in trial-epochs (trials x epochs)")
@@ -124,7 +126,8 @@ class Experiment(models.Model):
                               estimator=self.estimator, budget=self.budget, epochs=self.epochs, seed=self.seed,
                               options=self.options, top_k=self.top_k, patience=self.patience,
                               max_seconds=self.max_seconds, parallelism=self.parallelism,
-                              failure_policy=self.failure_policy, max_failures=self.max_failures)
+                              failure_policy=self.failure_policy, max_failures=self.max_failures,
+                              bf16=self.bf16, channels_last=self.channels_last)
 
     def search_seconds(self, now: datetime) -> float:
         """Search time so far, summed over its runs."""

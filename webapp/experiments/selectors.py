@@ -227,7 +227,7 @@ def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> d
         "epochs": experiment.epochs, "seed": experiment.seed, "top_k": experiment.top_k, "options": experiment.options,
         "patience": experiment.patience, "max_seconds": experiment.max_seconds,
         "parallelism": experiment.parallelism, "failure_policy": experiment.failure_policy,
-        "max_failures": experiment.max_failures,
+        "max_failures": experiment.max_failures, "bf16": experiment.bf16, "channels_last": experiment.channels_last,
         "stop_reason": experiment.stop_reason, "trials_done": experiment.trials_done,
         "progress_percent": experiment.progress_percent,
         "exploration": experiment_exploration(experiment),

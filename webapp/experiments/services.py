@@ -126,7 +126,8 @@ def experiment_create(*, user: AbstractBaseUser | None, name: str, spec: Experim
             name=name, team=team, dataset=spec.dataset, space=spec.space, strategy=spec.strategy,
             estimator=spec.estimator, budget=spec.budget, epochs=spec.epochs, seed=spec.seed, top_k=spec.top_k,
             options=spec.options, patience=spec.patience, max_seconds=spec.max_seconds, parallelism=spec.parallelism,
-            failure_policy=spec.failure_policy, max_failures=spec.max_failures, created_by=user, cost=cost,
+            failure_policy=spec.failure_policy, max_failures=spec.max_failures, bf16=spec.bf16,
+            channels_last=spec.channels_last, created_by=user, cost=cost,
             status=Experiment.Status.PENDING_REVIEW if reason else Experiment.Status.QUEUED, review_reason=reason,
             admitted_at=None if reason else now)
         event_record(experiment, ExperimentEvent.Action.CREATED, actor=user,

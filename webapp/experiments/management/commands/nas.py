@@ -28,7 +28,7 @@ from webapp.teams.services import TeamError, team_create, user_add
 TERMINAL = (Experiment.Status.SUCCEEDED, Experiment.Status.FAILED, Experiment.Status.CANCELLED,
             Experiment.Status.REJECTED)
 SUBMIT_FIELDS = {"name", "team", "dataset", "space", "strategy", "estimator", "budget", "epochs", "seed", "top_k",
-                 "patience", "max_seconds", "parallelism", "failure_policy", "max_failures", "options"}
+                 "patience", "max_seconds", "parallelism", "failure_policy", "max_failures", "bf16", "channels_last", "options"}
 
 
 def read_experiment_file(path: str) -> dict[str, Any]:
@@ -140,6 +140,10 @@ class Command(BaseCommand):
                             help="What the strategy is told of a failed trial (default: worst)")
         submit.add_argument("--max-failures", type=int, default=None,
                             help="Fail the experiment after this many failed trials in a row (default: 3)")
+        submit.add_argument("--bf16", action="store_true", default=None,
+                            help="Train under bfloat16 autocast (CUDA workers only)")
+        submit.add_argument("--channels-last", action="store_true", default=None,
+                            help="Train with channels-last memory")
         submit.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                             help="An option of the space, strategy or estimator (KEY or component.KEY)")
         submit.add_argument("--wait", action="store_true", help="Wait until the experiment ends")

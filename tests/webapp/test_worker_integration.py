@@ -78,7 +78,8 @@ def test_a_cancelled_experiment_keeps_its_trials_and_resumes_to_the_end(alice_cl
                       epochs=60, seed=1, top_k=1).spec()
     experiment = services.experiment_create(user=alice, name="cancel me", spec=spec)
     worker = celery_worker_factory()
-    wait_for(lambda: Experiment.objects.get(pk=experiment.pk).trials_done >= 1, 180, "a trial", worker.log)
+    wait_for(lambda: Experiment.objects.get(pk=experiment.pk).trials_done >= 1 and Trial.objects.filter(
+        experiment=experiment, status="running").exists(), 180, "a trial done and the next under way", worker.log)
     alice_client.post(reverse("experiment_cancel", args=[experiment.pk]))
     cancelled_at = time.monotonic()
     assert status_of(experiment.pk) == "cancelled"

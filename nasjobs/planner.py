@@ -4,10 +4,10 @@ from __future__ import annotations
 import bisect
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-from nasjobs.records import (AGAIN, DONE, FAILED, MAX_REPEATED_PROPOSALS, PENDING, Leaderboard, TrialRecord,
-                             restore_strategy)
+from nasjobs.records import (AGAIN, DONE, FAILED, MAX_REPEATED_PROPOSALS, PENDING, RUNG, Leaderboard, TrialRecord,
+                             bracket_told_order, promotion, restore_strategy)
 from nasjobs.strategies import Observed
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,10 @@ class Planner:
         self._index(trial)
         return trial
 
+    def state_dict(self) -> dict[str, Any]:
+        """What is saved with each step: the strategy's checkpoint."""
+        return self.strategy.state_dict()
+
     def tell(self, trial: TrialRecord) -> None:
         """A trial's job is done: its record (status DONE) holds the new evaluation last in `evaluations`."""
         self.in_flight.pop(trial.number, None)
@@ -182,3 +186,136 @@ class Planner:
     @property
     def best(self) -> TrialRecord | None:
         return None if self.board.best is None else self.trials[self.board.best]
+
+
+class BracketPlanner(Planner):
+    """Successive halving (Jamieson & Talwalkar 2016) and Hyperband (Li et al. 2018, Algorithm 1) with up to
+    `parallelism` trials in flight: a bracket is filled with new architectures from the strategy, each trained to
+    the lowest rung, as many at once as allowed; once every member has its rung, the best floor(n/eta) are
+    promoted and trained on to the next rung together (from their own checkpoints, `RUNG` jobs), the rest told
+    to the strategy with their figure; after the top rung the survivors are told and the next bracket begins.
+    Which trials survive each cut is derived from the recorded rungs, so a restored planner redoes exactly the
+    missing work, and the strategy is given its history in the order the cuts told it (`bracket_told_order`).
+    With `parallelism` 1 this is the serial loop. A trial that fails leaves its bracket and is not told: a
+    bracket's cuts rank figures, and a failure has none.
+
+    `bracket(index)` gives a bracket's size and rungs (epochs); `forget(number)` drops a trial's resumable
+    checkpoint once it can no longer be promoted."""
+
+    def __init__(self, spec: Any, space: Any, strategy: Any, bracket: Callable[[int], tuple[int, list[int]]],
+                 eta: int, parallelism: int = 1, forget: Callable[[int], None] = lambda number: None) -> None:
+        super().__init__(spec, space, strategy, parallelism, "ignore")
+        self.bracket, self.eta, self.forget = bracket, eta, forget
+        self.loop: dict[str, Any] = {"bracket": 0, "members": [], "observed": []}
+        self.reason: str | None = None
+
+    def restore(self, state: dict[str, Any] | None, trials: list[TrialRecord]) -> None:
+        for trial in trials:
+            self._index(trial)
+            if trial.in_flight and trial.job == RUNG:
+                self.before[trial.number] = trial.val_acc
+        if state is not None:
+            self.loop = state["loop"]
+            told: list[int] = []
+            for index in range(self.loop["bracket"]):  # a finished bracket told every member, in a fixed order
+                members = [t.number for t in trials if t.fidelity.get("bracket") == index and t.status != FAILED]
+                told += bracket_told_order(members, self.trials, len(self.bracket(index)[1]), self.eta)
+            told += self.loop["observed"]
+            restore_strategy(self.strategy, state["strategy"],
+                             [Observed(self.trials[n].arch_key, tuple(self.trials[n].evaluations)) for n in told])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"strategy": self.strategy.state_dict(), "loop": self.loop}
+
+    def stop_reason(self, elapsed: float) -> str | None:
+        """As `Planner.stop_reason`, counting architectures: a promotion spends no budget."""
+        first = sum(1 for t in self.in_flight.values() if t.job != RUNG)
+        if self.board.evaluations + first >= self.spec.budget:
+            return "budget"
+        in_flight, self.in_flight = self.in_flight, {}
+        try:
+            return super().stop_reason(elapsed)
+        finally:
+            self.in_flight = in_flight
+
+    def _ready(self, numbers: list[int], rung: int) -> bool:
+        """Whether every trial of `numbers` has its figure of rung `rung` (counting from 0) recorded."""
+        return all(len(self.trials[n].fidelity.get("rungs", [])) > rung and not self.trials[n].in_flight
+                   for n in numbers)
+
+    def _tell(self, number: int) -> None:
+        if number not in self.loop["observed"]:
+            trial = self.trials[number]
+            self.strategy.observe(self.space.from_str(trial.arch_key), trial.val_acc)
+            self.loop["observed"].append(number)
+            self.forget(number)
+
+    def plan(self, elapsed: float) -> Plan:
+        jobs: list[TrialRecord] = []
+        while True:
+            size, rungs = self.bracket(self.loop["bracket"])
+            members: list[int] = self.loop["members"]
+            while (len(members) < size and len(self.in_flight) < self.parallelism and not self.exhausted
+                   and self.stop_reason(elapsed) is None):
+                arch = self.strategy.propose()
+                self.proposals += 1
+                key = self.space.to_str(arch)
+                known = self.by_key.get(key)
+                if known is not None:
+                    if known.in_flight:
+                        break
+                    if known.status == DONE:
+                        self.strategy.observe(arch, known.val_acc)
+                    self.repeats += 1
+                    if self.repeats >= MAX_REPEATED_PROPOSALS:
+                        self.exhausted = True
+                    continue
+                trial = self._new_trial(arch, key)
+                trial.fidelity = {"bracket": self.loop["bracket"], "rungs": []}
+                members.append(trial.number)
+                jobs.append(trial)
+            self.reason = "exhausted" if self.exhausted else self.stop_reason(elapsed)
+            if len(members) < size and self.reason is None:
+                return Plan(jobs, None)  # filling: waiting for a free slot
+            if self.reason == "time_limit" or not members:
+                return Plan(jobs, self.reason if not self.in_flight else None)
+            if not self._ready(members, 0):
+                return Plan(jobs, None)
+            cohort = list(members)
+            for rung, _ in enumerate(rungs[1:], start=1):
+                survivors, losers = promotion(cohort, self.trials, rung, self.eta)
+                for number in losers:
+                    self._tell(number)
+                waiting = [n for n in survivors if len(self.trials[n].fidelity["rungs"]) <= rung]
+                for number in waiting:
+                    trial = self.trials[number]
+                    if not trial.in_flight and len(self.in_flight) < self.parallelism:
+                        self.before[number] = trial.val_acc
+                        trial.status, trial.job = PENDING, RUNG
+                        self.in_flight[number] = trial
+                        jobs.append(trial)
+                if waiting:
+                    return Plan(jobs, None)
+                cohort = survivors
+            for number in cohort:
+                self._tell(number)
+            self.loop = {"bracket": self.loop["bracket"] + 1, "members": [], "observed": []}
+            self.reason = self.reason or self.stop_reason(elapsed)
+            if self.reason is not None:
+                return Plan(jobs, self.reason)
+
+    def tell(self, trial: TrialRecord) -> None:
+        """A trial reached a rung: its record holds the rung's figure (`fidelity["rungs"]`, one evaluation)."""
+        self.in_flight.pop(trial.number, None)
+        if trial.number in self.before:
+            self.board.reevaluated(trial, self.before.pop(trial.number), evaluations=0)
+        else:
+            self.board.add(trial)
+            bisect.insort(self.done_numbers, trial.number)
+        trial.status, trial.job = DONE, ""
+        self.trials[trial.number] = self.by_key[trial.arch_key] = trial
+
+    def fail(self, trial: TrialRecord, error: str) -> None:
+        super().fail(trial, error)
+        if trial.status == FAILED and trial.number in self.loop["members"]:
+            self.loop["members"].remove(trial.number)

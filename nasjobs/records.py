@@ -15,6 +15,7 @@ MAX_REPEATED_PROPOSALS = 1000
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 IN_FLIGHT = (PENDING, RUNNING)
 AGAIN = "again"  # the job of a trial evaluated once more (a re-evaluation), rather than for the first time
+RUNG = "rung"  # the job of a trial promoted to its bracket's next rung (successive halving): trained on
 
 
 class SearchCancelled(Exception):
@@ -113,11 +114,12 @@ class Leaderboard:
         bisect.insort(self.order, (-trial.val_acc, trial.number))
         self.evaluations += len(trial.evaluations)
 
-    def reevaluated(self, trial: TrialRecord, before: float) -> None:
-        """`trial` got one evaluation more; its figure was `before`."""
+    def reevaluated(self, trial: TrialRecord, before: float, evaluations: int = 1) -> None:
+        """`trial` got `evaluations` more (0: a new figure replacing the old, as a promotion to a higher rung
+        gives); its figure was `before`."""
         del self.order[bisect.bisect_left(self.order, (-before, trial.number))]
         bisect.insort(self.order, (-trial.val_acc, trial.number))
-        self.evaluations += 1
+        self.evaluations += evaluations
 
     @property
     def best(self) -> int | None:

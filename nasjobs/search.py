@@ -18,11 +18,11 @@ from nasjobs.options import OptionError, config_to_json, parse_config
 from nasjobs.rng import derive_seed
 from nasjobs.spaces import SPACES
 from nasjobs.strategies import STRATEGIES
-from nasjobs.planner import FAILURE_POLICIES, Planner
-from nasjobs.records import (AGAIN, DONE, MAX_REPEATED_PROPOSALS, Leaderboard, SearchCancelled, TrialRecord,  # noqa: F401
-                             best_trial,
-                             bracket_told_order, evaluations_done, observed_history, promotion, restore_strategy,  # noqa: F401
-                             top_k_numbers)
+from nasjobs.estimators.successive_halving import rung_checkpoint
+from nasjobs.planner import FAILURE_POLICIES, BracketPlanner, Planner
+# The records a search keeps, importable from here too (`nasjobs.records` holds them).
+from nasjobs.records import (AGAIN, DONE, Leaderboard, SearchCancelled, TrialRecord, best_trial,  # noqa: F401
+                             evaluations_done, top_k_numbers)
 from nasjobs.training import between_batches, training_format
 
 log = logging.getLogger(__name__)
@@ -108,9 +108,6 @@ def validate_spec(spec: ExperimentSpec) -> ExperimentSpec:
             raise SpecError("parallelism", "a differentiable search trains one supernet, so it runs as one job: "
                                            "set parallelism to 1")
         spec = dataclasses.replace(spec, budget=1)  # one search; `epochs` counts its epochs
-    if getattr(spec.component_class("estimator"), "multi_fidelity", False) and spec.parallelism > 1:
-        raise SpecError("parallelism", f"{spec.estimator} promotes its brackets' trials rung by rung in one job: "
-                                       "set parallelism to 1")
     space = spec.component_class("space")(configs["space"])
     try:
         spec.component_class("estimator").check_space(space)
@@ -246,25 +243,20 @@ class SearchRunner:
             return "differentiable"
         return "brackets" if getattr(self.spec.component_class("estimator"), "multi_fidelity", False) else "trials"
 
-    def planner(self, parallelism: int = 1, failure_policy: str = "worst") -> Planner:
-        return Planner(self.spec, self.space, self.strategy, parallelism, failure_policy)
+    def planner(self, parallelism: int = 1, failure_policy: str = "worst", strategy: Any = None) -> Planner:
+        """What decides the next jobs of this search: brackets of rungs for a multi-fidelity estimator, plain
+        ask/tell otherwise; it drives `strategy` (default: this runner's own)."""
+        strategy = self.strategy if strategy is None else strategy
+        if self.kind == "brackets":
+            estimator, config = self.spec.component_class("estimator"), self.configs["estimator"]
+            workdir = self.artifacts.dir / "estimator"
+            return BracketPlanner(self.spec, self.space, strategy,
+                                  lambda index: estimator.brackets(config, index, self.spec.epochs), config.eta,
+                                  parallelism, forget=lambda n: rung_checkpoint(workdir, n).unlink(missing_ok=True))
+        return Planner(self.spec, self.space, strategy, parallelism, failure_policy)
 
     def trial_seed(self, number: int) -> int:
         return derive_seed(self.spec.seed, "trial", number) % (2**31)
-
-    def stop_reason(self, trials: list[TrialRecord], search_seconds: float,
-                    board: Leaderboard | None = None) -> str | None:
-        """Why the search should stop now (budget, patience or time limit), or None to go on; `board`: the
-        trials' leaderboard where the caller keeps one."""
-        board = board or Leaderboard(trials)
-        if board.evaluations >= self.spec.budget:
-            return "budget"
-        if self.spec.patience and board.best is not None:
-            if len(trials) - 1 - board.best >= self.spec.patience:
-                return "patience"
-        if self.spec.max_seconds and search_seconds >= self.spec.max_seconds:
-            return "time_limit"
-        return None
 
     def run(self) -> None:
         """The store's heartbeat also runs between training batches (`nasjobs.training.between_batches`), so a
@@ -276,8 +268,6 @@ class SearchRunner:
         kind = self.kind
         if kind == "differentiable":
             return self._run_differentiable()
-        if kind == "brackets":
-            return self._run_brackets()
         state, trials = self.store.load()
         planner = self.planner()
         planner.restore(state, trials)
@@ -299,7 +289,7 @@ class SearchRunner:
                 trial.search_seconds = elapsed()
                 planner.tell(trial)
                 kept = planner.kept(self.spec.top_k)
-                self.store.record_trial(trial, self.strategy.state_dict(), kept)
+                self.store.record_trial(trial, planner.state_dict(), kept)
                 self.artifacts.keep_only(kept)
         if planner.best is not None:
             self.store.finish(planner.best.number, self.best_test_accuracy(planner.best), plan.finished or "budget")
@@ -321,6 +311,8 @@ class SearchRunner:
     def _execute(self, trial: TrialRecord, heartbeat: Callable[[], None]) -> TrialRecord:
         arch = self.space.from_str(trial.arch_key)
         hook = lambda epoch, acc: heartbeat()  # noqa: E731
+        if self.kind == "brackets":
+            return self._train_to_rung(trial, arch, hook)
         if trial.job == AGAIN:
             seed = derive_seed(self.spec.seed, "trial", trial.number, "repeat", len(trial.evaluations)) % (2**31)
             result = self.estimator.evaluate(arch, self.spec.epochs, seed=seed, hook=hook)
@@ -339,103 +331,23 @@ class SearchRunner:
         trial.status = DONE
         return trial
 
-    def _run_brackets(self) -> None:
-        """Successive-halving brackets (Jamieson & Talwalkar 2016; Hyperband, Li et al. 2018, Algorithm 1).
-
-        A bracket is filled with new architectures from the strategy, each trained to the lowest rung; then rung by
-        rung the best floor(n/eta) continue from their checkpoints and the rest are told to the strategy with their
-        last figure. Which trials survive each rung is derived from the recorded rungs, so a resumed run redoes
-        exactly the missing work; the strategy's state is saved together with the set of trials it has been told.
-        """
-        state, trials = self.store.load()
-        loop: dict[str, Any] = {"bracket": 0, "members": [], "observed": []}
-        eta, top = self.estimator.config.eta, self.spec.epochs
-        if state is not None:
-            loop = state["loop"]
-            told: list[int] = []
-            for bracket in range(loop["bracket"]):  # finished brackets told every member, in a fixed order
-                members = [t.number for t in trials if t.fidelity.get("bracket") == bracket]
-                told += bracket_told_order(members, trials, len(self.estimator.bracket(bracket, top)[1]), eta)
-            told += loop["observed"]
-            restore_strategy(self.strategy, state["strategy"], observed_history(trials[n] for n in told))
-        by_key = {t.arch_key: t for t in trials}
-        previous_seconds = max((t.search_seconds for t in trials), default=0.0)
-        proposals = max((t.proposals for t in trials), default=0)
-        session_start = time.monotonic()
-        elapsed = lambda: previous_seconds + time.monotonic() - session_start  # noqa: E731
-
-        def save(trial: TrialRecord) -> None:
-            kept = top_k_numbers(trials, self.spec.top_k)
-            self.store.record_trial(trial, {"strategy": self.strategy.state_dict(), "loop": loop}, kept)
-            self.artifacts.keep_only(kept)
-
-        def train(trial: TrialRecord, epochs: int) -> None:
-            arch = self.space.from_str(trial.arch_key)
-            result = self.estimator.train_to(arch, trial.number, epochs, top, self.trial_seed(trial.number),
-                                             hook=lambda epoch, acc: self.store.heartbeat())
-            rungs = trial.fidelity.get("rungs", []) + [{"epochs": epochs, "val_acc": result.val_acc}]
-            trial.fidelity = {**result.fidelity, "bracket": loop["bracket"], "rungs": rungs}
-            trial.val_acc, trial.evaluations, trial.curve = result.val_acc, [result.val_acc], result.curve
-            trial.params, trial.flops = result.params, result.flops
-            trial.train_seconds += result.train_seconds
-            trial.search_seconds = elapsed()
-            if result.state is not None:
-                trial.weights_path = self.artifacts.save(trial.number, result.state)
-
-        def tell(number: int) -> None:
-            if number not in loop["observed"]:
-                trial = trials[number]
-                self.strategy.observe(self.space.from_str(trial.arch_key), trial.val_acc)
-                loop["observed"].append(number)
-                self.estimator.forget(number)
-
-        reason = None
-        while True:
-            size, rungs = self.estimator.bracket(loop["bracket"], top)
-            members: list[int] = loop["members"]
-            repeats = 0
-            while len(members) < size and (reason := self.stop_reason(trials, elapsed())) is None:
-                self.store.heartbeat()
-                arch = self.strategy.propose()
-                proposals += 1
-                key = self.space.to_str(arch)
-                if key in by_key:
-                    self.strategy.observe(arch, by_key[key].val_acc)
-                    repeats += 1
-                    if repeats >= MAX_REPEATED_PROPOSALS:
-                        reason = "exhausted"
-                        break
-                    continue
-                repeats = 0
-                incumbent = self.space.from_str(best_trial(trials).arch_key) if trials else None
-                trial = TrialRecord(len(trials), key, self.space.display(arch), 0.0, 0, 0, 0.0, {}, [], None,
-                                    self.spec.estimator, proposals=proposals,
-                                    distance_to_incumbent=None if incumbent is None else self.space.distance(arch, incumbent))
-                train(trial, rungs[0])
-                trials.append(trial)
-                by_key[key] = trial
-                members.append(trial.number)
-                save(trial)
-            if reason == "time_limit" or not members:
-                break
-            cohort = list(members)
-            for rung, epochs in enumerate(rungs[1:], start=1):
-                survivors, losers = promotion(cohort, trials, rung, eta)
-                for number in losers:
-                    tell(number)
-                for number in survivors:
-                    if len(trials[number].fidelity["rungs"]) <= rung:
-                        self.store.heartbeat()
-                        train(trials[number], epochs)
-                        save(trials[number])
-                cohort = survivors
-            for number in cohort:
-                tell(number)
-            loop = {"bracket": loop["bracket"] + 1, "members": [], "observed": []}
-            if reason is not None or (reason := self.stop_reason(trials, elapsed())) is not None:
-                break
-        if trials:
-            self._finish(trials, reason or "budget")
+    def _train_to_rung(self, trial: TrialRecord, arch: Any, hook: Callable[[int, float], None]) -> TrialRecord:
+        """Train a bracket's trial on to its next rung, from its own checkpoint (successive halving)."""
+        bracket, rungs = trial.fidelity["bracket"], trial.fidelity.get("rungs", [])
+        epochs = self.estimator.bracket(bracket, self.spec.epochs)[1][len(rungs)]
+        result = self.estimator.train_to(arch, trial.number, epochs, self.spec.epochs, self.trial_seed(trial.number),
+                                         hook=hook)
+        trial.fidelity = {**result.fidelity, "bracket": bracket,
+                          "rungs": rungs + [{"epochs": epochs, "val_acc": result.val_acc}]}
+        trial.val_acc, trial.evaluations, trial.curve = result.val_acc, [result.val_acc], result.curve
+        trial.params, trial.flops = result.params, result.flops
+        trial.train_seconds += result.train_seconds
+        if result.state is not None:
+            trial.weights_path = self.artifacts.save(trial.number, result.state)
+        log.info("trial %d %s rung %d (%d epochs) val_acc=%.4f", trial.number, trial.arch_key, len(rungs), epochs,
+                 result.val_acc)
+        trial.status = DONE
+        return trial
 
     def _run_differentiable(self) -> None:
         """A gradient-based search (DARTS): one supernet search of `epochs` epochs, checkpointed after each, then

@@ -38,6 +38,11 @@ def geometric_rungs(min_epochs: int, max_epochs: int, eta: int) -> list[int]:
     return rungs
 
 
+def rung_checkpoint(workdir: Path, number: int) -> Path:
+    """Where trial `number` keeps its resumable checkpoint between rungs."""
+    return workdir / f"rung-checkpoint-{number:05d}.pt"
+
+
 class SuccessiveHalvingEstimator(TrainEstimator):
     """Successive halving (Jamieson & Talwalkar 2016; as the inner loop of Li et al. 2018, Algorithm 1): a
     bracket of `bracket_size` trials trains for `min_epochs`; the best floor(n/eta) of each rung continue to eta
@@ -53,14 +58,18 @@ class SuccessiveHalvingEstimator(TrainEstimator):
     Config = SuccessiveHalvingConfig
     multi_fidelity = True
 
+    @classmethod
+    def brackets(cls, config: Any, index: int, max_epochs: int) -> tuple[int, list[int]]:
+        """The size and the rungs (epochs) of bracket number `index` (no dataset needed: a planner asks)."""
+        return config.bracket_size, geometric_rungs(config.min_epochs, max_epochs, config.eta)
+
     def bracket(self, index: int, max_epochs: int) -> tuple[int, list[int]]:
-        """The size and the rungs (epochs) of bracket number `index`."""
-        return self.config.bracket_size, geometric_rungs(self.config.min_epochs, max_epochs, self.config.eta)
+        return self.brackets(self.config, index, max_epochs)
 
     def checkpoint_path(self, number: int) -> Path:
         if self.workdir is None:
             raise RuntimeError("successive halving keeps checkpoints in the experiment's work folder; none was set")
-        return self.workdir / f"rung-checkpoint-{number:05d}.pt"
+        return rung_checkpoint(self.workdir, number)
 
     def train_to(self, arch: Any, number: int, epochs: int, total_epochs: int, seed: int,
                  hook: EpochHook | None = None) -> EvalResult:
@@ -99,8 +108,9 @@ class HyperbandEstimator(SuccessiveHalvingEstimator):
     title = "Hyperband"
     Config = HyperbandConfig
 
-    def bracket(self, index: int, max_epochs: int) -> tuple[int, list[int]]:
-        eta, unit = self.config.eta, min(self.config.min_epochs, max_epochs)
+    @classmethod
+    def brackets(cls, config: Any, index: int, max_epochs: int) -> tuple[int, list[int]]:
+        eta, unit = config.eta, min(config.min_epochs, max_epochs)
         big_r = max_epochs / unit
         s_max = int(math.floor(math.log(big_r, eta) + 1e-9))
         s = s_max - index % (s_max + 1)

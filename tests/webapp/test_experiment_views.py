@@ -189,7 +189,7 @@ def test_trials_in_flight_and_failed_trials_are_shown_apart_from_the_leaderboard
     status = alice_client.get(reverse("experiment_status", args=[e.pk])).json()
     assert [t["number"] for t in status["leaderboard"]] == [0]
     assert status["in_flight"] == [{"number": 1, "arch_display": "c32k5", "status": "running", "host": "gpu-box-7",
-                                    "device": "cuda:0 NVIDIA H200", "attempts": 2, "again": False}]
+                                    "device": "cuda:0 NVIDIA H200", "attempts": 2, "job": ""}]
     assert status["failed_trials"] == 1 and status["exploration"]["unique_architectures"] == 1
 
     trial_page = alice_client.get(reverse("trial_detail", args=[e.pk, 2])).content.decode()

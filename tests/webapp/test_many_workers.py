@@ -131,3 +131,31 @@ def test_results_told_at_once_by_two_workers_lose_no_update(alice, celery_worker
     assert all(t.status == "done" and t.attempts == len(t.evaluations) for t in trials)
     assert len({t.claimed_by for t in trials}) == 2
     assert experiment.best_val_acc == max(t.val_acc for t in trials)
+
+
+def test_successive_halving_trains_a_rungs_members_in_parallel(alice, celery_worker_factory, tmp_path):
+    """A bracket of 4 at 1 epoch, the best 2 promoted to 2 epochs, the best of those to 4: the members of a rung
+    train side by side on two workers, and the search evaluates the architectures a serial run does."""
+    import torch
+
+    from nasjobs.artifacts import ArtifactStore
+    from nasjobs.search import MemoryStore, SearchRunner
+
+    options = {"estimator": {"min_epochs": 1, "eta": 2, "bracket_size": 4}}
+    experiment = create(alice, estimator="successive_halving", budget=8, epochs=4, parallelism=4, options=options)
+    workers = [celery_worker_factory(NAS_TORCH_THREADS="1"), celery_worker_factory(NAS_TORCH_THREADS="1")]
+    wait_for(lambda: status_of(experiment.pk) not in Experiment.ACTIVE, 300, "the experiment", logs(*workers))
+    experiment.refresh_from_db()
+    assert experiment.status == "succeeded", experiment.error
+    trials = list(experiment.trials.order_by("number"))
+    assert len(trials) == 8 == experiment.trials_done
+    for bracket in (0, 1):
+        members = [t for t in trials if t.fidelity["bracket"] == bracket]
+        assert sorted(len(t.fidelity["rungs"]) for t in members) == [1, 1, 2, 3]
+        assert [r["epochs"] for r in max(members, key=lambda t: len(t.fidelity["rungs"])).fidelity["rungs"]] == \
+            [1, 2, 4]
+    assert len({t.claimed_by for t in trials}) == 2 and overlapping(trials[:4])
+
+    reference = MemoryStore()
+    SearchRunner(experiment.spec(), reference, ArtifactStore(tmp_path, 0), torch.device("cpu")).run()
+    assert [t.arch_key for t in trials] == [t.arch_key for t in reference.trials]

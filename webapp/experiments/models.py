@@ -9,7 +9,7 @@ from django.utils.functional import cached_property
 
 from nasjobs.estimators import Figure, estimator_figure
 from nasjobs.planner import FAILURE_POLICIES
-from nasjobs.records import AGAIN, DONE, FAILED, IN_FLIGHT, PENDING, RUNNING
+from nasjobs.records import DONE, FAILED, IN_FLIGHT, PENDING, RUNNING
 from nasjobs.search import ExperimentSpec
 from nasjobs.strategies import STRATEGIES
 
@@ -142,9 +142,9 @@ class Trial(models.Model):
         DONE = DONE
         FAILED = FAILED
 
-    # Trials that have a figure: evaluated, or evaluated and now being evaluated once more. Pending, running and
-    # failed first evaluations have none (their val_acc is a placeholder 0).
-    WITH_FIGURE = models.Q(status=DONE) | models.Q(job=AGAIN)
+    # Trials that have a figure: evaluated, or evaluated and now in flight for more (once more, or a higher rung).
+    # Pending, running and failed first evaluations have none (their val_acc is a placeholder 0).
+    WITH_FIGURE = models.Q(status=DONE) | ~models.Q(job="")
 
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="trials")
     number = models.PositiveIntegerField(help_text="Order in which the strategy proposed it, from 0")
@@ -166,7 +166,7 @@ class Trial(models.Model):
                                    help_text="Every observed value; val_acc is their mean")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.DONE)
     job = models.CharField(max_length=10, blank=True, help_text="While in flight: empty for its first evaluation, "
-                                                                "'again' for one more")
+                                                                "'again' for one more, 'rung' for its next rung")
     told = models.PositiveIntegerField(null=True, blank=True, help_text="Place in the order results were told to "
                                                                         "the strategy")
     claimed_by = models.CharField(max_length=200, blank=True)
@@ -198,7 +198,7 @@ class Trial(models.Model):
 
     @property
     def has_figure(self) -> bool:
-        return self.status == DONE or self.job == AGAIN
+        return self.status == DONE or bool(self.job)
 
 
 class SearchEpoch(models.Model):

@@ -1,8 +1,8 @@
 """Experiments on Celery workers: every trial a job of its own, the next proposals planned under a lock on the
 experiment's row as each result is told, and a lease kept alive by a thread so a dead worker's job is taken over.
 
-A search whose work cannot be split into trials (a differentiable search's one supernet, successive halving's
-brackets) runs as one job under the same kind of lease, through `DjangoStore`."""
+A differentiable search (one supernet, checkpointed every epoch) runs as one job under the same kind of lease,
+through `DjangoStore`."""
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from nasjobs.artifacts import ArtifactStore
 from nasjobs.planner import Plan, Planner
-from nasjobs.records import AGAIN, DONE, IN_FLIGHT, PENDING, RUNNING, SearchCancelled, TrialRecord
+from nasjobs.records import DONE, IN_FLIGHT, PENDING, RUNNING, SearchCancelled, TrialRecord
 from nasjobs.search import SearchRunner, resolve_device
 from nasjobs.training import between_batches
 from webapp.experiments import services
@@ -110,8 +110,7 @@ def _planner(experiment: Experiment) -> Planner:
     if cached is not None and cached[0] == experiment.plan_version:
         return cached[1]
     runner = runner_for(experiment)
-    planner = Planner(runner.spec, runner.space, runner.new_strategy(), experiment.parallelism,
-                      experiment.failure_policy)
+    planner = runner.planner(experiment.parallelism, experiment.failure_policy, runner.new_strategy())
     state = Experiment.objects.filter(pk=experiment.pk).values_list("strategy_state", flat=True).first()
     planner.restore(state, trial_records(experiment.pk))
     return planner
@@ -135,7 +134,7 @@ def _planned(experiment: Experiment, planner: Planner, **fields: Any) -> None:
     to be stale), the best trial, and `fields`."""
     best = planner.best
     Experiment.objects.filter(pk=experiment.pk).update(
-        strategy_state=planner.strategy.state_dict(), plan_version=F("plan_version") + 1,
+        strategy_state=planner.state_dict(), plan_version=F("plan_version") + 1,
         best_val_acc=best.val_acc if best else None, best_trial_number=best.number if best else None,
         heartbeat_at=timezone.now(), **fields)
     _remember(_planners, experiment.pk, (experiment.plan_version + 1, planner))
@@ -144,16 +143,16 @@ def _planned(experiment: Experiment, planner: Planner, **fields: Any) -> None:
 def _propose(experiment: Experiment, planner: Planner) -> Plan:
     """Ask the planner for more trials, write them as pending and queue them once the step commits."""
     plan = planner.plan(experiment.search_seconds(timezone.now()))
-    new = [t for t in plan.jobs if t.job != AGAIN]
+    new = [t for t in plan.jobs if not t.job]
     Trial.objects.bulk_create([Trial(experiment_id=experiment.pk, number=t.number, arch_key=t.arch_key,
                                      arch_display=t.arch_display, val_acc=0.0, params=0, flops=0, train_seconds=0.0,
-                                     estimator=t.estimator, fidelity={}, curve=[], evaluations=[],
+                                     estimator=t.estimator, fidelity=t.fidelity, curve=[], evaluations=[],
                                      proposals=t.proposals, distance_to_incumbent=t.distance_to_incumbent,
                                      status=PENDING) for t in new])
     for t in plan.jobs:
-        if t.job == AGAIN:
+        if t.job:  # an evaluated trial's next job: once more, or its next rung
             Trial.objects.filter(experiment_id=experiment.pk, number=t.number).update(
-                status=PENDING, job=AGAIN, proposals=t.proposals, claimed_by="")
+                status=PENDING, job=t.job, proposals=t.proposals, claimed_by="")
     return plan
 
 
@@ -353,11 +352,11 @@ def _forget_weights(experiment: Experiment, kept: list[int]) -> list[int]:
 def experiment_advance_now(experiment_id: int, worker: str) -> str:
     """Start, resume or take up an experiment: a queued one becomes running; trials whose worker went silent go
     back to pending; proposals fill it up to its parallelism and every pending trial is queued. A search that
-    runs as one job (differentiable, brackets) runs here. Returns what happened."""
+    runs as one job (differentiable) runs here. Returns what happened."""
     experiment = Experiment.objects.defer("strategy_state").filter(pk=experiment_id).first()
     if experiment is None:
         return "finished"
-    if runner_for(experiment).kind != "trials":
+    if runner_for(experiment).kind == "differentiable":
         return run_experiment_now(experiment_id, worker)
     now = timezone.now()
     with transaction.atomic():

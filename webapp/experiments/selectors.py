@@ -9,7 +9,7 @@ from django.db.models import Max, OuterRef, QuerySet, Subquery
 from django.http import Http404
 from django.utils import timezone
 
-from nasjobs.records import AGAIN, FAILED, IN_FLIGHT, RUNNING
+from nasjobs.records import FAILED, IN_FLIGHT, RUNNING
 from webapp.experiments.models import Calibration, Experiment, ExperimentEvent, SearchEpoch, Trial, Worker
 from webapp.teams.selectors import User, is_team_admin, visible_team_ids
 
@@ -242,7 +242,7 @@ def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> d
         "elapsed_seconds": experiment_elapsed_seconds(experiment),
         "liveness": experiment_liveness(experiment),
         "in_flight": [{"number": t.number, "arch_display": t.arch_display, "status": t.status, "host": t.host,
-                       "device": t.device, "attempts": t.attempts, "again": t.job == AGAIN}
+                       "device": t.device, "attempts": t.attempts, "job": t.job}
                       for t in experiment_in_flight(experiment)],
         "failed_trials": experiment.trials.filter(status=FAILED).count(),
     }

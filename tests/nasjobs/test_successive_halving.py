@@ -112,3 +112,25 @@ def test_hyperband_runs_its_brackets_in_a_search(tmp_path):
     assert [store.trials[i].fidelity["rungs"][0]["epochs"] for i in (0, 4, 7, 10)] == [1, 2, 4, 1]
     assert max(len(t.fidelity["rungs"]) for t in store.trials[:4]) == 3  # 1 -> 2 -> 4 epochs
     assert SuccessiveHalvingConfig().eta == 3
+
+
+def test_a_bracket_planner_runs_a_rungs_members_side_by_side(tmp_path):
+    """With parallelism 4, a bracket of 4 is filled at once; once all have rung 0, its 2 survivors go on to
+    rung 1 together (eta 2), and the 2 others are told to the strategy."""
+    from nasjobs.records import RUNG
+
+    spec = ExperimentSpec("digits", "chain_cnn", "random", "successive_halving", budget=4, epochs=4, seed=2,
+                          options={"estimator": {"min_epochs": 1, "eta": 2, "bracket_size": 4}}, parallelism=4)
+    runner = SearchRunner(spec, MemoryStore(), ArtifactStore(tmp_path, 1), torch.device("cpu"))
+    planner = runner.planner(parallelism=4)
+    planner.restore(None, [])
+    first = planner.plan(0.0)
+    assert len(first.jobs) == 4 and first.finished is None
+    for job, value in zip(first.jobs, (0.5, 0.9, 0.7, 0.6)):
+        assert planner.plan(0.0).jobs == []  # the bracket is full: no promotion before all have rung 0
+        job.fidelity["rungs"] = [{"epochs": 1, "val_acc": value}]
+        job.val_acc, job.evaluations = value, [value]
+        planner.tell(job)
+    promoted = planner.plan(0.0)
+    assert [t.number for t in promoted.jobs] == [1, 2] and all(t.job == RUNG for t in promoted.jobs)
+    assert planner.loop["observed"] == [3, 0]  # the losers, best first

@@ -67,8 +67,6 @@ def platform(database_url: str | None, label: str) -> Iterator[Platform]:
     env = {"DATABASE_URL": url, "NAS_GPU_QUEUE": f"{queue}-gpu", "NAS_CPU_QUEUE": f"{queue}-cpu", "DEBUG": "1",
            "NAS_ARTIFACTS_DIR": str(tmp / "artifacts"), "LOG_LEVEL": "WARNING", "NAS_ENV_FILE": os.devnull}
     os.environ.update(env)  # before Django reads its settings
-    # Workers keep their database connection between tasks, as `make worker` (scripts/worker.sh) starts them.
-    env["DB_CONN_MAX_AGE"] = os.environ.get("DB_CONN_MAX_AGE", "60")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
     import django
     from django.core.management import call_command

@@ -12,8 +12,6 @@
 #   NAS_TORCH_THREADS   CPU threads per worker for PyTorch (sets OMP_NUM_THREADS and MKL_NUM_THREADS); default:
 #                       PyTorch's own choice, one per core
 #   NAS_WORKER_ARGS     more `celery worker` options, split on spaces, e.g. "--max-tasks-per-child=100"
-#   DB_CONN_MAX_AGE     seconds a worker process keeps its database connection between tasks (default 60 here: a
-#                       new PostgreSQL connection per trial costs several ms, most of a table-lookup trial's cost)
 #   NAS_PYTHON          the interpreter (default .venv/bin/python when it exists, else python3)
 #   NAS_WORKER_DRY_RUN  1: print the worker commands, one a line, and start nothing
 #
@@ -32,7 +30,6 @@ elif [ -x .venv/bin/python ]; then py=.venv/bin/python
 else py=python3
 fi
 read -r -a extra_args <<< "${NAS_WORKER_ARGS:-}"
-export DB_CONN_MAX_AGE="${DB_CONN_MAX_AGE:-60}"
 if [ -n "${NAS_TORCH_THREADS:-}" ]; then
   export OMP_NUM_THREADS="$NAS_TORCH_THREADS" MKL_NUM_THREADS="$NAS_TORCH_THREADS"
 fi

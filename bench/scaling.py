@@ -10,7 +10,7 @@ start-up and the final test-set evaluation left out); trials per hour = trials /
 one trial and starting its next (planning, the queue, the claim), `train_s_median_<n>`: the estimator's own
 median `train_seconds` per trial.
 
-    python bench/scaling.py [--trials 40] [--epochs 3] [--strategy random] [--seed 0]
+    python bench/scaling.py [--trials 40] [--epochs 20] [--strategy random] [--seed 0]
                             [--database-url postgres://postgres@127.0.0.1:5432/nasboard_bench] [--json]
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ def figures_of(trials: list[Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=40, help="trials of each run (default 40)")
-    parser.add_argument("--epochs", type=int, default=3, help="training epochs per trial (default 3)")
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs per trial (default 20: a few seconds)")
     parser.add_argument("--strategy", default="random", help="search strategy (default random)")
     parser.add_argument("--seed", type=int, default=0, help="the experiment's seed, the same in both runs (0)")
     parser.add_argument("--database-url", default=None,

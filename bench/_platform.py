@@ -82,7 +82,8 @@ def platform(database_url: str | None, label: str) -> Iterator[Platform]:
 
         connections.close_all()
         client = redis.Redis.from_url(settings.REDIS_URL)
-        client.delete(*(f"{prefix}{queue}-{kind}" for prefix in ("", "_kombu.binding.") for kind in ("gpu", "cpu")))
+        client.delete(*(f"{prefix}{queue}-{kind}" for prefix in ("", "_kombu.binding.", "_kombu.binding_permanent.")
+                        for kind in ("gpu", "cpu")))
         if not url.startswith("sqlite"):
             _postgres_drop(url)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,6 +6,7 @@ through `DjangoStore`."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -39,8 +40,10 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+@functools.cache
 def device_label() -> str:
-    """The device trials run on here, as a trial records it: `cuda:0 NVIDIA H200 (CUDA_VISIBLE_DEVICES=3)`."""
+    """The device trials run on here, as a trial records it: `cuda:0 NVIDIA H200 (CUDA_VISIBLE_DEVICES=3)`; worked
+    out once per process (every claim records it)."""
     device = resolve_device(settings.NAS_DEVICE)
     if device.type != "cuda":
         return str(device)
@@ -158,7 +161,9 @@ def _propose(experiment: Experiment, planner: Planner) -> Plan:
 
 def _enqueue_pending(experiment: Experiment) -> None:
     """Queue every pending trial of the experiment once this transaction commits (duplicates are harmless)."""
-    ids = list(Trial.objects.filter(experiment_id=experiment.pk, status=PENDING).values_list("pk", flat=True))
+    # In number order, without the model's default ordering: it joins the experiment to sort every trial of it.
+    ids = list(Trial.objects.filter(experiment_id=experiment.pk, status=PENDING).order_by("number")
+               .values_list("pk", flat=True))
     if ids:
         transaction.on_commit(lambda: trials_enqueue(experiment, ids))
 
@@ -300,7 +305,7 @@ def trial_report(experiment_id: int, number: int, worker: str, record: TrialReco
     Returns why the search is over (nothing in flight, nothing more to propose), or None."""
     with planning(experiment_id) as (experiment, planner):
         row = Trial.objects.filter(experiment_id=experiment_id, number=number, claimed_by=worker,
-                                   status=RUNNING).defer("curve").first()
+                                   status=RUNNING).defer("curve").order_by().first()
         if row is None:
             raise services.LostClaim(f"trial {number} of experiment {experiment_id} is no longer held by {worker}")
         now = timezone.now()
@@ -341,7 +346,8 @@ def trial_report(experiment_id: int, number: int, worker: str, record: TrialReco
 def _forget_weights(experiment: Experiment, kept: list[int]) -> list[int]:
     """Forget the weights of trials no longer among the best; returns their numbers, whose files the caller
     deletes. Only those files: a trial finishing elsewhere meanwhile has its own, not yet recorded."""
-    dropped = Trial.objects.filter(experiment_id=experiment.pk).exclude(number__in=kept).exclude(weights_path="")
+    dropped = Trial.objects.filter(experiment_id=experiment.pk).exclude(number__in=kept).exclude(
+        weights_path="").order_by("number")
     numbers = list(dropped.values_list("number", flat=True))
     if numbers:
         dropped.update(weights_path="")

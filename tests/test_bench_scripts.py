@@ -1,0 +1,35 @@
+"""The platform benches run verbatim from the repository root with tiny settings and print the figures they promise."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def bench(script: str, *args: str) -> dict:
+    done = subprocess.run([sys.executable, f"bench/{script}", *args, "--json"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout)
+
+
+def test_overhead_reports_the_per_trial_time_of_the_platform_and_of_a_bare_loop():
+    report = bench("overhead.py", "--trials", "30")
+    for key in ("overhead_ms_median", "overhead_ms_p95", "trials_per_s", "first_100_ms_median",
+                "last_100_ms_median", "bare_loop_ratio"):
+        assert report[key] > 0, key
+    assert report["trials"] == 30 and report["database"] == "sqlite"
+    assert report["meta"]["options"]["trials"] == 30 and report["meta"]["options"]["strategy"] == "random"
+    assert report["meta"]["commit"] and report["meta"]["machine"]["cpus"]
+
+
+def test_scaling_reports_trials_per_hour_with_one_and_two_workers():
+    report = bench("scaling.py", "--trials", "4", "--epochs", "1")
+    for key in ("trials_per_hour_1", "trials_per_hour_2", "speedup", "wall_s_1", "wall_s_2"):
+        assert report[key] > 0, key
+    assert report["workers_used_1"] == 1 and report["same_architectures"]
+    assert report["meta"]["options"]["epochs"] == 1 and report["meta"]["components"]["spec"]["parallelism"] == 2

@@ -44,6 +44,10 @@ def between_batches(check: Callable[[], None]) -> Iterator[None]:
         _BETWEEN_BATCHES.reset(token)
 
 
+class TrainingDiverged(RuntimeError):
+    """Training produced a NaN or infinite loss; the trial fails with this as its error."""
+
+
 @dataclass(frozen=True)
 class TrainingFormat:
     """How networks are trained inside a `training_format` block, unless a call says otherwise."""
@@ -194,10 +198,10 @@ class Trainer:
         self.epoch = 0
         self.curve: list[float] = []
 
-    def _step(self, idx: torch.Tensor) -> None:
+    def _step(self, idx: torch.Tensor) -> torch.Tensor:
         if self.train.x.device != idx.device:
             idx = idx.to(self.train.x.device)
-        self._step_batch(self.train.x[idx], self.train.y[idx])
+        return self._step_batch(self.train.x[idx], self.train.y[idx])
 
     def _loader(self, batches: list[torch.Tensor]) -> torch.utils.data.DataLoader:
         """The epoch's batches, in the trainer's own order, gathered by `loader_workers()` processes."""
@@ -239,15 +243,21 @@ class Trainer:
         batches = [order[start:start + self.settings.batch_size]
                    for start in range(0, len(self.train), self.settings.batch_size)]
         batches = [b for b in batches if len(b) >= 2]  # batch norm cannot normalise a single sample
+        loss = None
         if self.stream:
             for x, y in self._loader(batches):
-                self._step_batch(x, y)
+                loss = self._step_batch(x, y)
                 batch_done()
         else:
             for idx in batches:
-                self._step(idx)
+                loss = self._step(idx)
                 batch_done()
         self.epoch += 1
+        # Read once an epoch (a sync on the GPU): a NaN or infinite loss poisons the weights, so the last
+        # batch's loss tells whether any batch of the epoch diverged.
+        if loss is not None and not bool(torch.isfinite(loss)):
+            raise TrainingDiverged(f"the training loss became {float(loss)} by epoch {self.epoch}: the network "
+                                   "diverged (a learning rate too high, say)")
 
     def run(self, until_epoch: int, on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
         """Train up to epoch `until_epoch` (counted from the start); returns the whole learning curve."""

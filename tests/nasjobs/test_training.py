@@ -192,3 +192,18 @@ def test_bf16_on_cpu_is_refused_with_a_clear_error():
         Trainer(model, ds.train, ds.val, settings, 1, seed=0, device=CPU, bf16=True)
     with pytest.raises(ValueError, match="bf16 autocast needs a CUDA device"):
         train_epochs(model, ds.train, ds.val, 1, settings, 0, CPU, bf16=True)
+
+
+def test_a_training_whose_loss_turns_nan_stops_with_the_reason():
+    import pytest
+
+    from nasjobs.datasets import Split
+    from nasjobs.training import Trainer, TrainingDiverged
+
+    data = load_digits()
+    x = data.train.x.clone()
+    x[0] = float("nan")  # one poisoned sample: its batch's loss, and every weight after it, become NaN
+    estimator = TrainEstimator(SPACE, data, TrainConfig(), CPU)
+    model = SPACE.build(SPACE.from_str("c16k3"), data.input_shape, data.num_classes)
+    with pytest.raises(TrainingDiverged, match="the training loss became nan by epoch 1: the network diverged"):
+        Trainer(model, Split(x, data.train.y), data.val, estimator._settings(), 2, 0, CPU).run(2)

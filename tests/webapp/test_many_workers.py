@@ -159,3 +159,15 @@ def test_successive_halving_trains_a_rungs_members_in_parallel(alice, celery_wor
     reference = MemoryStore()
     SearchRunner(experiment.spec(), reference, ArtifactStore(tmp_path, 0), torch.device("cpu")).run()
     assert [t.arch_key for t in trials] == [t.arch_key for t in reference.trials]
+
+
+def test_a_trial_past_its_time_limit_fails_and_says_so(alice, celery_worker_factory):
+    experiment = create(alice, budget=3, epochs=500, max_failures=2)
+    worker = celery_worker_factory(NAS_TRIAL_TIME_LIMIT="2")
+    wait_for(lambda: status_of(experiment.pk) not in Experiment.ACTIVE, 120, "the experiment", worker.log)
+    experiment.refresh_from_db()
+    assert experiment.status == "failed"
+    assert experiment.error == ("2 trials in a row failed (the experiment allows 2); the last: TimeLimit: the trial "
+                                "ran past its limit of 2 s (NAS_TRIAL_TIME_LIMIT)")
+    assert list(experiment.trials.values_list("status", flat=True)) == ["failed", "failed"]
+    assert worker.proc.poll() is None

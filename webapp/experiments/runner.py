@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Callable, Iterator
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q
@@ -283,6 +284,10 @@ def trial_run_now(trial_id: int, worker: str) -> str:
                  "its experiment was cancelled" if isinstance(exc, SearchCancelled) else exc)
         trial_hand_back(trial_id, worker)
         return "handed back"
+    except SoftTimeLimitExceeded:
+        log.warning("trial %s of experiment %s ran past its time limit", row.number, experiment.pk)
+        error = f"TimeLimit: the trial ran past its limit of {settings.NAS_TRIAL_TIME_LIMIT} s (NAS_TRIAL_TIME_LIMIT)"
+        trace = traceback.format_exc()[-20000:]
     except Exception as exc:  # the trial fails with its reason; the worker and the search go on
         log.exception("trial %s of experiment %s failed", row.number, experiment.pk)
         error, trace = f"{type(exc).__name__}: {exc}"[:1000], traceback.format_exc()[-20000:]

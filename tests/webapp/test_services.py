@@ -73,10 +73,12 @@ def test_resume_only_from_cancelled_or_failed(django_capture_on_commit_callbacks
     assert not services.experiment_resume(e)
     services.experiment_claim(e.pk, "w")
     services.experiment_fail(e.pk, "w", "boom")
+    Experiment.objects.filter(pk=e.pk).update(consecutive_failures=3)  # failed for trials failing in a row
     with django_capture_on_commit_callbacks() as callbacks:
         assert services.experiment_resume(e)
     e.refresh_from_db()
     assert e.status == "queued" and e.error == "" and len(callbacks) == 1
+    assert e.consecutive_failures == 0  # a resumed run gets its full allowance of failures again
 
 
 def test_a_reevaluation_updates_its_trial_and_counts_as_an_evaluation(vision):

@@ -194,7 +194,7 @@ def experiment_resume(experiment: Experiment, user: AbstractBaseUser | None = No
         status = Experiment.Status.QUEUED if admitted else Experiment.Status.PENDING_REVIEW
         changed = Experiment.objects.filter(
             pk=experiment.pk, status__in=(Experiment.Status.CANCELLED, Experiment.Status.FAILED)
-        ).update(status=status, error="", traceback="", finished_at=None, claimed_by="")
+        ).update(status=status, error="", traceback="", finished_at=None, claimed_by="", consecutive_failures=0)
         if changed:
             event_record(experiment, ExperimentEvent.Action.RESUMED, actor=user,
                          detail="" if admitted else "back to review: it was never approved")

@@ -1,4 +1,5 @@
 """Many real Celery workers on one experiment: trial-level tasks, takeover of a killed worker's trial, failed trials."""
+import os
 import time
 from collections import Counter
 
@@ -171,3 +172,33 @@ def test_a_trial_past_its_time_limit_fails_and_says_so(alice, celery_worker_fact
                                 "ran past its limit of 2 s (NAS_TRIAL_TIME_LIMIT)")
     assert list(experiment.trials.values_list("status", flat=True)) == ["failed", "failed"]
     assert worker.proc.poll() is None
+
+
+@pytest.mark.parametrize("whole_group", [False, True], ids=["main-process", "every-process"])
+def test_a_worker_stopped_with_sigterm_loses_no_trial(alice, celery_worker_factory, whole_group):
+    """A deploy stops a worker with SIGTERM. Sent to its main process, Celery's warm shutdown lets the running
+    trial finish and record its result; sent to every process at once (a container's or a service manager's stop),
+    the pool process hands its trial back, pending and queued again. Either way nothing is marked failed and the
+    next worker carries on."""
+    import signal
+
+    experiment = create(alice, budget=3, epochs=15, parallelism=1)
+    leaving = celery_worker_factory()
+    wait_for(lambda: Trial.objects.filter(experiment=experiment, status="running").exists(), 120,
+             "a trial to start", leaving.log)
+    running = Trial.objects.get(experiment=experiment, status="running")
+    (os.killpg if whole_group else os.kill)(leaving.proc.pid, signal.SIGTERM)
+    wait_for(lambda: leaving.proc.poll() is not None, 120, "the worker to exit", leaving.log)
+    running.refresh_from_db()
+    assert "Warm shutdown" in leaving.log()
+    if whole_group:
+        assert running.status == "pending" and "handed back: its worker is stopping" in leaving.log(), leaving.log()
+    else:
+        assert running.status == "done"
+    assert not experiment.trials.filter(status="failed").exists()
+
+    arriving = celery_worker_factory()
+    wait_for(lambda: status_of(experiment.pk) not in Experiment.ACTIVE, 240, "the experiment", arriving.log)
+    experiment.refresh_from_db()
+    assert experiment.status == "succeeded" and experiment.trials_done == 3
+    assert not experiment.trials.filter(status="failed").exists()

@@ -256,10 +256,12 @@ def trial_heartbeat(trial_id: int, worker: str) -> str:
     return "held" if status == Experiment.Status.RUNNING else "cancelled"
 
 
-def trial_hand_back(trial_id: int, worker: str) -> None:
-    """Put an unfinished trial back as pending (a cancel, a lost claim): it runs again from its start."""
-    Trial.objects.filter(pk=trial_id, claimed_by=worker, status=RUNNING).update(
-        status=PENDING, claimed_by="", heartbeat_at=None)
+def trial_hand_back(trial_id: int, worker: str, *, requeue: bool = False) -> None:
+    """Put an unfinished trial back as pending (a cancel, a lost claim, a stopped worker): it runs again from its
+    start; `requeue` queues it again at once for another worker."""
+    if Trial.objects.filter(pk=trial_id, claimed_by=worker, status=RUNNING).update(
+            status=PENDING, claimed_by="", heartbeat_at=None) and requeue:
+        trials_enqueue(Experiment.objects.only("estimator", "options").get(trials=trial_id), [trial_id])
 
 
 def trial_run_now(trial_id: int, worker: str) -> str:
@@ -279,6 +281,10 @@ def trial_run_now(trial_id: int, worker: str) -> str:
         with Lease(lambda: trial_heartbeat(trial_id, worker), heartbeat_seconds()) as lease, \
                 between_batches(lease.check):
             record = runner.execute(record, lease.check)
+    except SystemExit:  # the pool process told to stop (SIGTERM to every process of the worker, as a deploy does)
+        log.info("trial %s of experiment %s handed back: its worker is stopping", row.number, experiment.pk)
+        trial_hand_back(trial_id, worker, requeue=True)
+        raise
     except (SearchCancelled, services.LostClaim) as exc:
         log.info("trial %s of experiment %s stopped (%s) and handed back as pending", row.number, experiment.pk,
                  "its experiment was cancelled" if isinstance(exc, SearchCancelled) else exc)

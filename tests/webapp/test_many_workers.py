@@ -182,7 +182,7 @@ def test_a_worker_stopped_with_sigterm_loses_no_trial(alice, celery_worker_facto
     next worker carries on."""
     import signal
 
-    experiment = create(alice, budget=3, epochs=15, parallelism=1)
+    experiment = create(alice, budget=3, epochs=60, parallelism=1)  # trials of seconds: the signal lands mid-trial
     leaving = celery_worker_factory()
     wait_for(lambda: Trial.objects.filter(experiment=experiment, status="running").exists(), 120,
              "a trial to start", leaving.log)

@@ -73,9 +73,10 @@ def test_it_resumes_after_worker_is_killed(alice, celery_worker_factory):
 
 
 def test_a_cancelled_experiment_keeps_its_trials_and_resumes_to_the_end(alice_client, alice, celery_worker_factory):
-    # Trials long enough (60 epochs, seconds each) that the cancel lands mid-run however fast the machine is.
+    # Trials long enough (200 epochs: several seconds even on a fast machine, far longer than the 2 s between two
+    # heartbeats) that the cancel lands mid-trial and is noticed before the trial could finish on its own.
     spec = Experiment(dataset="digits", space="chain_cnn", strategy="random", estimator="train", budget=4,
-                      epochs=60, seed=1, top_k=1).spec()
+                      epochs=200, seed=1, top_k=1).spec()
     experiment = services.experiment_create(user=alice, name="cancel me", spec=spec)
     worker = celery_worker_factory()
     wait_for(lambda: Experiment.objects.get(pk=experiment.pk).trials_done >= 1 and Trial.objects.filter(

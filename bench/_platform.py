@@ -2,6 +2,7 @@
 submitted as the web form would, and its trials' timestamps once it ends."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,8 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import _root
+from nasjobs.benchmeta import bench_meta
+from nasjobs.search import validate_spec
 
 ROOT = Path(_root.ROOT)
 
@@ -185,3 +188,16 @@ def median_ms(seconds: list[float]) -> float:
 def p95_ms(seconds: list[float]) -> float:
     ordered = sorted(seconds)
     return round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000, 3)
+
+
+def emit(report: dict[str, Any], args: Any, spec: Any, script: str, argv: list[str] | None) -> None:
+    """Print a platform bench's figures (or, with --json, one JSON object), its `meta` recording the commit, the
+    command line, the resolved options and spec, and the machine."""
+    report["meta"] = bench_meta(args, device="cpu", components={"spec": validate_spec(spec)},
+                                argv=None if argv is None else ["python", script, *argv])
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            if key != "meta":
+                print(f"{key:22} {value}")

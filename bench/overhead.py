@@ -23,7 +23,6 @@ named after the URL's (`nasboard_bench_overhead_<random>`) on that server, dropp
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -33,7 +32,6 @@ import _root  # noqa: F401  (the repository root on the path, before the project
 
 import _platform
 from nasjobs.artifacts import ArtifactStore
-from nasjobs.benchmeta import bench_meta
 from nasjobs.search import ExperimentSpec, MemoryStore, SearchRunner, resolve_device, validate_spec
 
 
@@ -103,14 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {**figures, "bare_loop_ms_median": bare_ms,
               "bare_loop_ratio": round(figures["overhead_ms_median"] / bare_ms, 1) if bare_ms else None,
               "database": vendor}
-    report["meta"] = bench_meta(args, device="cpu", components={"spec": validate_spec(spec_of(args))},
-                                argv=None if argv is None else ["python", "bench/overhead.py", *argv])
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            if key != "meta":
-                print(f"{key:22} {value}")
+    _platform.emit(report, args, spec_of(args), "bench/overhead.py", argv)
     return 0
 
 

@@ -16,7 +16,6 @@ median `train_seconds` per trial.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from collections import defaultdict
@@ -25,8 +24,7 @@ from typing import Any
 import _root  # noqa: F401  (the repository root on the path, before the project's imports)
 
 import _platform
-from nasjobs.benchmeta import bench_meta
-from nasjobs.search import ExperimentSpec, validate_spec
+from nasjobs.search import ExperimentSpec
 
 PARALLELISM = 2
 
@@ -81,14 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     report["speedup"] = round(runs[2]["trials_per_hour"] / runs[1]["trials_per_hour"], 3)
     report["same_architectures"] = runs[1]["archs"] == runs[2]["archs"]
     report["database"] = vendor
-    report["meta"] = bench_meta(args, device="cpu", components={"spec": validate_spec(spec_of(args))},
-                                argv=None if argv is None else ["python", "bench/scaling.py", *argv])
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            if key != "meta":
-                print(f"{key:22} {value}")
+    _platform.emit(report, args, spec_of(args), "bench/scaling.py", argv)
     return 0
 
 

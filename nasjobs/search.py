@@ -238,7 +238,7 @@ class SearchRunner:
     @property
     def kind(self) -> str:
         """How the search runs: "differentiable" (one supernet search, one task), "brackets" (successive halving's
-        rungs, one task) or "trials" (ask/tell: each trial a job of its own, several at once)."""
+        rungs: each trial's rung a job of its own) or "trials" (ask/tell: each trial a job of its own)."""
         if getattr(self.strategy, "differentiable", False):
             return "differentiable"
         return "brackets" if getattr(self.spec.component_class("estimator"), "multi_fidelity", False) else "trials"

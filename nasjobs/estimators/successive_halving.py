@@ -93,11 +93,6 @@ class SuccessiveHalvingEstimator(TrainEstimator):
                           fidelity={"estimator": self.name, "epochs": epochs, "resumed_from_epoch": resumed_from},
                           curve=curve, state=trainer.state_dict()["model"])
 
-    def forget(self, number: int) -> None:
-        """Drop a trial's resumable checkpoint once it can no longer be promoted."""
-        if self.workdir is not None:
-            self.checkpoint_path(number).unlink(missing_ok=True)
-
 
 class HyperbandEstimator(SuccessiveHalvingEstimator):
     """Hyperband (Li et al. 2018, Algorithm 1): successive-halving brackets s = s_max, ..., 0 in turn, trading many

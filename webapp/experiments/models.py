@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import models
@@ -133,6 +134,10 @@ class Experiment(models.Model):
         """Search time so far, summed over its runs."""
         running = (now - self.active_since).total_seconds() if self.active_since else 0.0
         return self.seconds_before + max(0.0, running)
+
+    def clock_stopped(self, now: datetime) -> dict[str, Any]:
+        """The fields that stop this run's clock: its search time so far added to the earlier runs'."""
+        return {"seconds_before": self.search_seconds(now), "active_since": None}
 
 
 class Trial(models.Model):

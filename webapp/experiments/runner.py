@@ -26,6 +26,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from nasjobs.artifacts import ArtifactStore
+from nasjobs.estimators import ESTIMATORS
 from nasjobs.planner import Plan, Planner
 from nasjobs.records import DONE, IN_FLIGHT, PENDING, RUNNING, SearchCancelled, TrialRecord
 from nasjobs.search import SearchRunner, resolve_device
@@ -179,8 +180,7 @@ def trials_enqueue(experiment: Experiment, ids: list[int]) -> None:
 
 def trial_queue(experiment: Experiment) -> str:
     """Trials that train networks go to the GPU queue; table lookups and training-free scores to the CPU one."""
-    estimator = experiment.spec().component_class("estimator")
-    return settings.NAS_GPU_QUEUE if estimator.trains_networks else settings.NAS_CPU_QUEUE
+    return settings.NAS_GPU_QUEUE if ESTIMATORS.get(experiment.estimator).trains_networks else settings.NAS_CPU_QUEUE
 
 
 # ---------------------------------------------------------------------------------------------------- leases
@@ -261,7 +261,7 @@ def trial_hand_back(trial_id: int, worker: str, *, requeue: bool = False) -> Non
     start; `requeue` queues it again at once for another worker."""
     if Trial.objects.filter(pk=trial_id, claimed_by=worker, status=RUNNING).update(
             status=PENDING, claimed_by="", heartbeat_at=None) and requeue:
-        trials_enqueue(Experiment.objects.only("estimator", "options").get(trials=trial_id), [trial_id])
+        trials_enqueue(Experiment.objects.only("estimator").get(trials=trial_id), [trial_id])
 
 
 def trial_run_now(trial_id: int, worker: str) -> str:
@@ -326,12 +326,8 @@ def trial_report(experiment_id: int, number: int, worker: str, record: TrialReco
         else:
             record.search_seconds = experiment.search_seconds(now)
             planner.tell(record)
-        Trial.objects.filter(pk=row.pk).update(
-            status=record.status, job="", told=record.told, error=error, traceback=trace, finished_at=now,
-            heartbeat_at=now, val_acc=record.val_acc, params=record.params, flops=record.flops,
-            train_seconds=record.train_seconds, fidelity=record.fidelity, curve=record.curve,
-            weights_path=record.weights_path or "", search_seconds=record.search_seconds,
-            evaluations=record.evaluations)
+        Trial.objects.filter(pk=row.pk).update(job="", error=error, traceback=trace, finished_at=now,
+                                               heartbeat_at=now, **services.trial_result_fields(record))
         failures = experiment.consecutive_failures + 1 if error else 0
         fields: dict[str, Any] = {"trials_done": F("trials_done") + len(record.evaluations) - spent_before,
                                   "consecutive_failures": failures}
@@ -342,7 +338,7 @@ def trial_report(experiment_id: int, number: int, worker: str, record: TrialReco
                 message = (f"{failures} trials in a row failed (the experiment allows {experiment.max_failures}); "
                            f"the last: {error}")
                 fields.update(status=Experiment.Status.FAILED, error=message[:1000], traceback=trace,
-                              finished_at=now, seconds_before=experiment.search_seconds(now), active_since=None)
+                              finished_at=now, **experiment.clock_stopped(now))
                 services.event_record(experiment, ExperimentEvent.Action.FAILED, label=worker, detail=message[:500])
             else:
                 finished = _propose(experiment, planner).finished
@@ -432,7 +428,7 @@ def experiments_sweep() -> dict[str, list[int]]:
     silent = Trial.objects.filter(status=RUNNING, heartbeat_at__lt=stale, experiment__status=Experiment.Status.RUNNING)
     for pk, experiment_id in list(silent.values_list("pk", "experiment_id")):
         if Trial.objects.filter(pk=pk, status=RUNNING, heartbeat_at__lt=stale).update(status=PENDING, claimed_by=""):
-            trials_enqueue(Experiment.objects.only("estimator", "options").get(pk=experiment_id), [pk])
+            trials_enqueue(Experiment.objects.only("estimator").get(pk=experiment_id), [pk])
             requeued.append(pk)
     held = Experiment.objects.filter(status=Experiment.Status.RUNNING, heartbeat_at__lt=stale).exclude(
         trials__status__in=IN_FLIGHT)

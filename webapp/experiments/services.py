@@ -52,8 +52,7 @@ def event_record(experiment: Experiment, action: str, *, actor: AbstractBaseUser
 
 def _clock_stopped(experiment_id: int, now: datetime) -> dict[str, Any]:
     """The fields that stop a run's clock: its search time so far added to the earlier runs'."""
-    row = Experiment.objects.only("active_since", "seconds_before").get(pk=experiment_id)
-    return {"seconds_before": row.search_seconds(now), "active_since": None}
+    return Experiment.objects.only("active_since", "seconds_before").get(pk=experiment_id).clock_stopped(now)
 
 
 def _require(allowed: bool, message: str) -> None:
@@ -254,6 +253,14 @@ def experiment_heartbeat(experiment_id: int, worker: str) -> str | None:
     return row["status"]
 
 
+def trial_result_fields(trial: TrialRecord) -> dict[str, Any]:
+    """A trial row's fields that a job of it sets: its figures, its weights, and where the strategy stands."""
+    return dict(val_acc=trial.val_acc, params=trial.params, flops=trial.flops, train_seconds=trial.train_seconds,
+                fidelity=trial.fidelity, curve=trial.curve, weights_path=trial.weights_path or "",
+                search_seconds=trial.search_seconds, evaluations=trial.evaluations, status=trial.status,
+                told=trial.told)
+
+
 def trial_record(experiment_id: int, worker: str, trial: TrialRecord, strategy_state: dict[str, Any],
                  kept: list[int]) -> Trial:
     """Store a finished evaluation with the strategy state that follows it, in one transaction: a new trial, a
@@ -270,12 +277,9 @@ def trial_record(experiment_id: int, worker: str, trial: TrialRecord, strategy_s
                  heartbeat_at=timezone.now())
         if not updated:
             raise LostClaim(f"experiment {experiment_id} is no longer held by {worker}")
-        values = dict(
-            arch_key=trial.arch_key, arch_display=trial.arch_display, val_acc=trial.val_acc, params=trial.params,
-            flops=trial.flops, train_seconds=trial.train_seconds, estimator=trial.estimator, fidelity=trial.fidelity,
-            curve=trial.curve, weights_path=trial.weights_path or "", search_seconds=trial.search_seconds,
-            proposals=trial.proposals, distance_to_incumbent=trial.distance_to_incumbent,
-            evaluations=trial.evaluations, status=trial.status, told=trial.told)
+        values = dict(arch_key=trial.arch_key, arch_display=trial.arch_display, estimator=trial.estimator,
+                      proposals=trial.proposals, distance_to_incumbent=trial.distance_to_incumbent,
+                      **trial_result_fields(trial))
         if existing is None:
             row = Trial.objects.create(experiment_id=experiment_id, number=trial.number, **values)
         else:

@@ -49,14 +49,15 @@ def test_the_detail_page_shows_progress_leaderboard_and_best_diagram(alice_clien
     assert 'id="chart-acc"' in page and 'id="chart-dist"' in page and "unique architectures" in page
 
 
-def test_the_status_endpoint_returns_the_summary(alice_client, alice):
+def test_the_status_endpoint_returns_the_progress_and_the_api_the_summary(alice_client, alice):
     e = make(alice, trials=[("c16k3", 0.5), ("c32k5p", 0.9)])
-    data = alice_client.get(reverse("experiment_status", args=[e.pk])).json()
-    assert data["id"] == e.pk and data["trials_done"] == 2 and data["budget"] == 3
-    assert data["best"]["arch"] == "c32k5p" and data["best"]["val_acc"] == 0.9
-    assert [row["rank"] for row in data["leaderboard"]] == [1, 2]
+    data = alice_client.get(reverse("experiment_status", args=[e.pk]), {"since": 0}).json()
+    assert data["trials_done"] == 2 and data["budget"] == 3 and data["best"] == {"number": 1, "val_acc": 0.9}
+    assert [t["arch"] for t in data["trials"]] == ["c16k3", "c32k5p"]
     assert data["exploration"]["unique_architectures"] == 2
-    assert data["patience"] == 0 and data["max_seconds"] == 0 and data["stop_reason"] == ""
+    summary = alice_client.get(f"/api/experiments/{e.pk}/").json()
+    assert summary["id"] == e.pk and summary["best"]["arch"] == "c32k5p" and summary["best"]["val_acc"] == 0.9
+    assert summary["patience"] == 0 and summary["max_seconds"] == 0 and summary["stop_reason"] == ""
 
 
 def test_the_trial_page_draws_the_architecture(alice_client, alice):
@@ -127,7 +128,7 @@ def test_a_zero_cost_score_is_shown_as_a_named_score_and_an_accuracy_as_a_percen
     shown = f"{scored.best_val_acc:.4g}"
     page = alice_client.get(reverse("experiment_detail", args=[scored.pk])).content.decode()
     assert f'best log synflow score <strong id="best-val">{shown}</strong>' in page
-    assert '>Score</th>' in page and "best validation accuracy" not in page and f"{100 * scored.best_val_acc:.2f}%" not in page
+    assert 'id="sort-figure" title="log synflow score">Score ↓</a></th>' in page and "best validation accuracy" not in page and f"{100 * scored.best_val_acc:.2f}%" not in page
     trial = scored.trials.get(number=scored.best_trial_number)
     trial_page = alice_client.get(reverse("trial_detail", args=[scored.pk, trial.number])).content.decode()
     assert "Log synflow score" in trial_page and f'<dd id="figure">{shown}</dd>' in trial_page
@@ -140,7 +141,7 @@ def test_a_zero_cost_score_is_shown_as_a_named_score_and_an_accuracy_as_a_percen
 
     accurate = make(alice, "accurate", trials=[("c16k3", 0.5)])
     page = alice_client.get(reverse("experiment_detail", args=[accurate.pk])).content.decode()
-    assert 'best validation accuracy <strong id="best-val">50.00%</strong>' in page and ">Val acc</th>" in page
+    assert 'best validation accuracy <strong id="best-val">50.00%</strong>' in page and 'id="sort-figure" title="validation accuracy">Val acc ↓</a></th>' in page
     assert alice_client.get(f"/api/experiments/{accurate.pk}/").json()["figure"]["kind"] == "accuracy"
 
 
@@ -186,8 +187,8 @@ def test_trials_in_flight_and_failed_trials_are_shown_apart_from_the_leaderboard
     flight = page[page.index('id="in-flight"'):page.index('id="leaderboard"')]
     assert "c32k5" in flight and "gpu-box-7" in flight and "cuda:0 NVIDIA H200" in flight
     assert "Failed trials (1)" in page and "CUDA out of memory" in page and "/srv/secret" not in page
-    status = alice_client.get(reverse("experiment_status", args=[e.pk])).json()
-    assert [t["number"] for t in status["leaderboard"]] == [0]
+    status = alice_client.get(reverse("experiment_status", args=[e.pk]), {"since": 0}).json()
+    assert [t["number"] for t in status["trials"]] == [0]
     assert status["in_flight"] == [{"number": 1, "arch_display": "c32k5", "status": "running", "host": "gpu-box-7",
                                     "device": "cuda:0 NVIDIA H200", "attempts": 2, "job": ""}]
     assert status["failed_trials"] == 1 and status["exploration"]["unique_architectures"] == 1

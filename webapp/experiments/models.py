@@ -184,11 +184,21 @@ class Trial(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    epochs_trained = models.PositiveIntegerField(null=True, blank=True,
+                                                 help_text="Epochs behind its figure (its fidelity)")
+    seq = models.PositiveBigIntegerField(default=0, help_text="The planning step that last gave it a figure: the "
+                                                              "cursor of the page's live updates")
 
     class Meta:
         ordering = ["experiment", "number"]
+        # The leaderboard's orders (every sortable column, per experiment) and the live updates' cursor.
         indexes = [models.Index(fields=["experiment", "status"], name="trial_experiment_status"),
-                   models.Index(fields=["status", "heartbeat_at"], name="trial_status_heartbeat")]
+                   models.Index(fields=["status", "heartbeat_at"], name="trial_status_heartbeat"),
+                   models.Index(fields=["experiment", "seq"], name="trial_experiment_seq"),
+                   models.Index(fields=["experiment", "-val_acc", "number"], name="trial_by_figure"),
+                   models.Index(fields=["experiment", "params", "number"], name="trial_by_params"),
+                   models.Index(fields=["experiment", "flops", "number"], name="trial_by_macs"),
+                   models.Index(fields=["experiment", "train_seconds", "number"], name="trial_by_training")]
         constraints = [
             models.UniqueConstraint(fields=["experiment", "arch_key"], name="unique_arch_per_experiment"),
             models.UniqueConstraint(fields=["experiment", "number"], name="unique_number_per_experiment"),

@@ -327,7 +327,8 @@ def trial_report(experiment_id: int, number: int, worker: str, record: TrialReco
             record.search_seconds = experiment.search_seconds(now)
             planner.tell(record)
         Trial.objects.filter(pk=row.pk).update(job="", error=error, traceback=trace, finished_at=now,
-                                               heartbeat_at=now, **services.trial_result_fields(record))
+                                               heartbeat_at=now,
+                                               **services.trial_result_fields(record, experiment.plan_version + 1))
         failures = experiment.consecutive_failures + 1 if error else 0
         fields: dict[str, Any] = {"trials_done": F("trials_done") + len(record.evaluations) - spent_before,
                                   "consecutive_failures": failures}

@@ -5,7 +5,8 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Max, OuterRef, QuerySet, Subquery
+from django.db.models import Avg, Count, F, Max, OuterRef, QuerySet, Subquery, Window
+from django.db.models.functions import RowNumber
 from django.http import Http404
 from django.utils import timezone
 
@@ -28,7 +29,8 @@ def experiments_visible_to(user: User) -> QuerySet[Experiment]:
 
 def experiment_for_user(user: User, pk: int) -> Experiment:
     """The experiment, if the user may see it; otherwise Http404, exactly as if it did not exist."""
-    experiment = experiments_visible_to(user).select_related("team", "created_by").filter(pk=pk).first()
+    experiment = (experiments_visible_to(user).select_related("team", "created_by").defer("strategy_state")
+                  .filter(pk=pk).first())
     if experiment is None:
         raise Http404("no such experiment")
     return experiment
@@ -115,10 +117,49 @@ def similar_runs_seconds_per_trial_epoch(experiment: Experiment, limit: int = 5)
     return sum(rates) / len(rates) if rates else None
 
 
-def experiment_leaderboard(experiment: Experiment, limit: int | None = None) -> QuerySet[Trial]:
-    """The trials with a figure, best first (pending, running and failed ones have none)."""
-    trials = experiment.trials.filter(Trial.WITH_FIGURE).order_by("-val_acc", "number")
+# The leaderboard's sortable columns (each served by an index on the trial table) and its default order.
+LEADERBOARD_SORTS = {"figure": "val_acc", "params": "params", "macs": "flops", "training": "train_seconds",
+                     "trial": "number"}
+LEADERBOARD_DEFAULT_SORT = "-figure"
+# What a leaderboard row shows; the learning curve, traceback and fidelity details stay in the database.
+LEADERBOARD_FIELDS = ("number", "arch_display", "val_acc", "params", "flops", "train_seconds", "evaluations",
+                      "epochs_trained", "weights_path", "status", "job", "estimator")
+
+
+def leaderboard_options(query: dict[str, str]) -> dict[str, Any]:
+    """The leaderboard's sort and filters from a query string; anything unknown falls back to the default, so a
+    stale or hand-edited link still shows a page."""
+    sort = query.get("sort", "")
+    epochs = query.get("epochs", "")
+    return {"sort": sort if sort.lstrip("-") in LEADERBOARD_SORTS else LEADERBOARD_DEFAULT_SORT,
+            "epochs": int(epochs) if epochs.isdigit() else None,
+            "kept": query.get("kept", "") in ("1", "yes", "true", "on")}
+
+
+def experiment_leaderboard(experiment: Experiment, limit: int | None = None, sort: str = LEADERBOARD_DEFAULT_SORT,
+                           epochs: int | None = None, kept: bool = False,
+                           columns: tuple[str, ...] | None = LEADERBOARD_FIELDS) -> QuerySet[Trial]:
+    """The trials with a figure (pending, running and failed ones have none), best first or in the order of
+    `sort` (a key of LEADERBOARD_SORTS, '-' for descending), optionally only those trained for `epochs` epochs or
+    whose weights are kept. Each row carries its `rank` by figure within the filtered set; it reads `columns`
+    (None: every column but the learning curve and the traceback)."""
+    trials = experiment.trials.filter(Trial.WITH_FIGURE)
+    if epochs is not None:
+        trials = trials.filter(epochs_trained=epochs)
+    if kept:
+        trials = trials.exclude(weights_path="")
+    column = LEADERBOARD_SORTS[sort.lstrip("-")]
+    order = F(column).desc(nulls_last=True) if sort.startswith("-") else F(column).asc(nulls_last=True)
+    trials = (trials.only(*columns) if columns else trials.defer("curve", "traceback"))
+    trials = (trials.annotate(rank=Window(RowNumber(), order_by=[F("val_acc").desc(), F("number").asc()]))
+              .order_by(order, "number"))
     return trials[:limit] if limit else trials
+
+
+def leaderboard_epochs(experiment: Experiment) -> list[int]:
+    """The fidelities (epochs behind a figure) among the experiment's trials, for the leaderboard's filter."""
+    return sorted(v for v in experiment.trials.filter(Trial.WITH_FIGURE).exclude(epochs_trained=None)
+                  .values_list("epochs_trained", flat=True).distinct().order_by())
 
 
 def experiment_in_flight(experiment: Experiment) -> QuerySet[Trial]:
@@ -150,11 +191,11 @@ def experiment_best_trial(experiment: Experiment) -> Trial | None:
 def experiment_exploration(experiment: Experiment) -> dict[str, Any]:
     """How the search balanced exploring new architectures against refining the best one: architectures
     evaluated (re-evaluations of one count once) against proposals made (repeats included)."""
-    figured = experiment.trials.filter(Trial.WITH_FIGURE)
-    stats = experiment.trials.aggregate(proposals=Max("proposals"))
-    distances = list(figured.exclude(distance_to_incumbent=None).values_list("distance_to_incumbent", flat=True))
-    return {"unique_architectures": figured.count(), "proposals": stats["proposals"] or 0,
-            "mean_distance_to_incumbent": sum(distances) / len(distances) if distances else None}
+    stats = experiment.trials.aggregate(proposals=Max("proposals"),
+                                        figured=Count("pk", filter=Trial.WITH_FIGURE),
+                                        distance=Avg("distance_to_incumbent", filter=Trial.WITH_FIGURE))
+    return {"unique_architectures": stats["figured"], "proposals": stats["proposals"] or 0,
+            "mean_distance_to_incumbent": stats["distance"]}
 
 
 def experiment_elapsed_seconds(experiment: Experiment) -> float | None:
@@ -215,6 +256,57 @@ def experiment_liveness(experiment: Experiment) -> dict[str, Any] | None:
                        f"no heartbeat from {who} for {int(silent)} s; the next worker to sweep takes it over"}
 
 
+# A trial as the charts draw it (the poll's changed rows; the charts' first load reads the same columns).
+POINT_FIELDS = ("number", "arch_display", "val_acc", "params", "flops", "finished_at", "distance_to_incumbent")
+POLL_ROWS = 500  # changed trials per poll at most; the client asks again at once for the rest
+
+
+def trial_points(experiment: Experiment, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials (rows of POINT_FIELDS) as chart points: {number, arch, val_acc, params, flops, finished_s (seconds
+    since the search started), distance}."""
+    start = experiment.started_at
+    return [{"number": r["number"], "arch": r["arch_display"], "val_acc": r["val_acc"], "params": r["params"],
+             "flops": r["flops"], "distance": r["distance_to_incumbent"],
+             "finished_s": None if start is None or r["finished_at"] is None
+             else round((r["finished_at"] - start).total_seconds(), 3)}
+            for r in rows]
+
+
+def experiment_cursor(experiment: Experiment) -> int:
+    """Where live updates start for a page that shows the experiment as it is now: the first planning step
+    after the last one that gave a trial a figure."""
+    return (experiment.trials.aggregate(seq=Max("seq"))["seq"] or 0) + 1
+
+
+def in_flight_json(experiment: Experiment) -> list[dict[str, Any]]:
+    return [{"number": t.number, "arch_display": t.arch_display, "status": t.status, "host": t.host,
+             "device": t.device, "attempts": t.attempts, "job": t.job} for t in experiment_in_flight(experiment)]
+
+
+def experiment_progress(experiment: Experiment, since: int, epochs_seen: int = 0) -> dict[str, Any]:
+    """What a live page needs on each poll: the progress figures, the trials in flight (at most its parallelism),
+    and only the trials that got a figure at planning step `since` (the client's cursor) or later, oldest first,
+    at most POLL_ROWS of them (`more` says there are others); the returned cursor is the next poll's `since`.
+    Steps commit in order under the experiment's lock and each gives one trial its figure, so nothing is skipped
+    or sent twice. Of a differentiable search, the search epochs after the first `epochs_seen`. An unchanged
+    experiment costs a few hundred bytes whatever its size; no blob is read."""
+    changed = experiment.trials.filter(Trial.WITH_FIGURE, seq__gte=since).order_by("seq")
+    rows = list(changed.values("seq", *POINT_FIELDS)[:POLL_ROWS])
+    return {
+        "status": experiment.status, "trials_done": experiment.trials_done, "budget": experiment.budget,
+        "progress_percent": experiment.progress_percent,
+        "best": None if experiment.best_trial_number is None else {
+            "number": experiment.best_trial_number, "val_acc": experiment.best_val_acc},
+        "test_acc": experiment.test_acc, "exploration": experiment_exploration(experiment),
+        "liveness": experiment_liveness(experiment),
+        "in_flight": in_flight_json(experiment),
+        "failed_trials": experiment.trials.filter(status=FAILED).count(),
+        "search_epochs": [epoch_to_json(e) for e in
+                          experiment.search_epochs.filter(epoch__gt=epochs_seen).order_by("epoch")],
+        "trials": trial_points(experiment, rows), "cursor": rows[-1]["seq"] + 1 if rows else since,
+        "more": len(rows) == POLL_ROWS}
+
+
 def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> dict[str, Any]:
     """The experiment as one JSON object; `leaderboard` rows included (None: all, 0: none)."""
     best = experiment_best_trial(experiment)
@@ -241,14 +333,12 @@ def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> d
         "finished_at": experiment.finished_at.isoformat() if experiment.finished_at else None,
         "elapsed_seconds": experiment_elapsed_seconds(experiment),
         "liveness": experiment_liveness(experiment),
-        "in_flight": [{"number": t.number, "arch_display": t.arch_display, "status": t.status, "host": t.host,
-                       "device": t.device, "attempts": t.attempts, "job": t.job}
-                      for t in experiment_in_flight(experiment)],
+        "in_flight": in_flight_json(experiment),
         "failed_trials": experiment.trials.filter(status=FAILED).count(),
     }
     if leaderboard != 0:
-        rows = experiment_leaderboard(experiment, leaderboard)
-        data["leaderboard"] = [trial_to_json(t, rank) for rank, t in enumerate(rows, start=1)]
+        rows = experiment_leaderboard(experiment, leaderboard, columns=None)
+        data["leaderboard"] = [trial_to_json(t, t.rank) for t in rows]
         data["search_epochs"] = [epoch_to_json(e) for e in experiment.search_epochs.order_by("epoch")]
     return data
 

@@ -253,12 +253,17 @@ def experiment_heartbeat(experiment_id: int, worker: str) -> str | None:
     return row["status"]
 
 
-def trial_result_fields(trial: TrialRecord) -> dict[str, Any]:
-    """A trial row's fields that a job of it sets: its figures, its weights, and where the strategy stands."""
+def trial_result_fields(trial: TrialRecord, seq: int) -> dict[str, Any]:
+    """A trial row's fields that a job of it sets: its figures, its weights, and where the strategy stands.
+
+    `seq` is the experiment's planning step that records it, taken under the experiment row's lock, so the
+    steps commit in their order and a page that has seen step n has seen every earlier one (its cursor)."""
+    epochs = trial.fidelity.get("epochs")
     return dict(val_acc=trial.val_acc, params=trial.params, flops=trial.flops, train_seconds=trial.train_seconds,
                 fidelity=trial.fidelity, curve=trial.curve, weights_path=trial.weights_path or "",
                 search_seconds=trial.search_seconds, evaluations=trial.evaluations, status=trial.status,
-                told=trial.told)
+                told=trial.told, seq=seq,
+                epochs_trained=epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None)
 
 
 def trial_record(experiment_id: int, worker: str, trial: TrialRecord, strategy_state: dict[str, Any],
@@ -274,12 +279,13 @@ def trial_record(experiment_id: int, worker: str, trial: TrialRecord, strategy_s
         updated = Experiment.objects.filter(
             pk=experiment_id, claimed_by=worker, status__in=(Experiment.Status.RUNNING, Experiment.Status.CANCELLED)
         ).update(trials_done=F("trials_done") + new_evaluations, strategy_state=strategy_state,
-                 heartbeat_at=timezone.now())
+                 heartbeat_at=timezone.now(), plan_version=F("plan_version") + 1)
         if not updated:
             raise LostClaim(f"experiment {experiment_id} is no longer held by {worker}")
+        seq = Experiment.objects.filter(pk=experiment_id).values_list("plan_version", flat=True).get()
         values = dict(arch_key=trial.arch_key, arch_display=trial.arch_display, estimator=trial.estimator,
                       proposals=trial.proposals, distance_to_incumbent=trial.distance_to_incumbent,
-                      **trial_result_fields(trial))
+                      **trial_result_fields(trial, seq))
         if existing is None:
             row = Trial.objects.create(experiment_id=experiment_id, number=trial.number, **values)
         else:

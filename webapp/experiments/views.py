@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from typing import Callable
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -65,6 +66,34 @@ def experiment_new(request: HttpRequest) -> HttpResponse:
     return render(request, "experiments/new.html", {"form": form, "conflicts": kind_conflicts()})
 
 
+LEADERBOARD_PAGE_SIZE = 25
+# A column's first click sorts it this way (the best figure, the smallest network, the fastest, the first trial).
+SORT_FIRST = {"figure": "-figure", "params": "params", "macs": "macs", "training": "training", "trial": "trial"}
+
+
+def _leaderboard(request: HttpRequest, experiment: Experiment) -> dict[str, object]:
+    """One page of the leaderboard in the order and with the filters of the query string, with the links that
+    re-sort it (a second click reverses) and page through it."""
+    options = selectors.leaderboard_options(request.GET)
+    trials = selectors.experiment_leaderboard(experiment, **options)
+    page = Paginator(trials, LEADERBOARD_PAGE_SIZE).get_page(request.GET.get("page"))
+    keep = {k: v for k, v in (("epochs", options["epochs"]), ("kept", "1" if options["kept"] else None)) if v}
+    sort = options["sort"]
+    toggled = lambda key: SORT_FIRST[key] if sort.lstrip("-") != key else key if sort.startswith("-") else "-" + key  # noqa: E731
+    links = {key: urlencode({**keep, "sort": toggled(key)}) for key in SORT_FIRST}
+    return {"page": page, "options": options, "sort_links": links, "query": urlencode({**keep, "sort": sort}),
+            "epochs_choices": selectors.leaderboard_epochs(experiment),
+            "sorted_by": sort.lstrip("-"), "descending": sort.startswith("-")}
+
+
+@login_required
+def experiment_leaderboard(request: HttpRequest, pk: int) -> HttpResponse:
+    """The leaderboard alone (the page swaps it in when it is sorted, filtered, paged or has new trials)."""
+    experiment = selectors.experiment_for_user(request.user, pk)
+    return render(request, "experiments/_leaderboard.html", {"experiment": experiment,
+                                                              "board": _leaderboard(request, experiment)})
+
+
 @login_required
 def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     experiment = selectors.experiment_for_user(request.user, pk)
@@ -83,13 +112,20 @@ def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "has_search_epochs": experiment.search_epochs.exists() or experiment.is_differentiable,
         "in_flight": selectors.experiment_in_flight(experiment),
         "failures": selectors.experiment_failures(experiment),
-        "leaderboard": selectors.experiment_leaderboard(experiment)})
+        "board": _leaderboard(request, experiment), "cursor": selectors.experiment_cursor(experiment)})
 
 
 @login_required
 def experiment_status(request: HttpRequest, pk: int) -> JsonResponse:
+    """The live page's poll: progress figures, the trials that got a figure since the cursor `since` (a planning
+    step; without it, none) and the search epochs after the first `epochs`. The whole experiment is the API's."""
     experiment = selectors.experiment_for_user(request.user, pk)
-    return JsonResponse(selectors.experiment_summary(experiment, leaderboard=None))
+    since, epochs = request.GET.get("since", ""), request.GET.get("epochs", "0")
+    if (since and not since.isdigit()) or not epochs.isdigit():
+        return JsonResponse({"error": "since (a cursor from an earlier poll) and epochs (search epochs already "
+                                      "shown) must be non-negative integers"}, status=400)
+    cursor = int(since) if since else selectors.experiment_cursor(experiment)
+    return JsonResponse(selectors.experiment_progress(experiment, cursor, int(epochs)))
 
 
 @login_required

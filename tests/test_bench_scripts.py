@@ -33,3 +33,13 @@ def test_scaling_reports_trials_per_hour_with_one_and_two_workers():
         assert report[key] > 0, key
     assert report["workers_used_1"] == 1 and report["same_architectures"]
     assert report["meta"]["options"]["epochs"] == 1 and report["meta"]["components"]["spec"]["parallelism"] == 2
+
+
+def test_leaderboard_times_the_real_pages_of_a_large_experiment():
+    report = bench("leaderboard.py", "--trials", "300", "--experiments", "30", "--repeat", "2", "--checkpoint-kb", "50")
+    for key in ("first_page_ms_median", "sorted_page_ms_median", "filtered_page_ms_median", "poll_unchanged_ms_median",
+                "list_ms_median"):
+        assert report[key] > 0, key
+    assert report["trials"] == 300 and report["experiments"] == 30 and report["database"] == "sqlite"
+    assert 0 < report["poll_unchanged_bytes"] < 2000
+    assert report["meta"]["options"]["trials"] == 300 and report["meta"]["commit"]

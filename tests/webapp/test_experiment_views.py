@@ -210,3 +210,10 @@ def test_the_workers_page_is_for_staff_only(alice_client, alice, carol, client):
     assert "old-box" not in page  # not heard from in the last minutes
     client.force_login(carol)
     assert client.get(reverse("worker_list")).status_code == 404
+
+
+def test_the_list_filters_offer_each_value_once(alice_client, alice):
+    for name in ("one", "two", "three"):
+        make(alice, name)
+    page = alice_client.get(reverse("experiment_list")).content.decode()
+    assert page.count('<option value="digits"') == 1 and page.count('<option value="chain_cnn"') == 1

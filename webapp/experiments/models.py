@@ -191,14 +191,18 @@ class Trial(models.Model):
 
     class Meta:
         ordering = ["experiment", "number"]
-        # The leaderboard's orders (every sortable column, per experiment) and the live updates' cursor.
-        indexes = [models.Index(fields=["experiment", "status"], name="trial_experiment_status"),
+        # The leaderboard's orders (every sortable column, per experiment) each hold what its filters read
+        # (WITH_FIGURE's status and job, the fidelity, kept weights), so a page, its count and the ranks are read
+        # from an index, not from rows that carry curves; the progress index serves the counts, the exploration
+        # figures and the trials in flight or failed; the seq index the live updates' cursor.
+        indexes = [models.Index(fields=["experiment", "status", "number", "job", "proposals",
+                                        "distance_to_incumbent"], name="trial_progress"),
                    models.Index(fields=["status", "heartbeat_at"], name="trial_status_heartbeat"),
                    models.Index(fields=["experiment", "seq"], name="trial_experiment_seq"),
-                   models.Index(fields=["experiment", "-val_acc", "number"], name="trial_by_figure"),
-                   models.Index(fields=["experiment", "params", "number"], name="trial_by_params"),
-                   models.Index(fields=["experiment", "flops", "number"], name="trial_by_macs"),
-                   models.Index(fields=["experiment", "train_seconds", "number"], name="trial_by_training")]
+                   *(models.Index(fields=["experiment", *order, "number", "status", "job", "epochs_trained",
+                                          "weights_path"], name=f"trial_by_{name}")
+                     for name, order in (("figure", ["-val_acc"]), ("params", ["params"]), ("macs", ["flops"]),
+                                         ("training", ["train_seconds"])))]
         constraints = [
             models.UniqueConstraint(fields=["experiment", "arch_key"], name="unique_arch_per_experiment"),
             models.UniqueConstraint(fields=["experiment", "number"], name="unique_number_per_experiment"),

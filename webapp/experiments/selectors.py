@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, Iterator
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Avg, Count, F, Max, OuterRef, QuerySet, Subquery, Window
 from django.db.models.functions import RowNumber
 from django.http import Http404
@@ -88,7 +89,7 @@ def experiment_list(user: User, filters: dict[str, str] | None = None) -> QueryS
 def experiment_filter_choices(user: User) -> dict[str, list[str]]:
     """The values each list filter can take among the experiments the user sees."""
     experiments = experiments_visible_to(user)
-    distinct = lambda field: sorted(v for v in experiments.values_list(field, flat=True).distinct() if v)  # noqa
+    distinct = lambda field: sorted(v for v in experiments.order_by().values_list(field, flat=True).distinct() if v)  # noqa
     return {"team": distinct("team__name"), "owner": distinct("created_by__username"),
             "status": [s for s, _ in Experiment.Status.choices], "dataset": distinct("dataset"),
             "space": distinct("space"), "strategy": distinct("strategy")}
@@ -122,7 +123,7 @@ LEADERBOARD_SORTS = {"figure": "val_acc", "params": "params", "macs": "flops", "
                      "trial": "number"}
 LEADERBOARD_DEFAULT_SORT = "-figure"
 # What a leaderboard row shows; the learning curve, traceback and fidelity details stay in the database.
-LEADERBOARD_FIELDS = ("number", "arch_display", "val_acc", "params", "flops", "train_seconds", "evaluations",
+LEADERBOARD_FIELDS = ("experiment", "number", "arch_display", "val_acc", "params", "flops", "train_seconds", "evaluations",
                       "epochs_trained", "weights_path", "status", "job", "estimator")
 
 
@@ -136,24 +137,58 @@ def leaderboard_options(query: dict[str, str]) -> dict[str, Any]:
             "kept": query.get("kept", "") in ("1", "yes", "true", "on")}
 
 
+class Leaderboard:
+    """The leaderboard's rows in one order, sliced as a Paginator slices them. A slice reads the ids of its rows
+    from an index that holds the sort column and every column the filters read (no row is touched for the trials
+    skipped over), then those rows' columns, then their ranks by figure from the figure index; so a page deep
+    into 100,000 trials costs about what the first one does."""
+
+    def __init__(self, trials: QuerySet[Trial], order: list[Any], columns: tuple[str, ...] | None) -> None:
+        self.trials, self.order, self.columns = trials, order, columns
+
+    def count(self) -> int:
+        return self.trials.count()
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def __iter__(self) -> Iterator[Trial]:
+        return iter(self[:])
+
+    def __getitem__(self, window: slice) -> list[Trial]:
+        ids = list(self.trials.order_by(*self.order).values_list("pk", flat=True)[window])
+        rows = self.trials.filter(pk__in=ids)
+        rows = {t.pk: t for t in (rows.only(*self.columns) if self.columns else rows.defer("curve", "traceback"))}
+        ranked = self.trials.annotate(trial_id=F("pk"), rank=Window(RowNumber(), order_by=[F("val_acc").desc(),
+                                                                                          F("number").asc()]))
+        sql, params = ranked.order_by().values_list("trial_id", "rank").query.sql_with_params()
+        ranks: dict[int, int] = {}
+        if ids:
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT trial_id, rank FROM ({sql}) ranked WHERE trial_id IN ({', '.join(['%s'] * len(ids))})",
+                               [*params, *ids])
+                ranks = dict(cursor.fetchall())
+        for pk, trial in rows.items():
+            trial.rank = ranks[pk]
+        return [rows[pk] for pk in ids]
+
+
 def experiment_leaderboard(experiment: Experiment, limit: int | None = None, sort: str = LEADERBOARD_DEFAULT_SORT,
                            epochs: int | None = None, kept: bool = False,
-                           columns: tuple[str, ...] | None = LEADERBOARD_FIELDS) -> QuerySet[Trial]:
+                           columns: tuple[str, ...] | None = LEADERBOARD_FIELDS) -> Leaderboard | list[Trial]:
     """The trials with a figure (pending, running and failed ones have none), best first or in the order of
     `sort` (a key of LEADERBOARD_SORTS, '-' for descending), optionally only those trained for `epochs` epochs or
     whose weights are kept. Each row carries its `rank` by figure within the filtered set; it reads `columns`
-    (None: every column but the learning curve and the traceback)."""
+    (None: every column but the learning curve and the traceback). With `limit`, the first `limit` rows."""
     trials = experiment.trials.filter(Trial.WITH_FIGURE)
     if epochs is not None:
         trials = trials.filter(epochs_trained=epochs)
     if kept:
         trials = trials.exclude(weights_path="")
     column = LEADERBOARD_SORTS[sort.lstrip("-")]
-    order = F(column).desc(nulls_last=True) if sort.startswith("-") else F(column).asc(nulls_last=True)
-    trials = (trials.only(*columns) if columns else trials.defer("curve", "traceback"))
-    trials = (trials.annotate(rank=Window(RowNumber(), order_by=[F("val_acc").desc(), F("number").asc()]))
-              .order_by(order, "number"))
-    return trials[:limit] if limit else trials
+    order = F(column).desc() if sort.startswith("-") else F(column).asc()
+    board = Leaderboard(trials, [order, "number"], columns)
+    return board[:limit] if limit else board
 
 
 def leaderboard_epochs(experiment: Experiment) -> list[int]:
@@ -162,9 +197,11 @@ def leaderboard_epochs(experiment: Experiment) -> list[int]:
                   .values_list("epochs_trained", flat=True).distinct().order_by())
 
 
-def experiment_in_flight(experiment: Experiment) -> QuerySet[Trial]:
-    """The trials waiting for a worker or being evaluated: at most its parallelism."""
-    return experiment.trials.filter(status__in=IN_FLIGHT).defer("curve", "traceback").order_by("number")
+def experiment_in_flight(experiment: Experiment) -> list[Trial]:
+    """The trials waiting for a worker or being evaluated (at most its parallelism), in trial order. Sorted here:
+    an ORDER BY would steer the database to the trial-number index and past every row of the experiment."""
+    return sorted(experiment.trials.filter(status__in=IN_FLIGHT).defer("curve", "traceback").order_by(),
+                  key=lambda t: t.number)
 
 
 def workers_seen(minutes: int = 10) -> QuerySet[Worker]:
@@ -337,8 +374,8 @@ def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> d
         "failed_trials": experiment.trials.filter(status=FAILED).count(),
     }
     if leaderboard != 0:
-        rows = experiment_leaderboard(experiment, leaderboard, columns=None)
-        data["leaderboard"] = [trial_to_json(t, t.rank) for t in rows]
+        board = experiment_leaderboard(experiment, columns=None)
+        data["leaderboard"] = [trial_to_json(t, t.rank) for t in (board[:leaderboard] if leaderboard else board[:])]
         data["search_epochs"] = [epoch_to_json(e) for e in experiment.search_epochs.order_by("epoch")]
     return data
 

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection
 from django.db.models import Avg, Count, F, Max, OuterRef, QuerySet, Subquery, Window
 from django.db.models.functions import RowNumber
@@ -118,6 +119,22 @@ def similar_runs_seconds_per_trial_epoch(experiment: Experiment, limit: int = 5)
     return sum(rates) / len(rates) if rates else None
 
 
+T = TypeVar("T")
+
+
+def per_step(experiment: Experiment, what: str, compute: Callable[[], T]) -> T:
+    """A figure derived from all of an experiment's trials, computed once per planning step and cached. Trials get
+    or lose a figure, and proposals are written, only inside a step, which moves `plan_version`; so a page or a
+    poll of an unchanged experiment does not read its 100,000 trials again, and a changed one never sees a stale
+    figure. (The creation time is in the key: a test database may give a new experiment an old one's id.)"""
+    key = f"nas:{what}:{experiment.pk}:{experiment.created_at.timestamp()}:{experiment.plan_version}"
+    value = cache.get(key)
+    if value is None:
+        value = compute()
+        cache.set(key, value, 3600)
+    return value
+
+
 # The leaderboard's sortable columns (each served by an index on the trial table) and its default order.
 LEADERBOARD_SORTS = {"figure": "val_acc", "params": "params", "macs": "flops", "training": "train_seconds",
                      "trial": "number"}
@@ -143,11 +160,13 @@ class Leaderboard:
     skipped over), then those rows' columns, then their ranks by figure from the figure index; so a page deep
     into 100,000 trials costs about what the first one does."""
 
-    def __init__(self, trials: QuerySet[Trial], order: list[Any], columns: tuple[str, ...] | None) -> None:
+    def __init__(self, trials: QuerySet[Trial], order: list[Any], columns: tuple[str, ...] | None,
+                 count: Callable[[], int] | None = None) -> None:
         self.trials, self.order, self.columns = trials, order, columns
+        self._count = count or trials.count
 
     def count(self) -> int:
-        return self.trials.count()
+        return self._count()
 
     def __len__(self) -> int:
         return self.count()
@@ -187,21 +206,29 @@ def experiment_leaderboard(experiment: Experiment, limit: int | None = None, sor
         trials = trials.exclude(weights_path="")
     column = LEADERBOARD_SORTS[sort.lstrip("-")]
     order = F(column).desc() if sort.startswith("-") else F(column).asc()
-    board = Leaderboard(trials, [order, "number"], columns)
+    unfiltered = epochs is None and not kept
+    board = Leaderboard(trials, [order, "number"], columns,
+                        (lambda: experiment_exploration(experiment)["unique_architectures"]) if unfiltered else None)
     return board[:limit] if limit else board
 
 
 def leaderboard_epochs(experiment: Experiment) -> list[int]:
     """The fidelities (epochs behind a figure) among the experiment's trials, for the leaderboard's filter."""
-    return sorted(v for v in experiment.trials.filter(Trial.WITH_FIGURE).exclude(epochs_trained=None)
-                  .values_list("epochs_trained", flat=True).distinct().order_by())
+    return per_step(experiment, "epochs", lambda: sorted(
+        experiment.trials.filter(Trial.WITH_FIGURE).exclude(epochs_trained=None)
+        .values_list("epochs_trained", flat=True).distinct().order_by()))
 
 
-def experiment_in_flight(experiment: Experiment) -> list[Trial]:
-    """The trials waiting for a worker or being evaluated (at most its parallelism), in trial order. Sorted here:
-    an ORDER BY would steer the database to the trial-number index and past every row of the experiment."""
-    return sorted(experiment.trials.filter(status__in=IN_FLIGHT).defer("curve", "traceback").order_by(),
-                  key=lambda t: t.number)
+def _few(trials: QuerySet[Trial]) -> QuerySet[Trial]:
+    """A few of an experiment's trials picked by status: their ids from the progress index, then their rows. (Asked
+    for whole rows at once, a planner that has statistics but no histogram of the statuses, SQLite's after
+    ANALYZE, reads every trial of the experiment to find the few.)"""
+    return Trial.objects.filter(pk__in=list(trials.values_list("pk", flat=True))).defer("curve", "traceback")
+
+
+def experiment_in_flight(experiment: Experiment) -> QuerySet[Trial]:
+    """The trials waiting for a worker or being evaluated: at most its parallelism."""
+    return _few(experiment.trials.filter(status__in=IN_FLIGHT).order_by()).order_by("number")
 
 
 def workers_seen(minutes: int = 10) -> QuerySet[Worker]:
@@ -216,7 +243,7 @@ def workers_seen(minutes: int = 10) -> QuerySet[Worker]:
 def experiment_failures(experiment: Experiment, limit: int = 20) -> tuple[int, list[Trial]]:
     """How many trials failed, and the latest `limit` of them (errors; tracebacks stay in the rows)."""
     failed = experiment.trials.filter(status=FAILED)
-    return failed.count(), list(failed.defer("curve", "traceback").order_by("-number")[:limit])
+    return failed.count(), list(_few(failed.order_by("-number")[:limit]).order_by("-number"))
 
 
 def experiment_best_trial(experiment: Experiment) -> Trial | None:
@@ -228,9 +255,9 @@ def experiment_best_trial(experiment: Experiment) -> Trial | None:
 def experiment_exploration(experiment: Experiment) -> dict[str, Any]:
     """How the search balanced exploring new architectures against refining the best one: architectures
     evaluated (re-evaluations of one count once) against proposals made (repeats included)."""
-    stats = experiment.trials.aggregate(proposals=Max("proposals"),
-                                        figured=Count("pk", filter=Trial.WITH_FIGURE),
-                                        distance=Avg("distance_to_incumbent", filter=Trial.WITH_FIGURE))
+    stats = per_step(experiment, "exploration", lambda: experiment.trials.aggregate(
+        proposals=Max("proposals"), figured=Count("pk", filter=Trial.WITH_FIGURE),
+        distance=Avg("distance_to_incumbent", filter=Trial.WITH_FIGURE)))
     return {"unique_architectures": stats["figured"], "proposals": stats["proposals"] or 0,
             "mean_distance_to_incumbent": stats["distance"]}
 

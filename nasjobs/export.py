@@ -1,4 +1,4 @@
-"""Export a trial as a model that runs without this platform: a `torch.export` zip or an ONNX file, both taking raw samples."""
+"""Export a trial as a model that runs without this platform (a torch.export zip or an ONNX file), taking raw samples."""
 from __future__ import annotations
 
 import contextlib
@@ -232,7 +232,10 @@ def export_file(spec: ExperimentSpec, arch_key: str, state: dict[str, torch.Tens
     path = Path(path)
     prepared = prepare(spec, arch_key, state, meta)
     check()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # hidden: a listing never offers it
+    # Temporary files are hidden and named after `path`: what a killed build left is removed by the next one.
+    for stale in path.parent.glob(f".{path.name}.*"):
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         writer.write(prepared, tmp, check)
         tmp.replace(path)

@@ -1,4 +1,4 @@
-"""Trained weights on disk: one file per kept trial, the rest deleted so disk use stays bounded."""
+"""Trained weights on disk: one file per kept trial, the rest deleted so disk use stays bounded; built exports beside them."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,6 +21,11 @@ class ArtifactStore:
         torch.save(state, tmp)
         tmp.replace(path)  # atomic: a killed worker never leaves half a file under the real name
         return str(path)
+
+    def export_path(self, number: int, suffix: str) -> Path:
+        """Where a trial's built export in one format is kept: a folder of its own, which `keep_only` leaves
+        alone (an export outlives the weights it was built from); deleted with the experiment's folder."""
+        return self.dir / "exports" / f"trial-{number:05d}.{suffix}"
 
     def load(self, number: int) -> dict[str, torch.Tensor] | None:
         path = self.path(number)

@@ -45,6 +45,33 @@ class Split:
 
 
 @dataclass(frozen=True)
+class RawFormat:
+    """What one sample is as the dataset stores it, before the platform scales it: its dtype, the number it is
+    divided by to reach the floats `build_dataset` is given (255 for 8-bit pixels, 16 for the digits' counts),
+    and its range in words."""
+
+    dtype: str = "float32"
+    divisor: float = 1.0
+    value_range: str = "any float"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a raw sample becomes what the networks train on: cast to float32 and divided by `raw.divisor` (in
+    float32), then standardised in float64 by the training split's `mean` and `std` per channel (images,
+    signals) or per feature (tables) and cast back to float32, exactly the arithmetic of `build_dataset`, so a
+    module that applies it (`nasjobs.export.RawInputNetwork`) sees bit for bit what training saw."""
+
+    raw: RawFormat
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"dtype": self.raw.dtype, "divisor": self.raw.divisor, "value_range": self.raw.value_range,
+                "mean": list(self.mean), "std": list(self.std)}
+
+
+@dataclass(frozen=True)
 class Dataset:
     name: str
     input_shape: tuple[int, ...]  # one sample's shape, by kind (see KINDS)
@@ -55,6 +82,8 @@ class Dataset:
     kind: str = "image"
     class_names: tuple[str, ...] = ()
     lookup: str | None = None  # the NAS-Bench-201 table this dataset stands for (kind nb201), else None
+    preprocessing: Preprocessing | None = None  # from raw samples to `train.x`; None: no samples (a table)
+    feature_names: tuple[str, ...] = ()  # a table's columns, in input order, where known
 
 
 @dataclass(frozen=True)
@@ -174,10 +203,13 @@ def dataset_splits(y: np.ndarray, y_test: np.ndarray | None = None) -> list[np.n
 
 
 def build_dataset(name: str, kind: str, x: np.ndarray, y: np.ndarray, class_names: Sequence[str],
-                  test: tuple[np.ndarray, np.ndarray] | None = None) -> Dataset:
+                  test: tuple[np.ndarray, np.ndarray] | None = None, raw: RawFormat = RawFormat(),
+                  feature_names: Sequence[str] = ()) -> Dataset:
     """The one way every loader turns arrays into a Dataset: a fixed stratified split (`dataset_splits`), then
     normalisation by statistics of the training split alone, per channel (images, signals) or per feature
-    (tables), so nothing of validation or test leaks into training. `x` is float, shaped (N, *input_shape)."""
+    (tables), so nothing of validation or test leaks into training. `x` is float, shaped (N, *input_shape):
+    the raw samples divided by `raw.divisor`; the dataset's `preprocessing` records both steps, so an exported
+    network can take raw samples."""
     if kind not in KINDS or kind == BENCHMARK_KIND:
         raise ValueError(f"kind {kind!r} has no samples; choose one of image, signal, table")
     y = np.asarray(y, dtype=np.int64)
@@ -193,8 +225,10 @@ def build_dataset(name: str, kind: str, x: np.ndarray, y: np.ndarray, class_name
         xs = ((xs[idx] - mean) / std).astype(np.float32)
         return Split(torch.from_numpy(xs), torch.from_numpy(ys[idx].copy()))
 
+    preprocessing = Preprocessing(raw, tuple(float(v) for v in mean.ravel()), tuple(float(v) for v in std.ravel()))
     return Dataset(name, tuple(int(d) for d in x.shape[1:]), len(class_names), as_split(x, y, train),
-                   as_split(x, y, val), as_split(x_test, y_test, test_idx), kind, tuple(class_names))
+                   as_split(x, y, val), as_split(x_test, y_test, test_idx), kind, tuple(class_names),
+                   preprocessing=preprocessing, feature_names=tuple(feature_names))
 
 
 # the stored format ------------------------------------------------------------------------------------------
@@ -275,10 +309,21 @@ def load_decoded(folder: Path) -> Decoded:
     return Decoded(manifest["kind"], x, y, names, manifest, test)
 
 
+PIXELS = RawFormat("uint8", 255.0, "0..255")  # 8-bit images: uploads and torchvision's
+
+
+def raw_format(decoded: Decoded) -> RawFormat:
+    """How `as_float` scales these samples: 8-bit pixels by 255, floats not at all."""
+    return PIXELS if decoded.x.dtype == np.uint8 else RawFormat()
+
+
 def as_float(decoded: Decoded) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
-    """Samples as float32 in [0, 1] for images (stored as uint8), as stored otherwise."""
+    """Samples as float32 in [0, 1] for images (stored as uint8), as stored otherwise (`raw_format`)."""
+    divisor = raw_format(decoded).divisor
+
     def convert(x: np.ndarray) -> np.ndarray:
-        return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+        x = x.astype(np.float32)
+        return x / divisor if divisor != 1.0 else x
     test = None if decoded.test is None else (convert(decoded.test[0]), decoded.test[1])
     return convert(decoded.x), test
 
@@ -288,7 +333,8 @@ def load_stored(name: str, folder: Path) -> Dataset:
     """A stored dataset, split and normalised like every other (`build_dataset`)."""
     decoded = load_decoded(folder)
     x, test = as_float(decoded)
-    return build_dataset(name, decoded.kind, x, decoded.y, decoded.class_names, test)
+    return build_dataset(name, decoded.kind, x, decoded.y, decoded.class_names, test, raw_format(decoded),
+                         decoded.manifest.get("feature_names") or ())
 
 
 def cached(name: str, make: Callable[[], tuple[str, np.ndarray, np.ndarray, Sequence[str],
@@ -310,6 +356,8 @@ def cached(name: str, make: Callable[[], tuple[str, np.ndarray, np.ndarray, Sequ
 
 # built-ins --------------------------------------------------------------------------------------------------
 DIGITS_VERSION = "sklearn-digits-v1"  # x / 16 as float32, scikit-learn's order; other values need a new folder
+# Raw digits are scikit-learn's own pixels, `load_digits().images`: counts 0..16 (exact in float32, and so is /16).
+DIGITS_RAW = RawFormat("float32", 16.0, "0..16 (whole numbers: scikit-learn's load_digits().images)")
 
 
 def generate_digits() -> tuple[str, np.ndarray, np.ndarray, list[str], None]:
@@ -327,7 +375,7 @@ def load_digits() -> Dataset:
     """The digits as a dataset: 60/20/20 stratified train/validation/test split (`SPLIT_FRACTIONS`)."""
     decoded = cached(DIGITS_VERSION, generate_digits)
     x, _ = as_float(decoded)
-    return build_dataset("digits", "image", x, decoded.y, decoded.class_names)
+    return build_dataset("digits", "image", x, decoded.y, decoded.class_names, raw=DIGITS_RAW)
 
 
 MNIST1D_VERSION = "mnist1d-0.0.2-default-v1"  # a new generator or new arguments need a new cache folder
@@ -356,7 +404,8 @@ def load_mnist1d() -> Dataset:
     split, its training split is divided 80/20 into train and validation."""
     decoded = cached(MNIST1D_VERSION, generate_mnist1d)
     x, test = as_float(decoded)
-    return build_dataset("mnist1d", "signal", x, decoded.y, decoded.class_names, test)
+    return build_dataset("mnist1d", "signal", x, decoded.y, decoded.class_names, test,
+                         RawFormat("float32", 1.0, "as the mnist1d package generates them (roughly -6..6)"))
 
 
 # The built-ins whose samples are generated into `data_dir()/builtin` (a page previews them from there).

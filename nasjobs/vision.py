@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from nasjobs.datasets import Dataset, build_dataset, data_dir, env_flag
+from nasjobs.datasets import PIXELS, Dataset, build_dataset, data_dir, env_flag
 
 
 @dataclass(frozen=True)
@@ -141,4 +141,4 @@ def load_torchvision(name: str, root: Path | None = None, download: bool | None 
     (x, y), (x_test, y_test) = _arrays(train), _arrays(test)
     classes = getattr(test, "classes", None) or [str(c) for c in range(spec.classes)]
     return build_dataset(name, "image", x.astype(np.float32) / 255.0, y, [str(c) for c in classes],
-                         (x_test.astype(np.float32) / 255.0, y_test))
+                         (x_test.astype(np.float32) / 255.0, y_test), PIXELS)

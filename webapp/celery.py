@@ -14,9 +14,9 @@ app.autodiscover_tasks(lambda: ["webapp.experiments", "webapp.datasets"])
 
 
 class RecoverOnConnect(bootsteps.StartStopStep):
-    """Each time the worker's consumer (re)connects to the broker, queue again every experiment the database says
-    is unfinished. A restarted Redis (which may keep nothing on disk) loses the queued messages; the database
-    does not, so nothing waits forever. Duplicates are harmless: a worker claims an experiment with a
+    """Each time the worker's consumer (re)connects to the broker, queue again every experiment (dataset, export)
+    the database says is unfinished. A restarted Redis (which may keep nothing on disk) loses the queued messages;
+    the database does not, so nothing waits forever. Duplicates are harmless: a worker claims an experiment with a
     conditional UPDATE, and a message for a finished one is a no-op."""
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
@@ -25,13 +25,14 @@ class RecoverOnConnect(bootsteps.StartStopStep):
         from django.db import close_old_connections
 
         from webapp.datasets.services import datasets_recover
-        from webapp.experiments.services import experiments_recover
+        from webapp.experiments.services import experiments_recover, exports_recover
 
         log = logging.getLogger("webapp.experiments.tasks")
         try:
             close_old_connections()  # this process lives long; its connection may have gone stale meanwhile
             ids = experiments_recover()
             datasets = datasets_recover()
+            exports = exports_recover()
         except Exception:  # the worker must still consume; `nas recover` or the next reconnect will do it
             log.exception("could not re-queue unfinished experiments")
             return
@@ -39,12 +40,14 @@ class RecoverOnConnect(bootsteps.StartStopStep):
             log.info("re-queued unfinished experiments %s", ids)
         if datasets:
             log.info("re-queued datasets still processing %s", datasets)
+        if exports:
+            log.info("re-queued exports still to build %s", exports)
 
 
 class SweepSilentJobs(bootsteps.StartStopStep):
-    """Every NAS_SWEEP_SECONDS, in the worker's main process: trials and one-job searches whose worker stopped
-    renewing its lease are queued again (`experiments_sweep`). Every worker sweeps; no scheduler is needed and
-    none is a single point of failure, since each takeover is a conditional UPDATE."""
+    """Every NAS_SWEEP_SECONDS, in the worker's main process: trials, one-job searches and exports whose worker
+    stopped renewing its lease are queued again (`experiments_sweep`). Every worker sweeps; no scheduler is needed
+    and none is a single point of failure, since each takeover is a conditional UPDATE."""
 
     requires = {"celery.worker.components:Timer"}
 
@@ -73,9 +76,9 @@ class SweepSilentJobs(bootsteps.StartStopStep):
         except Exception:  # the database or the broker away for a moment: the next sweep tries again
             log.exception("could not sweep for silent jobs")
             return
-        if swept["trials"] or swept["experiments"]:
-            log.info("queued again after their worker went silent: trials %s, experiments %s", swept["trials"],
-                     swept["experiments"])
+        if any(swept.values()):
+            log.info("queued again after their worker went silent: trials %s, experiments %s, exports %s",
+                     swept["trials"], swept["experiments"], swept["exports"])
 
 
 @worker_process_init.connect

@@ -8,7 +8,8 @@ from django.urls import reverse
 
 from nasjobs.search import ExperimentSpec, TrialRecord
 from webapp.experiments import services
-from webapp.experiments.models import Experiment
+from webapp.experiments.models import Experiment, Export
+from webapp.experiments.runner import export_run_now
 
 pytestmark = pytest.mark.django_db
 SPEC = ExperimentSpec("digits", "chain_cnn", "random", "train", budget=3, epochs=1, seed=0)
@@ -85,10 +86,13 @@ def test_trials_are_paginated_and_sortable_and_the_best_exports_as_a_model(carol
     by_params = carol_api.get(f"/api/experiments/{e.pk}/trials/", {"ordering": "params"}).json()["results"]
     assert [t["params"] for t in by_params] == [998, 999, 1000]
     assert carol_api.get(f"/api/experiments/{e.pk}/trials/", {"ordering": "curve"}).status_code == 400
-    zipped = carol_api.get(f"/api/experiments/{e.pk}/trials/1/export/")
+    export = f"/api/experiments/{e.pk}/trials/1/exports/torch/"
+    assert carol_api.post(export).status_code == 202  # a worker builds it; here, this process does
+    assert export_run_now(Export.objects.get().pk, "test") == "done"
+    zipped = carol_api.get(export + "download/")
     assert zipped.status_code == 200 and zipped["Content-Type"] == "application/zip"
-    assert "model.pt2" in zipfile.ZipFile(io.BytesIO(zipped.content)).namelist()
-    assert carol_api.get(f"/api/experiments/{e.pk}/trials/7/export/").status_code == 404
+    assert "model.pt2" in zipfile.ZipFile(io.BytesIO(b"".join(zipped.streaming_content))).namelist()
+    assert carol_api.post(f"/api/experiments/{e.pk}/trials/7/exports/torch/").status_code == 404
 
 
 def test_cancel_resume_and_delete_through_the_api(carol_api, carol):
@@ -125,7 +129,8 @@ def test_the_openapi_schema_lists_the_routes_and_the_docs_page_renders(carol_api
     schema = carol_api.get("/api/schema/", HTTP_ACCEPT="application/json").json()
     assert schema["openapi"].startswith("3.")
     for route in ("/api/token/", "/api/experiments/", "/api/experiments/{id}/cancel/", "/api/experiments/{id}/"
-                  "trials/", "/api/experiments/{id}/trials/{number}/export/", "/api/teams/", "/api/datasets/"):
+                  "trials/", "/api/experiments/{id}/trials/{number}/exports/{fmt}/",
+                  "/api/experiments/{id}/trials/{number}/exports/{fmt}/download/", "/api/teams/", "/api/datasets/"):
         assert route in schema["paths"], route
     client.force_login(carol)
     docs = client.get(reverse("api-docs")).content.decode()

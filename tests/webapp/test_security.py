@@ -57,7 +57,7 @@ def vision_experiment(alice, tmp_path, settings):
 
 def concrete(name: str, params: list[str], experiment: Experiment) -> str | None:
     values = {"pk": experiment.pk, "number": 0, "epoch": 0, "object_id": experiment.pk, "app_label": "experiments",
-              "id": experiment.team_id}
+              "id": experiment.team_id, "fmt": "torch"}
     if name.startswith("admin:") and params and name != "admin:app_list":
         values["object_id"] = experiment.pk
         if any(p not in values for p in params):

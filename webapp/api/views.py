@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import authenticate
-from django.http import HttpResponse
+from django.http import FileResponse, HttpResponseBase
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
 from rest_framework.authtoken.models import Token
@@ -168,13 +169,36 @@ class ExperimentViewSet(viewsets.GenericViewSet):
         page = self.paginate_queryset(trials)
         return self.get_paginated_response([selectors.trial_to_json(t) for t in page])
 
-    @extend_schema(responses={(200, "application/zip"): bytes})
-    @action(detail=True, methods=["get"], url_path=r"trials/(?P<number>[0-9]+)/export")
-    def export(self, request: Request, pk: str, number: str) -> HttpResponse:
+    @extend_schema(request=None, responses={200: FREE, 202: FREE, 400: FREE})
+    @action(detail=True, methods=["get", "post"], url_path=r"trials/(?P<number>[0-9]+)/exports/(?P<fmt>[^/]+)")
+    def export(self, request: Request, pk: str, number: str, fmt: str) -> Response:
+        """GET: the trial's export in `fmt` (`status` "none" until requested). POST: request it (built once by a
+        worker; a failed one is retried): 202 while it builds, 200 once it is ready to download."""
         experiment, trial = selectors.trial_for_user(request.user, int(pk), int(number))
-        response = HttpResponse(services.trial_export(experiment, trial), content_type="application/zip")
-        response["Content-Disposition"] = f'attachment; filename="nasboard-{pk}-trial-{number}.zip"'
-        return response
+        try:
+            export = (services.export_request(experiment, trial, fmt, request.user) if request.method == "POST"
+                      else selectors.export_for_user(request.user, int(pk), int(number), fmt)[2])
+        except SpecError as exc:
+            raise spec_error(exc) from None
+        data = selectors.export_to_json(fmt, export)
+        data["download"] = request.build_absolute_uri(reverse("api-experiment-export-download",
+                                                              args=[pk, number, fmt]))
+        ready = export is not None and export.status == export.Status.READY
+        return Response(data, status=status.HTTP_200_OK if ready or request.method == "GET"
+                        else status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses={(200, "application/octet-stream"): bytes, 404: FREE, 409: FREE})
+    @action(detail=True, methods=["get"], url_path=r"trials/(?P<number>[0-9]+)/exports/(?P<fmt>[^/]+)/download")
+    def export_download(self, request: Request, pk: str, number: str, fmt: str) -> HttpResponseBase:
+        """The built file, streamed (never built here): 409 while it builds or after it failed, 404 before it
+        is requested."""
+        try:
+            path, filename, content_type = selectors.export_download(request.user, int(pk), int(number), fmt)
+        except SpecError as exc:
+            raise spec_error(exc) from None
+        except selectors.ExportUnavailable as exc:
+            return Response({"detail": exc.message}, status=exc.status)
+        return FileResponse(path.open("rb"), as_attachment=True, filename=filename, content_type=content_type)
 
 
 class DatasetViewSet(viewsets.GenericViewSet):

@@ -324,3 +324,45 @@ class Worker(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class Export(models.Model):
+    """A trial written as a file in one format (`nasjobs.export.EXPORT_FORMATS`): requested once, built by a
+    worker under a lease like a trial's, kept in the artifact store beside the trial's weights
+    (`ArtifactStore.export_path`), and streamed from there to every later download."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        READY = "ready"
+        FAILED = "failed"
+
+    trial = models.ForeignKey(Trial, on_delete=models.CASCADE, related_name="exports")
+    format = models.CharField(max_length=20)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    trained = models.BooleanField(default=False, help_text="Built with the trial's kept weights")
+    size = models.PositiveBigIntegerField(default=0, help_text="Bytes of the built file")
+    error = models.TextField(blank=True, help_text="Why the last build failed, in one line")
+    traceback = models.TextField(blank=True)
+    claimed_by = models.CharField(max_length=200, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0, help_text="Times a worker took it")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+
+    class Meta:
+        ordering = ["trial", "format"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="export_status_heartbeat")]
+        constraints = [models.UniqueConstraint(fields=["trial", "format"], name="unique_export_per_trial_format")]
+
+    def __str__(self) -> str:
+        return f"{self.trial_id} as {self.format} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE

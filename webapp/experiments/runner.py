@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -32,7 +33,7 @@ from nasjobs.records import DONE, IN_FLIGHT, PENDING, RUNNING, SearchCancelled, 
 from nasjobs.search import SearchRunner, resolve_device
 from nasjobs.training import between_batches
 from webapp.experiments import services
-from webapp.experiments.models import Experiment, ExperimentEvent, Trial, Worker
+from webapp.experiments.models import Experiment, ExperimentEvent, Export, Trial, Worker
 
 log = logging.getLogger(__name__)
 CACHED = 4  # experiments whose runner and planner a worker process keeps between its jobs
@@ -79,9 +80,9 @@ def _remember(cache: OrderedDict, key: int, value: Any) -> None:
 
 def runner_for(experiment: Experiment) -> SearchRunner:
     """The experiment's components (space, estimator, dataset once a trial needs it), built once per process and
-    built again if its settings change."""
+    built again if its settings change (or where its weights go: a reused id in another artifact store)."""
     spec = experiment.spec()
-    fingerprint = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)
+    fingerprint = json.dumps([dataclasses.asdict(spec), str(settings.NAS_ARTIFACTS_DIR)], sort_keys=True, default=str)
     cached = _runners.get(experiment.pk)
     if cached is not None and cached[0] == fingerprint:
         _runners.move_to_end(experiment.pk)
@@ -423,7 +424,8 @@ def experiment_heartbeat(experiment_id: int, worker: str) -> str:
 def experiments_sweep() -> dict[str, list[int]]:
     """What every worker runs every few seconds: trials whose worker went silent past the lease go back to
     pending and are queued again; experiments held by a silent worker (a one-job search, a finish) are queued
-    again. Several workers sweeping at once is harmless: each change is a conditional UPDATE."""
+    again, and so are exports. Several workers sweeping at once is harmless: each change is a conditional
+    UPDATE."""
     stale = timezone.now() - timedelta(seconds=lease_seconds())
     requeued: list[int] = []
     silent = Trial.objects.filter(status=RUNNING, heartbeat_at__lt=stale, experiment__status=Experiment.Status.RUNNING)
@@ -436,7 +438,7 @@ def experiments_sweep() -> dict[str, list[int]]:
     experiments = list(held.values_list("pk", flat=True))
     for pk in experiments:
         services.experiment_enqueue(pk)
-    return {"trials": requeued, "experiments": experiments}
+    return {"trials": requeued, "experiments": experiments, "exports": services.exports_sweep()}
 
 
 def experiment_run_inline(experiment_id: int, worker: str) -> str:
@@ -500,6 +502,47 @@ def run_experiment_now(experiment_id: int, worker: str) -> str:
         log.exception("experiment %s failed", experiment_id)
         services.experiment_fail(experiment_id, worker, f"{type(exc).__name__}: {exc}", traceback.format_exc())
     return "done"
+
+
+# ---------------------------------------------------------------------------------------------------- exports
+def export_run_now(export_id: int, worker: str) -> str:
+    """Claim and build one export in this process, into the artifact store, under a lease renewed by a thread.
+    Returns "done", "failed" (recorded with its reason; requesting it again retries), "handed back" (another
+    worker took it over, its experiment was deleted, or this worker is stopping) or "skipped" (not claimable:
+    built, held by a live worker, or gone)."""
+    if not services.export_claim(export_id, worker):
+        return "skipped"
+    row = Export.objects.select_related("trial__experiment").filter(pk=export_id).first()
+    if row is None:  # deleted with its experiment between the claim and now
+        return "handed back"
+    trial, experiment = row.trial, row.trial.experiment
+    path = services.export_path(experiment.pk, trial.number, row.format)
+    try:
+        with Lease(lambda: services.export_heartbeat(export_id, worker), heartbeat_seconds()) as lease:
+            trained = services.trial_export_file(experiment, trial, row.format, path, lease.check)
+    except SystemExit:  # the pool process told to stop: the next worker builds it
+        services.export_hand_back(export_id, worker)
+        raise
+    except services.LostClaim as exc:
+        log.info("export %s stopped: %s", export_id, exc)
+        _export_orphaned(experiment.pk)
+        return "handed back"
+    except Exception as exc:  # recorded on the row; the worker lives on
+        log.exception("export %s (trial %s of experiment %s as %s) failed", export_id, trial.number,
+                      experiment.pk, row.format)
+        services.export_fail(export_id, worker, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        return "failed"
+    if not services.export_finish(export_id, worker, path.stat().st_size, trained):
+        _export_orphaned(experiment.pk)
+        return "handed back"
+    return "done"
+
+
+def _export_orphaned(experiment_id: int) -> None:
+    """A build that lost its row: when its experiment was deleted meanwhile, remove what it wrote (the delete's
+    own clean-up may have run before this worker recreated the folder); else another worker owns the file."""
+    if not Experiment.objects.filter(pk=experiment_id).exists():
+        shutil.rmtree(ArtifactStore(settings.NAS_ARTIFACTS_DIR, experiment_id).dir, ignore_errors=True)
 
 
 def run_calibration_now(calibration_id: int, worker: str) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from django.conf import settings
@@ -13,7 +14,11 @@ from django.http import Http404
 from django.utils import timezone
 
 from nasjobs.records import FAILED, IN_FLIGHT, RUNNING
-from webapp.experiments.models import Calibration, Experiment, ExperimentEvent, SearchEpoch, Trial, Worker
+from nasjobs.artifacts import ArtifactStore
+from nasjobs.export import EXPORT_FORMATS, ExportFormat
+from nasjobs.search import SpecError
+from webapp.experiments.models import Calibration, Experiment, ExperimentEvent, Export, SearchEpoch, Trial, \
+    Worker
 from webapp.teams.selectors import User, is_team_admin, visible_team_ids
 
 # What a list row shows; the strategy checkpoint, options and traceback stay in the database.
@@ -44,6 +49,48 @@ def trial_for_user(user: User, pk: int, number: int) -> tuple[Experiment, Trial]
     if trial is None:
         raise Http404("no such trial")
     return experiment, trial
+
+
+def export_format(name: str) -> ExportFormat:
+    """The export format called `name`; SpecError("format") naming the known ones otherwise."""
+    if not isinstance(name, str) or name not in EXPORT_FORMATS:
+        raise SpecError("format", f"unknown export format {name!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    return EXPORT_FORMATS.get(name)
+
+
+def export_for_user(user: User, pk: int, number: int, fmt: str) -> tuple[Experiment, Trial, Export | None]:
+    """A visible trial (another team's is a 404, as everywhere) and its export in `fmt`, None if never
+    requested. Raises SpecError for an unknown format."""
+    experiment, trial = trial_for_user(user, pk, number)
+    export_format(fmt)
+    return experiment, trial, trial.exports.defer("traceback").filter(format=fmt).first()
+
+
+class ExportUnavailable(Exception):
+    """Why an export cannot be downloaded now, with the HTTP status that says so (404: never requested or its
+    file gone; 409: still building, or failed)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
+def export_download(user: User, pk: int, number: int, fmt: str) -> tuple[Path, str, str]:
+    """The built file of a visible trial's export, its download name and content type, for a view to stream;
+    raises ExportUnavailable when there is none to stream (and Http404 for a trial the user cannot see)."""
+    experiment, trial, export = export_for_user(user, pk, number, fmt)
+    info = export_format(fmt)
+    what = f"the {info.title} export of trial {number}"
+    if export is None:
+        raise ExportUnavailable(f"{what} has not been requested: POST to request it first", 404)
+    if export.status == Export.Status.FAILED:
+        raise ExportUnavailable(f"{what} failed ({export.error}); request it again to retry", 409)
+    if export.status != Export.Status.READY:
+        raise ExportUnavailable(f"{what} is {export.status}: a worker builds it; try again shortly", 409)
+    path = ArtifactStore(settings.NAS_ARTIFACTS_DIR, experiment.pk).export_path(number, info.suffix)
+    if not path.is_file():
+        raise ExportUnavailable(f"{what} is no longer on disk; request it again to rebuild it", 404)
+    return path, f"nasboard-{experiment.pk}-trial-{number}.{info.suffix}", info.content_type
 
 
 def can_manage(user: User, experiment: Experiment) -> bool:
@@ -280,6 +327,24 @@ def trial_to_json(trial: Trial, rank: int | None = None) -> dict[str, Any]:
     if rank is not None:
         data["rank"] = rank
     return data
+
+
+def export_to_json(fmt: str, export: Export | None) -> dict[str, Any]:
+    """One format's export as pages poll it and the API returns it: `status` is "none" until requested."""
+    info = EXPORT_FORMATS.get(fmt)
+    data: dict[str, Any] = {"format": fmt, "title": info.title, "status": export.status if export else "none"}
+    if export is not None:
+        data.update(trained=export.trained, size=export.size, error=export.error, attempts=export.attempts,
+                    requested_at=export.created_at.isoformat(),
+                    finished_at=export.finished_at.isoformat() if export.finished_at else None)
+    return data
+
+
+def trial_exports(trial: Trial) -> list[dict[str, Any]]:
+    """Every export format of a trial, requested or not, in the registry's order (one query)."""
+    rows = {e.format: e for e in trial.exports.defer("traceback")}
+    return [{**export_to_json(fmt, rows.get(fmt)), "suffix": EXPORT_FORMATS.get(fmt).suffix}
+            for fmt in EXPORT_FORMATS]
 
 
 def calibration_to_json(calibration: Calibration | None) -> dict[str, Any] | None:

@@ -5,7 +5,8 @@ import dataclasses
 import logging
 import shutil
 from datetime import datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -14,9 +15,12 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from nasjobs.artifacts import ArtifactStore
+from nasjobs.export import export_file
 from nasjobs.search import ExperimentSpec, SpecError, TrialRecord, validate_spec
 from webapp.datasets.selectors import dataset_reference, dataset_refusal
-from webapp.experiments.models import Calibration, Experiment, ExperimentEvent, SearchEpoch, Trial
+from webapp.experiments import selectors
+from webapp.experiments.models import Calibration, Experiment, ExperimentEvent, Export, SearchEpoch, Trial
 from webapp.experiments.notifications import NOTIFIED, notify
 from webapp.experiments.selectors import can_manage, can_review
 from webapp.teams.models import Team
@@ -203,7 +207,8 @@ def experiment_resume(experiment: Experiment, user: AbstractBaseUser | None = No
 
 
 def experiment_delete(experiment: Experiment, user: AbstractBaseUser | None = None) -> bool:
-    """Delete a finished, cancelled, rejected or pending experiment with its trials and kept weights; the audit
+    """Delete a finished, cancelled, rejected or pending experiment with its trials, kept weights and exports
+    (rows and files; a build under way finds its row gone and stops); the audit
     log keeps a line saying who deleted it. A queued or running one must be cancelled first (False)."""
     if user is not None:
         _require(can_manage(user, experiment), "only its owner, a team admin or staff may delete it")
@@ -215,8 +220,6 @@ def experiment_delete(experiment: Experiment, user: AbstractBaseUser | None = No
         event_record(row, ExperimentEvent.Action.DELETED, actor=user,
                      detail=f"{row.trials_done} trials, status {row.status}")
         row.delete()
-        from nasjobs.artifacts import ArtifactStore
-
         folder = ArtifactStore(settings.NAS_ARTIFACTS_DIR, experiment.pk).dir
         transaction.on_commit(lambda: shutil.rmtree(folder, ignore_errors=True))
     return True
@@ -405,15 +408,113 @@ def calibration_fail(calibration_id: int, worker: str, error: str) -> bool:
         status=Calibration.Status.FAILED, error=error[:5000]))
 
 
-def trial_export(experiment: Experiment, trial: Trial) -> bytes:
-    """The trial as a runnable PyTorch model (see `nasjobs.export`): trained weights when they were kept."""
-    from nasjobs.artifacts import ArtifactStore
-    from nasjobs.export import export_archive
+def export_path(experiment_id: int, number: int, fmt: str) -> Path:
+    """Where the trial's export in `fmt` is kept (`ArtifactStore.export_path`), deleted with the experiment."""
+    suffix = selectors.export_format(fmt).suffix
+    return ArtifactStore(settings.NAS_ARTIFACTS_DIR, experiment_id).export_path(number, suffix)
 
+
+def trial_export_file(experiment: Experiment, trial: Trial, fmt: str, path: Path,
+                      check: Callable[[], None] = lambda: None) -> bool:
+    """Write the trial as `fmt` (see `nasjobs.export`) to `path`, with its trained weights when they were kept;
+    returns whether they were. A worker calls this (`export_run_now`); so does `nas export`."""
+    selectors.export_format(fmt)
     state = ArtifactStore(settings.NAS_ARTIFACTS_DIR, experiment.pk).load(trial.number) if trial.weights_path \
         else None
     meta = {"title": f"{experiment.name}: trial {trial.number} of experiment {experiment.pk}",
             "experiment": experiment.pk, "trial": trial.number, "val_acc": trial.val_acc,
             "test_acc": experiment.test_acc if experiment.best_trial_number == trial.number else None,
             "params": trial.params, "flops": trial.flops, "figure": experiment.figure.as_json()}
-    return export_archive(experiment.spec(), trial.arch_key, state, meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_file(experiment.spec(), trial.arch_key, state, fmt, path, meta, check)
+    return state is not None
+
+
+def export_request(experiment: Experiment, trial: Trial, fmt: str, user: AbstractBaseUser | None = None) -> Export:
+    """Ask for the trial as a file in `fmt`: the row of that trial and format, created and queued for a worker
+    the first time, and reused after; queued again when its last build failed, when its file has gone, or when
+    it was built untrained and the trial's weights are now kept. Raises SpecError for an unknown format."""
+    selectors.export_format(fmt)
+    with transaction.atomic():
+        export, created = Export.objects.get_or_create(
+            trial=trial, format=fmt, defaults={"created_by": user if user is not None and user.is_authenticated
+                                               else None})
+        again = Q(status=Export.Status.FAILED)
+        if export.status == Export.Status.READY and (
+                (trial.weights_path and not export.trained)
+                or not export_path(experiment.pk, trial.number, fmt).is_file()):
+            again |= Q(status=Export.Status.READY)
+        requeued = Export.objects.filter(again, pk=export.pk).update(
+            status=Export.Status.QUEUED, error="", traceback="", claimed_by="", heartbeat_at=None)
+        if created or requeued:
+            transaction.on_commit(lambda: export_enqueue(export.pk))
+    export.refresh_from_db()
+    return export
+
+
+def export_enqueue(export_id: int) -> None:
+    from webapp.experiments.tasks import build_export
+
+    build_export.apply_async((export_id,), queue=settings.NAS_CPU_QUEUE)
+
+
+def export_claim(export_id: int, worker: str) -> bool:
+    """Take a queued export, or a running one whose worker went silent past the lease (one conditional UPDATE
+    decides, as for trials)."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.NAS_LEASE_SECONDS)
+    return bool(Export.objects.filter(Q(status=Export.Status.QUEUED) | Q(status=Export.Status.RUNNING,
+                                                                          heartbeat_at__lt=stale), pk=export_id)
+                .update(status=Export.Status.RUNNING, claimed_by=worker, heartbeat_at=now, started_at=now,
+                        attempts=F("attempts") + 1))
+
+
+def export_heartbeat(export_id: int, worker: str) -> str:
+    """Renew an export's lease: "held", or "lost" (another worker has it, or it was deleted with its
+    experiment)."""
+    held = Export.objects.filter(pk=export_id, claimed_by=worker, status=Export.Status.RUNNING)
+    return "held" if held.update(heartbeat_at=timezone.now()) else "lost"
+
+
+def export_finish(export_id: int, worker: str, size: int, trained: bool) -> bool:
+    now = timezone.now()
+    return bool(Export.objects.filter(pk=export_id, claimed_by=worker, status=Export.Status.RUNNING).update(
+        status=Export.Status.READY, size=size, trained=trained, finished_at=now, heartbeat_at=now))
+
+
+def export_fail(export_id: int, worker: str, error: str, traceback: str = "") -> bool:
+    """Record why a build failed; requesting the export again retries it."""
+    return bool(Export.objects.filter(pk=export_id, claimed_by=worker, status=Export.Status.RUNNING).update(
+        status=Export.Status.FAILED, error=error[:1000], traceback=traceback[-20000:], finished_at=timezone.now()))
+
+
+def export_hand_back(export_id: int, worker: str) -> bool:
+    """Put an unfinished build back in the queue (its worker is stopping), for the next worker."""
+    if Export.objects.filter(pk=export_id, claimed_by=worker, status=Export.Status.RUNNING).update(
+            status=Export.Status.QUEUED, claimed_by="", heartbeat_at=None):
+        export_enqueue(export_id)
+        return True
+    return False
+
+
+def exports_recover() -> list[int]:
+    """Queue again every export still to be built: queued ones (their message may have been lost with a restarted
+    Redis) and running ones (their worker may be dead; the claim waits out the lease)."""
+    ids = list(Export.objects.filter(status__in=Export.ACTIVE).values_list("pk", flat=True))
+    for pk in ids:
+        export_enqueue(pk)
+    return ids
+
+
+def exports_sweep() -> list[int]:
+    """Exports whose worker went silent past the lease go back to the queue (each a conditional UPDATE, so
+    several workers sweeping at once queue each once)."""
+    stale = timezone.now() - timedelta(seconds=settings.NAS_LEASE_SECONDS)
+    requeued = []
+    for pk in list(Export.objects.filter(status=Export.Status.RUNNING, heartbeat_at__lt=stale)
+                   .values_list("pk", flat=True)):
+        if Export.objects.filter(pk=pk, status=Export.Status.RUNNING, heartbeat_at__lt=stale).update(
+                status=Export.Status.QUEUED, claimed_by=""):
+            export_enqueue(pk)
+            requeued.append(pk)
+    return requeued

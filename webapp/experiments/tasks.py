@@ -30,3 +30,11 @@ def run_calibration(calibration_id: int) -> str:
     from webapp.experiments.runner import run_calibration_now, worker_name
 
     return run_calibration_now(calibration_id, f"{worker_name()}:calibration")
+
+
+@shared_task(name="webapp.build_export", acks_late=True, reject_on_worker_lost=True)
+def build_export(export_id: int) -> str:
+    """Build a trial's export file once, into the artifact store, for every later download to stream."""
+    from webapp.experiments.runner import export_run_now, worker_name
+
+    return export_run_now(export_id, f"{worker_name()}:export")

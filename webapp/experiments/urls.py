@@ -16,7 +16,10 @@ urlpatterns = [
     path("workers/", views.worker_list, name="worker_list"),
     path("experiments/<int:pk>/calibrate/", views.experiment_calibrate, name="experiment_calibrate"),
     path("experiments/<int:pk>/trials/<int:number>/", views.trial_detail, name="trial_detail"),
-    path("experiments/<int:pk>/trials/<int:number>/model.zip", views.trial_export, name="trial_export"),
+    path("experiments/<int:pk>/trials/<int:number>/exports/<str:fmt>/", views.trial_export_request,
+         name="trial_export_request"),
+    path("experiments/<int:pk>/trials/<int:number>/exports/<str:fmt>/download", views.trial_export_download,
+         name="trial_export_download"),
     path("experiments/<int:pk>/epochs/<int:epoch>/diagram.svg", views.search_epoch_diagram,
          name="search_epoch_diagram"),
 ]

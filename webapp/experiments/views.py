@@ -9,8 +9,9 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.conf import settings
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from nasjobs.options import parse_config
@@ -19,7 +20,7 @@ from webapp.datasets.selectors import dataset_by_engine_name, dataset_labels
 from webapp.experiments import selectors, services
 from webapp.experiments.diagrams import DiagramError, graph_to_svg
 from webapp.experiments.forms import CalibrationForm, ExperimentForm, ReviewForm, kind_conflicts
-from webapp.experiments.models import Experiment, SearchEpoch, Trial
+from webapp.experiments.models import Experiment, Export, SearchEpoch, Trial
 
 LIST_PAGE_SIZE = 25
 
@@ -131,18 +132,40 @@ def experiment_status(request: HttpRequest, pk: int) -> JsonResponse:
 @login_required
 def trial_detail(request: HttpRequest, pk: int, number: int) -> HttpResponse:
     experiment, trial = selectors.trial_for_user(request.user, pk, number)
+    exports = selectors.trial_exports(trial)
     return render(request, "experiments/trial.html", {
-        "experiment": experiment, "trial": trial, "diagram": _diagram(experiment, trial),
+        "experiment": experiment, "trial": trial, "diagram": _diagram(experiment, trial), "exports": exports,
+        "exports_building": any(e["status"] in Export.ACTIVE for e in exports),
         "can_see_traceback": selectors.can_see_traceback(request.user, experiment)})
 
 
+def _export_refused(exc: SpecError | selectors.ExportUnavailable) -> HttpResponse:
+    """An export that cannot be had, in plain words: an unknown format is a 404 like any missing page."""
+    status = exc.status if isinstance(exc, selectors.ExportUnavailable) else 404
+    return HttpResponse(exc.message, status=status, content_type="text/plain; charset=utf-8")
+
+
 @login_required
-def trial_export(request: HttpRequest, pk: int, number: int) -> HttpResponse:
-    """Download the trial as a runnable PyTorch model (a zip: torch.export program, weights, README)."""
+@require_POST
+def trial_export_request(request: HttpRequest, pk: int, number: int, fmt: str) -> HttpResponse:
+    """Ask a worker to build the trial as a file in `fmt` (once; a failed build is retried), then show the
+    trial page, which says "building" until the download is there."""
     experiment, trial = selectors.trial_for_user(request.user, pk, number)
-    response = HttpResponse(services.trial_export(experiment, trial), content_type="application/zip")
-    response["Content-Disposition"] = f'attachment; filename="nasboard-{pk}-trial-{number}.zip"'
-    return response
+    try:
+        services.export_request(experiment, trial, fmt, request.user)
+    except SpecError as exc:
+        return _export_refused(exc)
+    return redirect(reverse("trial_detail", args=[pk, number]) + "#exports")
+
+
+@login_required
+def trial_export_download(request: HttpRequest, pk: int, number: int, fmt: str) -> HttpResponse:
+    """Stream the built file from the artifact store; nothing is built here."""
+    try:
+        path, filename, content_type = selectors.export_download(request.user, pk, number, fmt)
+    except (SpecError, selectors.ExportUnavailable) as exc:
+        return _export_refused(exc)
+    return FileResponse(path.open("rb"), as_attachment=True, filename=filename, content_type=content_type)
 
 
 @login_required

@@ -16,6 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.http import Http404
 
 from nasjobs.estimators import Figure
+from nasjobs.export import EXPORT_FORMATS
 from nasjobs.options import option_specs
 from nasjobs.planner import FAILURE_POLICIES
 from nasjobs.search import COMPONENTS, ExperimentSpec, SpecError
@@ -182,10 +183,13 @@ class Command(BaseCommand):
         cal.add_argument("--wait", action="store_true")
         cal.add_argument("--json", action="store_true")
 
-        export = sub.add_parser("export", help="Write a trial as a runnable PyTorch model (a zip)")
+        export = sub.add_parser("export", help="Write a trial as a model that runs without the platform (a "
+                                               "torch.export zip or an ONNX file), in this process")
         export.add_argument("id", type=int)
         export.add_argument("--trial", type=int, default=None, help="Trial number (default: the best trial)")
-        export.add_argument("--output", default=None, help="Zip file to write (default: nasboard-ID-trial-N.zip)")
+        export.add_argument("--format", default="torch", help=f"One of {', '.join(EXPORT_FORMATS)} (default torch)")
+        export.add_argument("--output", default=None, help="File to write (default: nasboard-ID-trial-N.zip, or "
+                                                           ".onnx)")
         for p in (submit, show, sub.choices["cancel"], sub.choices["resume"], cal, export):
             p.add_argument("--user", default="demo", help="Act as this user (default: demo)")
 
@@ -307,12 +311,16 @@ class Command(BaseCommand):
         trial = experiment.trials.filter(number=number).first()
         if trial is None:
             raise CommandError(f"experiment {experiment.pk} has no trial {number}")
-        path = Path(opts["output"] or f"nasboard-{experiment.pk}-trial-{number}.zip")
+        try:
+            fmt = selectors.export_format(opts["format"])
+        except SpecError as exc:
+            raise CommandError(exc.message) from None
+        path = Path(opts["output"] or f"nasboard-{experiment.pk}-trial-{number}.{fmt.suffix}")
         if not path.parent.is_dir():
             raise CommandError(f"cannot write {path}: no folder {path.parent}")
-        path.write_bytes(services.trial_export(experiment, trial))
-        self.stdout.write(f"wrote {path} (trial {number}: {trial.arch_key}; "
-                          f"{'trained weights' if trial.weights_path else 'untrained: its weights were not kept'})")
+        trained = services.trial_export_file(experiment, trial, fmt.name, path)
+        self.stdout.write(f"wrote {path} ({fmt.title}; trial {number}: {trial.arch_key}; "
+                          f"{'trained weights' if trained else 'untrained: its weights were not kept'})")
 
     def handle_team(self, **opts: Any) -> None:
         quota, threshold = (None if opts[k] == -1 else opts[k] for k in ("quota", "review_threshold"))

@@ -58,7 +58,7 @@ def cancel(modeladmin, request, queryset):
 
 SPEC_FIELDS = ("dataset", "space", "strategy", "estimator", "budget", "epochs", "seed", "options", "top_k",
                "patience", "max_seconds", "parallelism", "failure_policy", "max_failures",
-               "bf16", "channels_last")
+               "bf16", "channels_last", "max_params", "max_macs")
 
 
 class ExperimentAdminForm(forms.ModelForm):

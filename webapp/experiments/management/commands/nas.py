@@ -28,7 +28,8 @@ from webapp.teams.services import TeamError, team_create, user_add
 TERMINAL = (Experiment.Status.SUCCEEDED, Experiment.Status.FAILED, Experiment.Status.CANCELLED,
             Experiment.Status.REJECTED)
 SUBMIT_FIELDS = {"name", "team", "dataset", "space", "strategy", "estimator", "budget", "epochs", "seed", "top_k",
-                 "patience", "max_seconds", "parallelism", "failure_policy", "max_failures", "bf16", "channels_last", "options"}
+                 "patience", "max_seconds", "parallelism", "failure_policy", "max_failures", "bf16", "channels_last",
+                 "max_params", "max_macs", "options"}
 
 
 def read_experiment_file(path: str) -> dict[str, Any]:
@@ -144,6 +145,10 @@ class Command(BaseCommand):
                             help="Train under bfloat16 autocast (CUDA workers only)")
         submit.add_argument("--channels-last", action="store_true", default=None,
                             help="Train with channels-last memory")
+        submit.add_argument("--max-params", type=int, default=None, metavar="N",
+                            help="Deployment limit: networks with more parameters are skipped, never trained")
+        submit.add_argument("--max-macs", type=int, default=None, metavar="N",
+                            help="Deployment limit on multiply-adds for one input")
         submit.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                             help="An option of the space, strategy or estimator (KEY or component.KEY)")
         submit.add_argument("--wait", action="store_true", help="Wait until the experiment ends")

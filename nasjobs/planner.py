@@ -85,6 +85,8 @@ class Planner:
         gate = state.pop(GATE_KEY)
         if self.gate is not None:
             self.gate.load(gate)
+        # Proposals made after the last trial was proposed (skipped ones) are in no trial's count.
+        self.proposals = max(self.proposals, int(gate.get("proposals", 0)))
         return state
 
     @property
@@ -197,7 +199,7 @@ class Planner:
     def state_dict(self) -> dict[str, Any]:
         """What is saved with each step: the strategy's checkpoint, and the gate's counters where there are limits."""
         state = self.strategy.state_dict()
-        return state if self.gate is None else {**state, GATE_KEY: self.gate.state()}
+        return state if self.gate is None else {**state, GATE_KEY: {**self.gate.state(), "proposals": self.proposals}}
 
     def tell(self, trial: TrialRecord) -> None:
         """A trial's job is done: its record (status DONE) holds the new evaluation last in `evaluations`."""
@@ -225,7 +227,8 @@ class Planner:
             return
         trial.status, trial.error, trial.job = FAILED, error, ""
         if self.failure_policy == "worst":
-            worst = self._worst() or 0.0
+            worst = self._worst()
+            worst = 0.0 if worst is None else worst
             trial.fidelity = {**trial.fidelity, "told_as": worst}
             trial.told = self.told
             self.told += 1
@@ -269,8 +272,9 @@ class BracketPlanner(Planner):
                 self.before[trial.number] = trial.val_acc
         if state is not None:
             self.loop = state["loop"]
-            if self.gate is not None:
-                self.gate.load(state.get("gate"))
+            if self.gate is not None and "gate" in state:
+                self.gate.load(state["gate"])
+                self.proposals = max(self.proposals, int(state["gate"].get("proposals", 0)))
             told: list[int] = []
             for index in range(self.loop["bracket"]):  # a finished bracket told every member, in a fixed order
                 members = [t.number for t in trials if t.fidelity.get("bracket") == index and t.status != FAILED]
@@ -281,7 +285,7 @@ class BracketPlanner(Planner):
 
     def state_dict(self) -> dict[str, Any]:
         state = {"strategy": self.strategy.state_dict(), "loop": self.loop}
-        return state if self.gate is None else {**state, "gate": self.gate.state()}
+        return state if self.gate is None else {**state, "gate": {**self.gate.state(), "proposals": self.proposals}}
 
     def stop_reason(self, elapsed: float) -> str | None:
         """As `Planner.stop_reason`, counting architectures: a promotion spends no budget."""

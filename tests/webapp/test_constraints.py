@@ -129,6 +129,9 @@ def test_nas_submit_with_a_limit_trains_only_networks_within_it(capsys, settings
     exploration = data["exploration"]
     assert exploration["skipped_proposals"] == experiment.skipped_proposals > 0
     assert exploration["proposals"] >= exploration["unique_architectures"] + exploration["skipped_proposals"]
+    call_command("nas", "show", str(data["id"]))
+    assert (f"{experiment.skipped_proposals:,} of {exploration['proposals']:,} proposals skipped: over the limits "
+            "(max_params 400,000)") in capsys.readouterr().out
 
 
 @pytest.mark.integration

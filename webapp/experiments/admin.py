@@ -96,7 +96,7 @@ class ExperimentAdmin(admin.ModelAdmin):
     readonly_fields = ("status", "trials_done", "best_val_acc", "best_trial_number", "test_acc", "error",
                        "stop_reason", "started_at", "finished_at", "heartbeat_at", "claimed_by", "created_at",
                        "created_by", "cost", "review_reason", "reviewed_by", "reviewed_at", "review_comment",
-                       "admitted_at", "traceback")
+                       "admitted_at", "traceback", "proposals", "skipped_proposals")
     actions = [approve, reject, cancel]
     inlines = [TrialInline]
 

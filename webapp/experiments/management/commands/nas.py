@@ -15,6 +15,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.http import Http404
 
+from nasjobs.constraints import Limits
 from nasjobs.estimators import Figure
 from nasjobs.options import option_specs
 from nasjobs.planner import FAILURE_POLICIES
@@ -383,6 +384,9 @@ class Command(BaseCommand):
             test = "–" if b["test_acc"] is None else f"{100 * b['test_acc']:.2f}%"
             w(f"best: trial {b['number']} {b['arch']}  {figure.name} {figure.format(b['val_acc'])}  "
               f"test accuracy {test}  params {b['params']:,}")
+        if s["max_params"] is not None or s["max_macs"] is not None:
+            w(f"{s['exploration']['skipped_proposals']:,} of {s['exploration']['proposals']:,} proposals skipped: over "
+              f"the limits ({Limits(s['max_params'], s['max_macs']).describe()})")
         for row in s.get("leaderboard", [])[:10]:
             w(f"  {row['rank']:>3}. #{row['number']:<4} {figure.format(row['val_acc']):>7}  {row['params']:>10,}  "
               f"{row['arch_display']}")

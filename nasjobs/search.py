@@ -11,9 +11,10 @@ from typing import Any, Callable, Protocol
 import torch
 
 from nasjobs.artifacts import ArtifactStore
+from nasjobs.constraints import LIMIT_FIELDS, LIMIT_RANGE, MAX_SKIPPED_IN_A_ROW, Gate, Limits
 from nasjobs.datasets import BENCHMARK_KIND, DATASETS
 from nasjobs.estimators import ESTIMATORS
-from nasjobs.metrics import count_macs, count_params
+from nasjobs.metrics import count_macs, count_params, network_cost
 from nasjobs.options import OptionError, config_to_json, parse_config
 from nasjobs.rng import derive_seed
 from nasjobs.spaces import SPACES
@@ -28,6 +29,10 @@ from nasjobs.training import between_batches, training_format
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("space", "strategy", "estimator")
+
+
+class SearchInfeasible(RuntimeError):
+    """The search cannot go on: its deployment limits refused every proposal for too long (`nasjobs.constraints`)."""
 
 
 class SpecError(ValueError):
@@ -57,6 +62,12 @@ class ExperimentSpec:
     max_failures: int = 3  # the experiment fails after this many failed trials in a row
     bf16: bool = False  # train under bfloat16 autocast (CUDA only)
     channels_last: bool = False  # train with channels-last memory (faster convolutions on tensor cores)
+    max_params: int | None = None  # deployment limit: networks with more parameters are skipped (None: no limit)
+    max_macs: int | None = None  # deployment limit on multiply-adds for one input (None: no limit)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_params, self.max_macs)
 
     def component_class(self, component: str) -> type:
         registry = {"space": SPACES, "strategy": STRATEGIES, "estimator": ESTIMATORS}[component]
@@ -98,6 +109,7 @@ def validate_spec(spec: ExperimentSpec) -> ExperimentSpec:
         configs[component] = config
     if spec.failure_policy not in FAILURE_POLICIES:
         raise SpecError("failure_policy", f"choose one of {', '.join(FAILURE_POLICIES)}")
+    check_limit_fields(spec)
     for name in ("bf16", "channels_last"):
         if not isinstance(getattr(spec, name), bool):
             raise SpecError(name, "must be true or false")
@@ -107,6 +119,10 @@ def validate_spec(spec: ExperimentSpec) -> ExperimentSpec:
         if spec.parallelism > 1:
             raise SpecError("parallelism", "a differentiable search trains one supernet, so it runs as one job: "
                                            "set parallelism to 1")
+        if spec.limits.active:
+            raise SpecError("max_params" if spec.max_params is not None else "max_macs",
+                            "deployment limits skip proposed architectures; a differentiable search proposes none "
+                            "(it derives one from its supernet): leave max_params and max_macs empty")
         spec = dataclasses.replace(spec, budget=1)  # one search; `epochs` counts its epochs
     space = spec.component_class("space")(configs["space"])
     try:
@@ -114,7 +130,59 @@ def validate_spec(spec: ExperimentSpec) -> ExperimentSpec:
     except ValueError as exc:
         raise SpecError("estimator", str(exc)) from None
     check_dataset(spec, space, configs["estimator"])
+    check_limits_possible(spec, space, configs["estimator"])
     return dataclasses.replace(spec, options=normalised)
+
+
+def check_limit_fields(spec: ExperimentSpec) -> None:
+    """Each deployment limit is empty (None: no limit) or a whole number of at least 1."""
+    low, high = LIMIT_RANGE
+    for name in LIMIT_FIELDS:
+        value = getattr(spec, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise SpecError(name, f"must be a whole number from {low} to {high:,}, or empty for no limit")
+
+
+def cost_function(spec: ExperimentSpec, space: Any, estimator_config: Any,
+                  dataset: Callable[[], Any] | None = None) -> Callable[[Any], tuple[int, int]] | None:
+    """How the deployment limits count an architecture's parameters and multiply-adds: as its trial will
+    record them. An estimator with figures of its own (`Estimator.own_cost`: the benchmark's table) is asked
+    through an instance on the dataset; every other counts the space's network (`network_cost`: the space's
+    formula, or a network built on the meta device) at the dataset's input shape, known without loading it for
+    the built-ins and stored datasets. `dataset()` loads it where the shape is not known that way (a plug-in's);
+    None: the figures cannot be had without loading it."""
+    estimator = spec.component_class("estimator")
+    entry = DATASETS.get(spec.dataset)
+    if estimator.own_cost:
+        instance = estimator(space, entry(), estimator_config, torch.device("cpu"))
+        return lambda arch: instance.cost(arch)
+    shape, classes = tuple(getattr(entry, "input_shape", ()) or ()), getattr(entry, "num_classes", 0)
+    if not shape or not classes:
+        if dataset is None:
+            return None
+        loaded = dataset()
+        shape, classes = loaded.input_shape, loaded.num_classes
+    return lambda arch: network_cost(space, arch, shape, classes)
+
+
+def check_limits_possible(spec: ExperimentSpec, space: Any, estimator_config: Any) -> None:
+    """Refuse deployment limits that no architecture of the space can meet, where the space names its smallest
+    network (`SearchSpace.smallest`) and its figures can be had without loading the dataset."""
+    if not spec.limits.active:
+        return
+    smallest = space.smallest()
+    cost = cost_function(spec, space, estimator_config) if smallest is not None else None
+    if cost is None:
+        return
+    params, macs = cost(smallest)
+    over = spec.limits.excess(params, macs)
+    if over:
+        field_name = "max_params" if "parameters" in over[0] else "max_macs"
+        raise SpecError(field_name, f"no architecture of the {spec.space} space with these options fits: its "
+                                    f"smallest network on {spec.dataset}, {space.to_str(smallest)}, has "
+                                    f"{params:,} parameters and {macs:,} MACs ({'; '.join(over)})")
 
 
 def check_dataset(spec: ExperimentSpec, space: Any, estimator_config: Any) -> None:
@@ -209,8 +277,10 @@ class SearchRunner:
     """Runs (or resumes) one experiment to its budget. Safe to call again after a crash: it continues from the
     last recorded trial, and the strategy, restored from its checkpoint, proposes what it would have proposed."""
 
-    def __init__(self, spec: ExperimentSpec, store: Store, artifacts: ArtifactStore, device: torch.device) -> None:
+    def __init__(self, spec: ExperimentSpec, store: Store, artifacts: ArtifactStore, device: torch.device,
+                 max_skipped_in_a_row: int = MAX_SKIPPED_IN_A_ROW) -> None:
         self.spec = validate_spec(spec)
+        self.max_skipped_in_a_row = max_skipped_in_a_row  # proposals over the deployment limits before it fails
         self.store = store
         self.artifacts = artifacts
         self.device = device
@@ -243,17 +313,33 @@ class SearchRunner:
             return "differentiable"
         return "brackets" if getattr(self.spec.component_class("estimator"), "multi_fidelity", False) else "trials"
 
+    @cached_property
+    def network_cost(self) -> Callable[[Any], tuple[int, int]]:
+        """An architecture's parameters and multiply-adds as its trial records them (`cost_function`), for the
+        deployment limits; the dataset is loaded only where its input shape is not known without it."""
+        cost = cost_function(self.spec, self.space, self.configs["estimator"], lambda: self.dataset)
+        assert cost is not None  # given a loader, it always has one
+        return cost
+
+    def gate(self) -> Gate | None:
+        """A fresh check of proposals against the experiment's deployment limits, or None without limits."""
+        if not self.spec.limits.active:
+            return None
+        return Gate(self.spec.limits, self.network_cost, self.max_skipped_in_a_row, self.spec.space)
+
     def planner(self, parallelism: int = 1, failure_policy: str = "worst", strategy: Any = None) -> Planner:
         """What decides the next jobs of this search: brackets of rungs for a multi-fidelity estimator, plain
-        ask/tell otherwise; it drives `strategy` (default: this runner's own)."""
+        ask/tell otherwise; it drives `strategy` (default: this runner's own) and skips proposals over the
+        deployment limits."""
         strategy = self.strategy if strategy is None else strategy
         if self.kind == "brackets":
             estimator, config = self.spec.component_class("estimator"), self.configs["estimator"]
             workdir = self.artifacts.dir / "estimator"
             return BracketPlanner(self.spec, self.space, strategy,
                                   lambda index: estimator.brackets(config, index, self.spec.epochs), config.eta,
-                                  parallelism, forget=lambda n: rung_checkpoint(workdir, n).unlink(missing_ok=True))
-        return Planner(self.spec, self.space, strategy, parallelism, failure_policy)
+                                  parallelism, forget=lambda n: rung_checkpoint(workdir, n).unlink(missing_ok=True),
+                                  gate=self.gate())
+        return Planner(self.spec, self.space, strategy, parallelism, failure_policy, self.gate())
 
     def trial_seed(self, number: int) -> int:
         return derive_seed(self.spec.seed, "trial", number) % (2**31)
@@ -269,7 +355,7 @@ class SearchRunner:
         if kind == "differentiable":
             return self._run_differentiable()
         state, trials = self.store.load()
-        planner = self.planner()
+        planner = self.planner(failure_policy=self.spec.failure_policy)
         planner.restore(state, trials)
         self.load_estimator_history(trials)
         # Time carries over from earlier runs of this experiment, so a time limit holds across resumptions.
@@ -280,6 +366,8 @@ class SearchRunner:
             jobs = list(planner.in_flight.values())  # left in flight by an earlier, distributed run: first
             if not jobs:
                 plan = planner.plan(elapsed())
+                if planner.infeasible:
+                    raise SearchInfeasible(planner.infeasible)
                 if not plan.jobs:
                     break
                 jobs = plan.jobs

@@ -199,6 +199,8 @@ NAS_HEARTBEAT_SECONDS = env_int("NAS_HEARTBEAT_SECONDS", 2, minimum=1)
 NAS_SWEEP_SECONDS = env_int("NAS_SWEEP_SECONDS", 10, minimum=1)
 # A trial still running after this many seconds fails with a time-limit error (0: no limit).
 NAS_TRIAL_TIME_LIMIT = env_int("NAS_TRIAL_TIME_LIMIT", 0, minimum=0)
+# An experiment with deployment limits fails after this many proposals in a row over them (nasjobs.constraints).
+NAS_MAX_SKIPPED_IN_A_ROW = env_int("NAS_MAX_SKIPPED_IN_A_ROW", 1000, minimum=1)
 NAS_TOP_K_DEFAULT = env_int("NAS_TOP_K", 5, minimum=1)
 # Datasets: decoded once under NAS_DATA_DIR (default var/data; a shared volume when workers run on several
 # machines). An upload larger than NAS_MAX_UPLOAD_MB, or a zip expanding past NAS_MAX_DECODED_MB, is refused.

@@ -60,6 +60,9 @@ class Estimator(ABC):
     workdir: Path | None = None
     # Whether a trial trains a network: what an experiment's compute (trials x epochs) is counted on.
     trains_networks: ClassVar[bool] = True
+    # Whether `cost` has figures of its own (a benchmark's table) rather than those of the space's network: the
+    # deployment limits (`nasjobs.constraints`) then ask an instance, not `nasjobs.metrics.network_cost`.
+    own_cost: ClassVar[bool] = False
 
     def __init__(self, space: SearchSpace, dataset: Dataset, config: Any, device: torch.device) -> None:
         self.space = space
@@ -104,19 +107,14 @@ class Estimator(ABC):
 
     def cost(self, arch: Any, model: torch.nn.Module | None = None) -> tuple[int, int]:
         """Parameters and multiply-adds of `arch`'s network (the space's, not a proxy's) on this dataset,
-        computed once per architecture: by the space's formula (`SearchSpace.cost`) where it has one, else
-        counted on `model` (the network the estimator built anyway) or, failing that, on a network built for it.
-        A re-evaluation or a promotion to the next rung reuses the figures."""
+        computed once per architecture (`nasjobs.metrics.network_cost`: the space's formula where it has one, else
+        counted on `model`, the network the estimator built anyway, or on one built for it). A re-evaluation or a
+        promotion to the next rung reuses the figures; the deployment limits count the same way."""
         key = self.space.to_str(arch)
         if key not in self.costs:
-            shape, classes = self.dataset.input_shape, self.dataset.num_classes
-            figures = self.space.cost(arch, shape, classes)
-            if figures is None:
-                from nasjobs.metrics import count_macs, count_params
+            from nasjobs.metrics import network_cost
 
-                net = model if model is not None else self.space.build(arch, shape, classes)
-                figures = count_params(net), count_macs(net, shape)
-            self.costs[key] = figures
+            self.costs[key] = network_cost(self.space, arch, self.dataset.input_shape, self.dataset.num_classes, model)
         return self.costs[key]
 
     @abstractmethod

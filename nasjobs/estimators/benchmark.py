@@ -34,6 +34,7 @@ class BenchmarkEstimator(Estimator):
     title = "NAS-Bench-201 table lookup"
     Config = BenchmarkConfig
     trains_networks = False
+    own_cost = True  # parameters from the table
 
     @classmethod
     def check_dataset(cls, config: BenchmarkConfig, dataset: str, kind: str) -> None:

@@ -110,6 +110,12 @@ class SearchSpace(ABC, Generic[A]):
         (`Estimator.cost`)."""
         return None
 
+    def smallest(self) -> A | None:
+        """An architecture whose network has both the fewest parameters and the fewest multiply-adds the space
+        can build with its options, on any input, so that submission can refuse deployment limits no architecture
+        meets; None (the default) where the space cannot tell cheaply."""
+        return None
+
     def display(self, arch: A) -> str:
         """A short human-readable form for tables (defaults to the canonical string)."""
         return self.to_str(arch)

@@ -175,6 +175,14 @@ class ChainCNN(EditSpace[ChainArch]):
         depth = rng.randint(1, self.config.max_layers)
         return ChainArch(tuple(self._random_layer(rng, k) for k in range(1, depth + 1)))
 
+    def smallest(self) -> ChainArch:
+        """One layer of the fewest filters, the smallest kernel and the largest stride, reading the image: every
+        network has a first convolution on the image at least this large and a classifier reading at least this
+        many channels, and more layers only add to both."""
+        c = self.config
+        return ChainArch((ConvLayer(min(c.filters), min(c.kernels), min(c.kernels), max(c.strides), False,
+                                    chain_inputs(1)),))
+
     def _settings(self) -> list[tuple[int, int, int, int, bool]]:
         c = self.config
         return [(f, kh, kw, s, p) for f in c.filters for kh in c.kernels for kw in self._kernel_widths(kh)

@@ -100,6 +100,12 @@ class MLP(EditSpace[MLPArch]):
         widths = tuple(rng.choice(self.config.widths) for _ in range(depth))
         return MLPArch(widths, **{k: rng.choice(v) for k, v in self._choices().items()})
 
+    def smallest(self) -> MLPArch:
+        """One hidden layer of the smallest width, without batch norm or residuals (neither adds anything for
+        free: batch norm costs two parameters a unit for the one bias it saves, a projection a whole matrix)."""
+        c = self.config
+        return MLPArch((min(c.widths),), c.activations[0], min(c.dropouts), False, False)
+
     def _changes(self, arch: MLPArch, kind: str, position: int) -> list[MLPArch]:
         """Every architecture one edit of `kind` away (`position`: the layer edited, added or removed)."""
         w, allowed = list(arch.widths), self.config.widths

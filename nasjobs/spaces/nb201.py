@@ -235,6 +235,13 @@ class NB201(SearchSpace[NB201Arch]):
         macs += c * num_classes
         return params, macs
 
+    def smallest(self) -> NB201Arch:
+        """Every edge the cheapest operation allowed: one without weights (none, skip, pooling) where there is one,
+        else the 1x1 convolution; the stem, the reduction blocks and the classifier are the same for every cell."""
+        weights = {"nor_conv_1x1": 1, "nor_conv_3x3": 9}
+        cheapest = min(self.ops, key=lambda op: (weights.get(op, 0), self.ops.index(op)))
+        return tuple(cheapest for _ in EDGES)  # type: ignore[return-value]
+
     def describe(self, arch: NB201Arch) -> Graph:
         """The cell DAG; `none` edges are left out, since they carry nothing."""
         labels = {0: "input", NUM_NODES - 1: "output"}

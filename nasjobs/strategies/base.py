@@ -60,6 +60,21 @@ class Strategy(ABC):
     @abstractmethod
     def observe(self, arch: Any, value: float) -> None: ...
 
+    def skipped(self, arch: Any, value: float | None) -> None:
+        """The planner did not evaluate `arch`, which `propose()` returned: its network is over the experiment's
+        deployment limits (`nasjobs.constraints`), and it will never be observed. `value` is what the experiment's
+        failure policy tells of a failed trial (the worst figure so far under `worst`), None when it tells nothing.
+
+        A skipped proposal is in no trial, so the history a restore gives back never holds it: whatever a strategy
+        learns here must live in its checkpoint. By default it is only forgotten among the proposals in flight
+        (`outstanding`, where the strategy keeps one), so a strategy that tracks them (a population filling up,
+        a constant liar) does not wait for it; nothing is learnt, and an evolution's population holds trained
+        networks only. A strategy that can learn from it without the history (REINFORCE's controller) or keeps
+        a bounded memory of it (`bo`) overrides this."""
+        outstanding = getattr(self, "outstanding", None)
+        if isinstance(outstanding, Outstanding):
+            outstanding.take(self.space.to_str(arch))
+
     @abstractmethod
     def state_dict(self) -> dict[str, Any]: ...
 

@@ -22,6 +22,8 @@ from nasjobs.strategies.encodings import one_hot_features, wl_features
 from nasjobs.strategies.race import FinalRace, Racing, race_options
 
 log = logging.getLogger(__name__)
+# Architectures over the deployment limits a checkpoint remembers (the latest), so candidates leave them out.
+INFEASIBLE_KEPT = 1000
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,11 @@ class BayesianOptimisation(Racing, Strategy):
     towards its `initial`, and candidates skip them; intensification and the final race skip leaders in flight
     (their readings are on their way). The checkpoint holds the proposals in flight (at most 2k, the oldest
     forgotten beyond: the planner may drop one and never observe it).
+
+    Deployment limits: a proposal the planner skips as over the limits (`skipped`) is left out of the candidates
+    from then on (the latest `INFEASIBLE_KEPT` of them, kept in the checkpoint), so expected improvement does not
+    pick the same large neighbour again and again; the model is not told a figure for it, since none was measured
+    and the history a restore gives back could not hold it.
     """
 
     name = "bo"
@@ -138,6 +145,7 @@ class BayesianOptimisation(Racing, Strategy):
         self.features: dict[str, dict[str, float]] = {}  # encoding of each architecture met (a cache, not state)
         self.subset_logged = False
         self.outstanding = Outstanding()
+        self.infeasible: dict[str, None] = {}  # skipped as over the deployment limits, oldest first (bounded)
 
     def set_parallelism(self, k: int) -> None:
         self.outstanding.set_parallelism(k)
@@ -261,7 +269,7 @@ class BayesianOptimisation(Racing, Strategy):
             out += neighbours
         out += [self.space.to_str(self.space.sample(self.rng)) for _ in range(self.config.random_candidates)]
         seen = self.race.readings
-        return [k for k in dict.fromkeys(out) if k not in seen]
+        return [k for k in dict.fromkeys(out) if k not in seen and k not in self.infeasible]
 
     # ask / tell -----------------------------------------------------------------------------------------------
     def _sample(self) -> str:
@@ -313,9 +321,19 @@ class BayesianOptimisation(Racing, Strategy):
         self.race.observe(key, float(value), self.observed_reevaluating(key))
         self.observations += 1
 
+    def skipped(self, arch: Any, value: float | None) -> None:
+        key = self.space.to_str(arch)
+        self.outstanding.take(key)
+        self.infeasible[key] = None
+        while len(self.infeasible) > INFEASIBLE_KEPT:
+            del self.infeasible[next(iter(self.infeasible))]
+
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": rng_state(self.rng), "theta": self.theta, "fitted_at": self.fitted_at,
-                "observations": self.observations, "outstanding": self.outstanding.state()}
+        state = {"rng": rng_state(self.rng), "theta": self.theta, "fitted_at": self.fitted_at,
+                 "observations": self.observations, "outstanding": self.outstanding.state()}
+        if self.infeasible:  # only with deployment limits: other checkpoints stay as they were
+            state["infeasible"] = list(self.infeasible)
+        return state
 
     def load_state_dict(self, state: dict[str, Any], history: Sequence[Observed] = ()) -> None:
         set_rng_state(self.rng, state["rng"])
@@ -324,3 +342,4 @@ class BayesianOptimisation(Racing, Strategy):
         self.fitted_at = int(state["fitted_at"])
         self.observations = int(state.get("observations", self.race.spent))
         self.outstanding.load(state.get("outstanding", ()))
+        self.infeasible = dict.fromkeys(state.get("infeasible", ()))

@@ -131,6 +131,17 @@ class Reinforce(Strategy):
         if len(self.batch) >= self.batch_size:
             self._update()
 
+    def skipped(self, arch: Any, value: float | None) -> None:
+        """Over the deployment limits, never trained: with a value (the failure policy's worst figure so far), a
+        reward like any other, so the controller learns to write smaller networks; the batch holding it is in the
+        checkpoint, so a restored run learns the same. Without one, its tokens are only forgotten."""
+        found, tokens = self.proposed.take(self.space.to_str(arch))
+        if value is None:
+            return
+        self.batch.append((list(tokens) if found else self.space.to_tokens(arch), float(value)))
+        if len(self.batch) >= self.batch_size:
+            self._update()
+
     def _update(self) -> None:
         rewards = [r for _, r in self.batch]
         if self.baseline is None:

@@ -26,6 +26,11 @@ class ExperimentCreateSerializer(serializers.Serializer):
     max_failures = serializers.IntegerField(default=3, help_text="Fail after this many failed trials in a row")
     bf16 = serializers.BooleanField(default=False, help_text="Train under bfloat16 autocast (CUDA workers only)")
     channels_last = serializers.BooleanField(default=False, help_text="Train with channels-last memory")
+    max_params = serializers.IntegerField(required=False, allow_null=True, default=None,
+                                          help_text="Deployment limit: networks with more parameters are skipped, "
+                                                    "never trained (null: no limit)")
+    max_macs = serializers.IntegerField(required=False, allow_null=True, default=None,
+                                        help_text="Deployment limit on multiply-adds for one input (null: no limit)")
     options = serializers.DictField(child=serializers.DictField(), required=False, default=dict)
 
 

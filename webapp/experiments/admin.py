@@ -58,7 +58,7 @@ def cancel(modeladmin, request, queryset):
 
 SPEC_FIELDS = ("dataset", "space", "strategy", "estimator", "budget", "epochs", "seed", "options", "top_k",
                "patience", "max_seconds", "parallelism", "failure_policy", "max_failures",
-               "bf16", "channels_last")
+               "bf16", "channels_last", "max_params", "max_macs")
 
 
 class ExperimentAdminForm(forms.ModelForm):
@@ -96,7 +96,7 @@ class ExperimentAdmin(admin.ModelAdmin):
     readonly_fields = ("status", "trials_done", "best_val_acc", "best_trial_number", "test_acc", "error",
                        "stop_reason", "started_at", "finished_at", "heartbeat_at", "claimed_by", "created_at",
                        "created_by", "cost", "review_reason", "reviewed_by", "reviewed_at", "review_comment",
-                       "admitted_at", "traceback")
+                       "admitted_at", "traceback", "proposals", "skipped_proposals")
     actions = [approve, reject, cancel]
     inlines = [TrialInline]
 

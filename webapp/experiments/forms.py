@@ -5,6 +5,7 @@ from typing import Any
 
 from django import forms
 
+from nasjobs.constraints import LIMIT_FIELDS, LIMIT_RANGE
 from nasjobs.datasets import DATASETS, KINDS
 from nasjobs.options import OptionSpec, option_specs, parse_config
 from nasjobs.planner import FAILURE_POLICIES
@@ -113,6 +114,14 @@ class ExperimentForm(forms.Form):
                               help_text="Train in bfloat16 mixed precision (needs CUDA workers)")
     channels_last = forms.BooleanField(required=False, label="Channels-last memory",
                                        help_text="Faster convolutions on tensor cores; no change in results")
+    # Deployment constraints (their own group on the page): blank is no limit.
+    max_params = forms.IntegerField(required=False, min_value=LIMIT_RANGE[0], max_value=LIMIT_RANGE[1],
+                                    label="Max parameters",
+                                    help_text="Networks with more parameters are skipped, never trained (blank: "
+                                              "no limit)")
+    max_macs = forms.IntegerField(required=False, min_value=LIMIT_RANGE[0], max_value=LIMIT_RANGE[1],
+                                  label="Max MACs", help_text="Most multiply-adds for one input (blank: no limit)")
+    constraint_fields = LIMIT_FIELDS
 
     def __init__(self, *args: Any, user=None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -168,7 +177,8 @@ class ExperimentForm(forms.Form):
                               patience=data["patience"], max_seconds=data["max_seconds"],
                               parallelism=data["parallelism"], failure_policy=data["failure_policy"],
                               max_failures=data["max_failures"], bf16=data["bf16"],
-                              channels_last=data["channels_last"])
+                              channels_last=data["channels_last"], max_params=data.get("max_params"),
+                              max_macs=data.get("max_macs"))
         try:
             self.spec = validate_spec(spec)
         except SpecError as exc:

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import models
 from django.utils.functional import cached_property
 
+from nasjobs.constraints import Limits
 from nasjobs.estimators import Figure, estimator_figure
 from nasjobs.planner import FAILURE_POLICIES
 from nasjobs.records import DONE, FAILED, IN_FLIGHT, PENDING, RUNNING
@@ -50,6 +51,12 @@ class Experiment(models.Model):
                                                                     "trials in a row")
     bf16 = models.BooleanField(default=False, help_text="Train under bfloat16 autocast (CUDA workers only)")
     channels_last = models.BooleanField(default=False, help_text="Train with channels-last memory")
+    max_params = models.PositiveBigIntegerField(null=True, blank=True,
+                                                help_text="Deployment limit: networks with more parameters are "
+                                                          "skipped, never trained (empty: no limit)")
+    max_macs = models.PositiveBigIntegerField(null=True, blank=True,
+                                              help_text="Deployment limit on multiply-adds for one input (empty: "
+                                                        "no limit)")
 
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
     cost = models.PositiveBigIntegerField(default=0, help_text="Estimated compute in trial-epochs (trials x epochs)")
@@ -61,6 +68,10 @@ class Experiment(models.Model):
     admitted_at = models.DateTimeField(null=True, blank=True, help_text="When it was allowed to run (counts "
                                                                          "against that month's quota)")
     trials_done = models.PositiveIntegerField(default=0, help_text="Evaluations done (re-evaluations included)")
+    proposals = models.PositiveIntegerField(default=0, help_text="Proposals the strategy made, repeats and skipped "
+                                                                 "ones included")
+    skipped_proposals = models.PositiveIntegerField(default=0, help_text="Proposals skipped without training: "
+                                                                         "over the deployment limits")
     best_val_acc = models.FloatField(null=True, blank=True)
     best_trial_number = models.PositiveIntegerField(null=True, blank=True)
     test_acc = models.FloatField(null=True, blank=True, help_text="Best trial's accuracy on the test split")
@@ -122,13 +133,19 @@ class Experiment(models.Model):
         options = None if "options" in self.get_deferred_fields() else (self.options or {}).get("estimator")
         return estimator_figure(self.estimator, options)
 
+    @property
+    def limits(self) -> Limits:
+        """Its deployment limits (`nasjobs.constraints`); `limits.active` is False without any."""
+        return Limits(self.max_params, self.max_macs)
+
     def spec(self) -> ExperimentSpec:
         return ExperimentSpec(dataset=self.dataset, space=self.space, strategy=self.strategy,
                               estimator=self.estimator, budget=self.budget, epochs=self.epochs, seed=self.seed,
                               options=self.options, top_k=self.top_k, patience=self.patience,
                               max_seconds=self.max_seconds, parallelism=self.parallelism,
                               failure_policy=self.failure_policy, max_failures=self.max_failures,
-                              bf16=self.bf16, channels_last=self.channels_last)
+                              bf16=self.bf16, channels_last=self.channels_last, max_params=self.max_params,
+                              max_macs=self.max_macs)
 
     def search_seconds(self, now: datetime) -> float:
         """Search time so far, summed over its runs."""

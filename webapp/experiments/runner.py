@@ -88,7 +88,7 @@ def runner_for(experiment: Experiment) -> SearchRunner:
         _runners.move_to_end(experiment.pk)
         return cached[1]
     runner = SearchRunner(spec, None, ArtifactStore(settings.NAS_ARTIFACTS_DIR, experiment.pk),
-                          resolve_device(settings.NAS_DEVICE))
+                          resolve_device(settings.NAS_DEVICE), settings.NAS_MAX_SKIPPED_IN_A_ROW)
     _remember(_runners, experiment.pk, (fingerprint, runner))
     return runner
 
@@ -137,18 +137,29 @@ def planning(experiment_id: int) -> Iterator[tuple[Experiment, Planner]]:
 
 def _planned(experiment: Experiment, planner: Planner, **fields: Any) -> None:
     """Save a planning step: the strategy's checkpoint, the step counted (so other processes' planners are seen
-    to be stale), the best trial, and `fields`."""
+    to be stale), the best trial, the proposals made and skipped, and `fields`."""
     best = planner.best
     Experiment.objects.filter(pk=experiment.pk).update(
         strategy_state=planner.state_dict(), plan_version=F("plan_version") + 1,
         best_val_acc=best.val_acc if best else None, best_trial_number=best.number if best else None,
-        heartbeat_at=timezone.now(), **fields)
+        proposals=planner.proposals, skipped_proposals=planner.skipped, heartbeat_at=timezone.now(), **fields)
     _remember(_planners, experiment.pk, (experiment.plan_version + 1, planner))
 
 
-def _propose(experiment: Experiment, planner: Planner) -> Plan:
-    """Ask the planner for more trials, write them as pending and queue them once the step commits."""
+def _failed_fields(experiment: Experiment, worker: str, now: Any, message: str, trace: str = "") -> dict[str, Any]:
+    """The fields of a running experiment that fails now, saying why, with the event recorded."""
+    services.event_record(experiment, ExperimentEvent.Action.FAILED, label=worker, detail=message[:500])
+    return {"status": Experiment.Status.FAILED, "error": message[:1000], "traceback": trace, "finished_at": now,
+            **experiment.clock_stopped(now)}
+
+
+def _propose(experiment: Experiment, planner: Planner, worker: str, fields: dict[str, Any]) -> Plan:
+    """Ask the planner for more trials, write them as pending and queue them once the step commits. A planner
+    that can propose nothing within the deployment limits fails the experiment: its fields join `fields`."""
     plan = planner.plan(experiment.search_seconds(timezone.now()))
+    if planner.infeasible:
+        fields.update(_failed_fields(experiment, worker, timezone.now(), planner.infeasible))
+        plan = Plan(plan.jobs, None)
     new = [t for t in plan.jobs if not t.job]
     Trial.objects.bulk_create([Trial(experiment_id=experiment.pk, number=t.number, arch_key=t.arch_key,
                                      arch_display=t.arch_display, val_acc=0.0, params=0, flops=0, train_seconds=0.0,
@@ -339,11 +350,9 @@ def trial_report(experiment_id: int, number: int, worker: str, record: TrialReco
             if failures >= experiment.max_failures:
                 message = (f"{failures} trials in a row failed (the experiment allows {experiment.max_failures}); "
                            f"the last: {error}")
-                fields.update(status=Experiment.Status.FAILED, error=message[:1000], traceback=trace,
-                              finished_at=now, **experiment.clock_stopped(now))
-                services.event_record(experiment, ExperimentEvent.Action.FAILED, label=worker, detail=message[:500])
+                fields.update(_failed_fields(experiment, worker, now, message, trace))
             else:
-                finished = _propose(experiment, planner).finished
+                finished = _propose(experiment, planner, worker, fields).finished
                 _enqueue_pending(experiment)
         _planned(experiment, planner, **fields)
     store = ArtifactStore(settings.NAS_ARTIFACTS_DIR, experiment_id)
@@ -384,9 +393,10 @@ def experiment_advance_now(experiment_id: int, worker: str) -> str:
         stale = now - timedelta(seconds=lease_seconds())
         Trial.objects.filter(experiment_id=experiment_id, status=RUNNING, heartbeat_at__lt=stale).update(
             status=PENDING, claimed_by="")
-        finished = _propose(experiment, planner).finished
+        fields: dict[str, Any] = {}
+        finished = _propose(experiment, planner, worker, fields).finished
         _enqueue_pending(experiment)
-        _planned(experiment, planner)
+        _planned(experiment, planner, **fields)
     if finished:
         experiment_finalize(experiment_id, worker, finished)
     return "done"

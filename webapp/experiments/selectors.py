@@ -301,12 +301,15 @@ def experiment_best_trial(experiment: Experiment) -> Trial | None:
 
 def experiment_exploration(experiment: Experiment) -> dict[str, Any]:
     """How the search balanced exploring new architectures against refining the best one: architectures
-    evaluated (re-evaluations of one count once) against proposals made (repeats included)."""
+    evaluated (re-evaluations of one count once) against proposals made (repeats included, and those skipped as
+    over the deployment limits, which are no architecture evaluated and spent no budget)."""
     stats = per_step(experiment, "exploration", lambda: experiment.trials.aggregate(
         proposals=Max("proposals"), figured=Count("pk", filter=Trial.WITH_FIGURE),
         distance=Avg("distance_to_incumbent", filter=Trial.WITH_FIGURE)))
-    return {"unique_architectures": stats["figured"], "proposals": stats["proposals"] or 0,
-            "mean_distance_to_incumbent": stats["distance"]}
+    # The experiment's own count also holds proposals made after its last trial was proposed (a run of skipped
+    # ones); experiments from before it was kept have only the trials'.
+    return {"unique_architectures": stats["figured"], "proposals": max(stats["proposals"] or 0, experiment.proposals),
+            "skipped_proposals": experiment.skipped_proposals, "mean_distance_to_incumbent": stats["distance"]}
 
 
 def experiment_elapsed_seconds(experiment: Experiment) -> float | None:
@@ -449,6 +452,7 @@ def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> d
         "patience": experiment.patience, "max_seconds": experiment.max_seconds,
         "parallelism": experiment.parallelism, "failure_policy": experiment.failure_policy,
         "max_failures": experiment.max_failures, "bf16": experiment.bf16, "channels_last": experiment.channels_last,
+        "max_params": experiment.max_params, "max_macs": experiment.max_macs,
         "stop_reason": experiment.stop_reason, "trials_done": experiment.trials_done,
         "progress_percent": experiment.progress_percent,
         "exploration": experiment_exploration(experiment),

@@ -130,7 +130,8 @@ def experiment_create(*, user: AbstractBaseUser | None, name: str, spec: Experim
             estimator=spec.estimator, budget=spec.budget, epochs=spec.epochs, seed=spec.seed, top_k=spec.top_k,
             options=spec.options, patience=spec.patience, max_seconds=spec.max_seconds, parallelism=spec.parallelism,
             failure_policy=spec.failure_policy, max_failures=spec.max_failures, bf16=spec.bf16,
-            channels_last=spec.channels_last, created_by=user, cost=cost,
+            channels_last=spec.channels_last, max_params=spec.max_params, max_macs=spec.max_macs, created_by=user,
+            cost=cost,
             status=Experiment.Status.PENDING_REVIEW if reason else Experiment.Status.QUEUED, review_reason=reason,
             admitted_at=None if reason else now)
         event_record(experiment, ExperimentEvent.Action.CREATED, actor=user,

@@ -15,6 +15,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.http import Http404
 
+from nasjobs.constraints import Limits
 from nasjobs.estimators import Figure
 from nasjobs.export import EXPORT_FORMATS
 from nasjobs.options import option_specs
@@ -29,7 +30,8 @@ from webapp.teams.services import TeamError, team_create, user_add
 TERMINAL = (Experiment.Status.SUCCEEDED, Experiment.Status.FAILED, Experiment.Status.CANCELLED,
             Experiment.Status.REJECTED)
 SUBMIT_FIELDS = {"name", "team", "dataset", "space", "strategy", "estimator", "budget", "epochs", "seed", "top_k",
-                 "patience", "max_seconds", "parallelism", "failure_policy", "max_failures", "bf16", "channels_last", "options"}
+                 "patience", "max_seconds", "parallelism", "failure_policy", "max_failures", "bf16", "channels_last",
+                 "max_params", "max_macs", "options"}
 
 
 def read_experiment_file(path: str) -> dict[str, Any]:
@@ -145,6 +147,10 @@ class Command(BaseCommand):
                             help="Train under bfloat16 autocast (CUDA workers only)")
         submit.add_argument("--channels-last", action="store_true", default=None,
                             help="Train with channels-last memory")
+        submit.add_argument("--max-params", type=int, default=None, metavar="N",
+                            help="Deployment limit: networks with more parameters are skipped, never trained")
+        submit.add_argument("--max-macs", type=int, default=None, metavar="N",
+                            help="Deployment limit on multiply-adds for one input")
         submit.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                             help="An option of the space, strategy or estimator (KEY or component.KEY)")
         submit.add_argument("--wait", action="store_true", help="Wait until the experiment ends")
@@ -386,6 +392,9 @@ class Command(BaseCommand):
             test = "–" if b["test_acc"] is None else f"{100 * b['test_acc']:.2f}%"
             w(f"best: trial {b['number']} {b['arch']}  {figure.name} {figure.format(b['val_acc'])}  "
               f"test accuracy {test}  params {b['params']:,}")
+        if s["max_params"] is not None or s["max_macs"] is not None:
+            w(f"{s['exploration']['skipped_proposals']:,} of {s['exploration']['proposals']:,} proposals skipped: over "
+              f"the limits ({Limits(s['max_params'], s['max_macs']).describe()})")
         for row in s.get("leaderboard", [])[:10]:
             w(f"  {row['rank']:>3}. #{row['number']:<4} {figure.format(row['val_acc']):>7}  {row['params']:>10,}  "
               f"{row['arch_display']}")

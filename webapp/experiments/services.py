@@ -466,7 +466,7 @@ def experiment_retrain(experiment: Experiment, user: AbstractBaseUser | None, ep
         row = Experiment.objects.select_for_update().defer("strategy_state").select_related("team").get(
             pk=experiment.pk)
         if row.status in (*Experiment.ACTIVE, Experiment.Status.PENDING_REVIEW):
-            raise SpecError("epochs", f"the experiment is {row.get_status_display()}; retrain once its search "
+            raise SpecError("epochs", f"the experiment is {row.status.replace('_', ' ')}; retrain once its search "
                                       "has ended")
         best = row.trials.filter(number=row.best_trial_number).first() if row.best_trial_number is not None else None
         if best is None:

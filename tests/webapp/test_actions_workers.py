@@ -94,3 +94,26 @@ def test_a_retraining_trains_the_best_architecture_again_beside_the_search(alice
     assert experiment.trials_done == 2 and experiment.trials.count() == 2 and experiment.budget == budget
     assert experiment.strategy_state == strategy_state, "the strategy was told nothing"
     assert experiment.events.filter(action="retrained").exists()
+
+
+def test_a_killed_workers_retraining_is_taken_over_by_another(alice, celery_worker_factory, settings):
+    lease = 12
+    settings.NAS_LEASE_SECONDS = lease
+    spec = Experiment(dataset="digits", space="chain_cnn", strategy="random", estimator="train", budget=1, epochs=1,
+                      seed=2, options={"space": {"max_layers": 2}}).spec()
+    experiment = services.experiment_create(user=alice, name="tiny", spec=spec)
+    victim = celery_worker_factory(NAS_LEASE_SECONDS=str(lease), NAS_SWEEP_SECONDS="2", NAS_TORCH_THREADS="1")
+    wait_for(lambda: ended(experiment.pk), 180, "the search", victim.log)
+    # Many epochs, so the kill lands mid-training.
+    retrain = services.experiment_retrain(Experiment.objects.get(pk=experiment.pk), alice, 60)
+    wait_for(lambda: Trial.everything.filter(pk=retrain.pk, status="running").exists(), 60, "the retraining to start",
+             victim.log)
+    survivor = celery_worker_factory(NAS_LEASE_SECONDS=str(lease), NAS_SWEEP_SECONDS="2", NAS_TORCH_THREADS="1")
+    victim.kill()
+    wait_for(lambda: Trial.everything.filter(pk=retrain.pk, attempts=2).exists(), 60,
+             "the killed worker's retraining to run again", survivor.log)
+    assert services.experiment_cancel(experiment, alice)  # and Cancel stops it where it is
+    wait_for(lambda: Trial.everything.filter(pk=retrain.pk, status="failed").exists(), 30, "the cancel", survivor.log)
+    row = Trial.everything.get(pk=retrain.pk)
+    assert row.error == "cancelled by alice" and row.claimed_by != retrain.claimed_by
+    assert Experiment.objects.get(pk=experiment.pk).status == "succeeded"

@@ -1,6 +1,4 @@
 """In a real browser: clone an experiment and submit the copy, extend a finished search, compare the two."""
-from pathlib import Path
-
 import pytest
 from playwright.sync_api import expect
 

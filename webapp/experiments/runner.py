@@ -188,7 +188,8 @@ def trial_queue(experiment: Experiment, kind: str = Trial.Kind.SEARCH) -> str:
 
 def trial_requeue(trial_id: int) -> None:
     """Queue one trial (of the search, or a retraining) again, on its own queue."""
-    row = Trial.everything.select_related("experiment").only("kind", "experiment__estimator").get(pk=trial_id)
+    row = (Trial.everything.select_related("experiment").only("kind", "experiment__estimator").order_by()
+           .get(pk=trial_id))
     trials_enqueue(row.experiment, [trial_id], trial_queue(row.experiment, row.kind))
 
 

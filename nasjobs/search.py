@@ -419,6 +419,24 @@ class SearchRunner:
         trial.status = DONE
         return trial
 
+    def retrain(self, arch_key: str, epochs: int, seed: int, heartbeat: Callable[[], None]) -> tuple[Any, float]:
+        """Train an architecture again from scratch for `epochs` epochs and measure it on the test split: how a
+        search's winner is reported (Zoph & Le 2017, Sec. 4.1; Real et al. 2019, Sec. 4: the best cell is retrained
+        at full length, the search's own figure being a cheaper estimate). Full training is the `train` estimator:
+        with this experiment's settings when it searched with it, else its defaults. Returns the training's
+        result (figures, curve, weights) and the test accuracy."""
+        from nasjobs.estimators.train import TrainConfig, TrainEstimator
+
+        own = self.spec.component_class("estimator") is TrainEstimator
+        trainer = TrainEstimator(self.space, self.dataset, self.configs["estimator"] if own else TrainConfig(),
+                                 self.device)
+        arch = self.space.from_str(arch_key)
+        with training_format(self.spec.bf16, self.spec.channels_last):
+            result = trainer.evaluate(arch, epochs, seed=seed, hook=lambda epoch, acc: heartbeat())
+            test_acc = trainer.test_accuracy(arch, result.state)
+        log.info("%s retrained for %d epochs: val_acc=%.4f test_acc=%.4f", arch_key, epochs, result.val_acc, test_acc)
+        return result, test_acc
+
     def _train_to_rung(self, trial: TrialRecord, arch: Any, hook: Callable[[int, float], None]) -> TrialRecord:
         """Train a bracket's trial on to its next rung, from its own checkpoint (successive halving)."""
         bracket, rungs = trial.fidelity["bracket"], trial.fidelity.get("rungs", [])

@@ -57,3 +57,11 @@ class DatasetUploadSerializer(serializers.Serializer):
     resize = serializers.IntegerField(required=False, allow_null=True, default=None,
                                       help_text="Images: the square size in pixels every image is resized to")
     title = serializers.CharField(required=False, allow_blank=True, default="", max_length=200)
+
+
+class ExtendSerializer(serializers.Serializer):
+    trials = serializers.IntegerField(help_text="More trials for a succeeded search, which continues its strategy")
+
+
+class RetrainSerializer(serializers.Serializer):
+    epochs = serializers.IntegerField(help_text="Epochs to train the best architecture from scratch")

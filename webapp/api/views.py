@@ -18,8 +18,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from nasjobs.search import ExperimentSpec, SpecError
-from webapp.api.serializers import DatasetUploadSerializer, ExperimentCreateSerializer, ReviewSerializer, \
-    TokenRequestSerializer
+from webapp.api.serializers import DatasetUploadSerializer, ExperimentCreateSerializer, ExtendSerializer, \
+    RetrainSerializer, ReviewSerializer, TokenRequestSerializer
 from webapp.datasets import selectors as dataset_selectors
 from webapp.datasets import services as dataset_services
 from webapp.datasets.models import Dataset
@@ -129,6 +129,29 @@ class ExperimentViewSet(viewsets.GenericViewSet):
     def resume(self, request: Request, pk: str) -> Response:
         return self._change(request, pk, lambda e: services.experiment_resume(e, request.user),
                             "only a cancelled or failed experiment can be resumed (it is {status})")
+
+    @extend_schema(request=ExtendSerializer, responses={200: FREE, 400: FREE, 409: FREE})
+    @action(detail=True, methods=["post"])
+    def extend(self, request: Request, pk: str) -> Response:
+        """More trials for a succeeded search: it continues the same strategy state (or waits for review)."""
+        data = ExtendSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return self._change(request, pk, lambda e: services.experiment_extend(e, request.user,
+                                                                              data.validated_data["trials"]),
+                            "only a succeeded experiment can be extended (it is {status})")
+
+    @extend_schema(request=RetrainSerializer, responses={201: FREE, 400: FREE})
+    @action(detail=True, methods=["post"])
+    def retrain(self, request: Request, pk: str) -> Response:
+        """Train the best architecture from scratch for `epochs` epochs, as a retraining beside the search."""
+        data = RetrainSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        experiment = selectors.experiment_for_user(request.user, int(pk))
+        try:
+            trial = services.experiment_retrain(experiment, request.user, data.validated_data["epochs"])
+        except SpecError as exc:
+            raise spec_error(exc) from None
+        return Response(selectors.retrain_to_json(trial), status=status.HTTP_201_CREATED)
 
     def _review(self, request: Request, pk: str, approve: bool) -> Response:
         review = ReviewSerializer(data=request.data)

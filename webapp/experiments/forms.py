@@ -193,6 +193,39 @@ class ExperimentForm(forms.Form):
         return spec_field if spec_field in self.fields else None
 
 
+# The fields of an experiment a clone copies as they are (name, team and options are worked out).
+CLONED_FIELDS = ("dataset", "space", "strategy", "estimator", "budget", "epochs", "seed", "patience", "max_seconds",
+                 "top_k", "parallelism", "failure_policy", "max_failures", "bf16", "channels_last")
+
+
+def clone_initial(experiment: Any) -> dict[str, Any]:
+    """The experiment form's initial values for a copy of `experiment`: every field and every option of its
+    components, named "copy of ..."."""
+    initial: dict[str, Any] = {f: getattr(experiment, f) for f in CLONED_FIELDS}
+    initial["name"] = f"copy of {experiment.name}"[:ExperimentForm.base_fields["name"].max_length]
+    initial["team"] = experiment.team.name
+    for component in COMPONENTS:
+        cls_name = getattr(experiment, component)
+        for option, value in ((experiment.options or {}).get(component) or {}).items():
+            name = option_field_name(component, cls_name, option)
+            initial[name] = [str(v) for v in value] if isinstance(value, (list, tuple)) else value
+    return initial
+
+
+class ExtendForm(forms.Form):
+    trials = forms.IntegerField(min_value=1, max_value=LIMITS["budget"][1], initial=10, label="Extend by",
+                                help_text="More trials, continuing the same search")
+
+
+class RetrainForm(forms.Form):
+    epochs = forms.IntegerField(min_value=LIMITS["epochs"][0], max_value=LIMITS["epochs"][1], label="Retrain for",
+                                help_text="Epochs of training from scratch")
+
+    @staticmethod
+    def defaults(experiment: Any) -> dict[str, int]:
+        return {"epochs": min(LIMITS["epochs"][1], 2 * experiment.epochs)}
+
+
 class CalibrationForm(forms.Form):
     k = forms.IntegerField(min_value=2, max_value=1000, label="Candidates (K)",
                            help_text="How many of the experiment's trials to train in full")

@@ -157,6 +157,15 @@ class Experiment(models.Model):
         return {"seconds_before": self.search_seconds(now), "active_since": None}
 
 
+class SearchTrials(models.Manager):
+    """The trials of the search itself: what the strategy was told, the budget spent, the leaderboard. A retraining
+    (`Trial.Kind.RETRAIN`) is left out, so no query of the search can count one by mistake; `Trial.everything`
+    sees both."""
+
+    def get_queryset(self) -> models.QuerySet:
+        return super().get_queryset().filter(kind=Trial.Kind.SEARCH)
+
+
 class Trial(models.Model):
     class Status(models.TextChoices):
         PENDING = PENDING
@@ -164,12 +173,23 @@ class Trial(models.Model):
         DONE = DONE
         FAILED = FAILED
 
+    class Kind(models.TextChoices):
+        SEARCH = "search", "search"
+        RETRAIN = "retrain", "retraining"
+
     # Trials that have a figure: evaluated, or evaluated and now in flight for more (once more, or a higher rung).
     # Pending, running and failed first evaluations have none (their val_acc is a placeholder 0).
     WITH_FIGURE = models.Q(status=DONE) | ~models.Q(job="")
 
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="trials")
-    number = models.PositiveIntegerField(help_text="Order in which the strategy proposed it, from 0")
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.SEARCH,
+                            help_text="A trial of the search, or a retraining of its best architecture from scratch "
+                                      "(never told to the strategy, spends no budget)")
+    source_number = models.PositiveIntegerField(null=True, blank=True,
+                                                help_text="A retraining: the number of the search trial it retrains")
+    test_acc = models.FloatField(null=True, blank=True, help_text="A retraining: accuracy on the test split")
+    number = models.PositiveIntegerField(help_text="Order in which the strategy proposed it, from 0 (a "
+                                                   "retraining: its own count, from 0)")
     arch_key = models.TextField(help_text="Canonical architecture string")
     arch_display = models.TextField()
     val_acc = models.FloatField(help_text="Validation accuracy, fraction")
@@ -206,6 +226,9 @@ class Trial(models.Model):
     seq = models.PositiveBigIntegerField(default=0, help_text="The planning step that last gave it a figure: the "
                                                               "cursor of the page's live updates")
 
+    objects = SearchTrials()
+    everything = models.Manager()
+
     class Meta:
         ordering = ["experiment", "number"]
         # The leaderboard's orders (every sortable column, per experiment) each hold what its filters read
@@ -221,8 +244,13 @@ class Trial(models.Model):
                      for name, order in (("figure", ["-val_acc"]), ("params", ["params"]), ("macs", ["flops"]),
                                          ("training", ["train_seconds"])))]
         constraints = [
-            models.UniqueConstraint(fields=["experiment", "arch_key"], name="unique_arch_per_experiment"),
-            models.UniqueConstraint(fields=["experiment", "number"], name="unique_number_per_experiment"),
+            # A retraining repeats its source's architecture, and counts its own numbers.
+            models.UniqueConstraint(fields=["experiment", "arch_key"], condition=models.Q(kind="search"),
+                                    name="unique_arch_per_experiment"),
+            models.UniqueConstraint(fields=["experiment", "number"], condition=models.Q(kind="search"),
+                                    name="unique_number_per_experiment"),
+            models.UniqueConstraint(fields=["experiment", "number"], condition=models.Q(kind="retrain"),
+                                    name="unique_retrain_number_per_experiment"),
         ]
 
     def __str__(self) -> str:
@@ -235,6 +263,10 @@ class Trial(models.Model):
     @property
     def has_figure(self) -> bool:
         return self.status == DONE or bool(self.job)
+
+    @property
+    def is_retrain(self) -> bool:
+        return self.kind == self.Kind.RETRAIN
 
 
 class SearchEpoch(models.Model):
@@ -306,6 +338,9 @@ class ExperimentEvent(models.Model):
         FINISHED = "finished"
         FAILED = "failed"
         DELETED = "deleted"
+        EXTENDED = "extended"
+        RETRAIN = "retrain", "retraining queued"
+        RETRAINED = "retrained"
 
     experiment = models.ForeignKey(Experiment, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="events")

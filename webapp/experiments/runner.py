@@ -29,7 +29,8 @@ from django.utils import timezone
 from nasjobs.artifacts import ArtifactStore
 from nasjobs.estimators import ESTIMATORS
 from nasjobs.planner import Plan, Planner
-from nasjobs.records import DONE, IN_FLIGHT, PENDING, RUNNING, SearchCancelled, TrialRecord
+from nasjobs.records import DONE, FAILED, IN_FLIGHT, PENDING, RUNNING, SearchCancelled, TrialRecord
+from nasjobs.rng import derive_seed
 from nasjobs.search import SearchRunner, resolve_device
 from nasjobs.training import between_batches
 from webapp.experiments import services
@@ -182,17 +183,26 @@ def _enqueue_pending(experiment: Experiment) -> None:
         transaction.on_commit(lambda: trials_enqueue(experiment, ids))
 
 
-def trials_enqueue(experiment: Experiment, ids: list[int]) -> None:
+def trials_enqueue(experiment: Experiment, ids: list[int], queue: str | None = None) -> None:
     from webapp.experiments.tasks import run_trial
 
-    queue = trial_queue(experiment)
+    queue = queue or trial_queue(experiment)
     for pk in ids:
         run_trial.apply_async((pk,), queue=queue, soft_time_limit=settings.NAS_TRIAL_TIME_LIMIT or None)
 
 
-def trial_queue(experiment: Experiment) -> str:
-    """Trials that train networks go to the GPU queue; table lookups and training-free scores to the CPU one."""
-    return settings.NAS_GPU_QUEUE if ESTIMATORS.get(experiment.estimator).trains_networks else settings.NAS_CPU_QUEUE
+def trial_queue(experiment: Experiment, kind: str = Trial.Kind.SEARCH) -> str:
+    """Trials that train networks go to the GPU queue; table lookups and training-free scores to the CPU one. A
+    retraining always trains."""
+    trains = kind == Trial.Kind.RETRAIN or ESTIMATORS.get(experiment.estimator).trains_networks
+    return settings.NAS_GPU_QUEUE if trains else settings.NAS_CPU_QUEUE
+
+
+def trial_requeue(trial_id: int) -> None:
+    """Queue one trial (of the search, or a retraining) again, on its own queue."""
+    row = (Trial.everything.select_related("experiment").only("kind", "experiment__estimator").order_by()
+           .get(pk=trial_id))
+    trials_enqueue(row.experiment, [trial_id], trial_queue(row.experiment, row.kind))
 
 
 # ---------------------------------------------------------------------------------------------------- leases
@@ -249,21 +259,30 @@ def worker_seen(worker: str, trial_id: int | None, *, force: bool = False) -> No
 
 
 # ---------------------------------------------------------------------------------------------------- trials
+# A retraining runs beside a search that has ended; a trial of the search only while its experiment runs.
+RUNNABLE = Q(kind=Trial.Kind.SEARCH, experiment__status=Experiment.Status.RUNNING) | Q(kind=Trial.Kind.RETRAIN)
+
+
 def trial_claim(trial_id: int, worker: str) -> bool:
-    """Take a pending trial of a running experiment, or a running one whose worker went silent past the lease."""
+    """Take a pending trial of a running experiment (or a pending retraining), or a running one whose worker went
+    silent past the lease."""
     now = timezone.now()
     stale = now - timedelta(seconds=lease_seconds())
-    return bool(Trial.objects.filter(Q(status=PENDING) | Q(status=RUNNING, heartbeat_at__lt=stale), pk=trial_id,
-                                     experiment__status=Experiment.Status.RUNNING).update(
+    return bool(Trial.everything.filter(Q(status=PENDING) | Q(status=RUNNING, heartbeat_at__lt=stale), RUNNABLE,
+                                        pk=trial_id).update(
         status=RUNNING, claimed_by=worker, heartbeat_at=now, started_at=now, attempts=F("attempts") + 1,
         host=socket.gethostname(), device=device_label()))
 
 
 def trial_heartbeat(trial_id: int, worker: str) -> str:
-    """Renew a trial's lease: "held", "cancelled" (its experiment was) or "lost" (another worker has it)."""
-    if not Trial.objects.filter(pk=trial_id, claimed_by=worker, status=RUNNING).update(heartbeat_at=timezone.now()):
-        return "lost"
+    """Renew a trial's lease: "held", "cancelled" (its experiment was, or the retraining itself) or "lost" (another
+    worker has it)."""
+    if not Trial.everything.filter(pk=trial_id, claimed_by=worker, status=RUNNING).update(heartbeat_at=timezone.now()):
+        cancelled = Trial.everything.filter(pk=trial_id, kind=Trial.Kind.RETRAIN, status=FAILED).exists()
+        return "cancelled" if cancelled else "lost"
     worker_seen(worker, trial_id, force=True)
+    if Trial.everything.filter(pk=trial_id, kind=Trial.Kind.RETRAIN).exists():
+        return "held"
     status = Experiment.objects.filter(trials=trial_id).values_list("status", flat=True).first()
     return "held" if status == Experiment.Status.RUNNING else "cancelled"
 
@@ -271,9 +290,9 @@ def trial_heartbeat(trial_id: int, worker: str) -> str:
 def trial_hand_back(trial_id: int, worker: str, *, requeue: bool = False) -> None:
     """Put an unfinished trial back as pending (a cancel, a lost claim, a stopped worker): it runs again from its
     start; `requeue` queues it again at once for another worker."""
-    if Trial.objects.filter(pk=trial_id, claimed_by=worker, status=RUNNING).update(
+    if Trial.everything.filter(pk=trial_id, claimed_by=worker, status=RUNNING).update(
             status=PENDING, claimed_by="", heartbeat_at=None) and requeue:
-        trials_enqueue(Experiment.objects.only("estimator").get(trials=trial_id), [trial_id])
+        trial_requeue(trial_id)
 
 
 def trial_run_now(trial_id: int, worker: str) -> str:
@@ -282,33 +301,23 @@ def trial_run_now(trial_id: int, worker: str) -> str:
     "skipped" (not pending: done, running elsewhere, or its experiment not running)."""
     if not trial_claim(trial_id, worker):
         return "skipped"
-    row = Trial.objects.select_related("experiment").defer("experiment__strategy_state").get(pk=trial_id)
+    row = Trial.everything.select_related("experiment").defer("experiment__strategy_state").get(pk=trial_id)
     experiment = row.experiment
     worker_seen(worker, trial_id)
-    record, error, trace = record_of(row), "", ""
-    try:
-        runner = runner_for(experiment)
+    if row.is_retrain:
+        return retrain_run(row, worker)
+    record = record_of(row)
+
+    def evaluate(check: Callable[[], None]) -> TrialRecord:
+        runner = runner_for(experiment)  # inside the job: components that cannot be built fail the trial
         if hasattr(runner.estimator, "load_history"):
             runner.load_estimator_history(trial_records(experiment.pk, curves=True))
-        with Lease(lambda: trial_heartbeat(trial_id, worker), heartbeat_seconds()) as lease, \
-                between_batches(lease.check):
-            record = runner.execute(record, lease.check)
-    except SystemExit:  # the pool process told to stop (SIGTERM to every process of the worker, as a deploy does)
-        log.info("trial %s of experiment %s handed back: its worker is stopping", row.number, experiment.pk)
-        trial_hand_back(trial_id, worker, requeue=True)
-        raise
-    except (SearchCancelled, services.LostClaim) as exc:
-        log.info("trial %s of experiment %s stopped (%s) and handed back as pending", row.number, experiment.pk,
-                 "its experiment was cancelled" if isinstance(exc, SearchCancelled) else exc)
-        trial_hand_back(trial_id, worker)
-        return "handed back"
-    except SoftTimeLimitExceeded:
-        log.warning("trial %s of experiment %s ran past its time limit", row.number, experiment.pk)
-        error = f"TimeLimit: the trial ran past its limit of {settings.NAS_TRIAL_TIME_LIMIT} s (NAS_TRIAL_TIME_LIMIT)"
-        trace = traceback.format_exc()[-20000:]
-    except Exception as exc:  # the trial fails with its reason; the worker and the search go on
-        log.exception("trial %s of experiment %s failed", row.number, experiment.pk)
-        error, trace = f"{type(exc).__name__}: {exc}"[:1000], traceback.format_exc()[-20000:]
+        return runner.execute(record, check)
+
+    outcome, result, error, trace = _leased(row, worker, evaluate)
+    if outcome == "handed back":
+        return outcome
+    record = result or record
     try:
         finished = trial_report(experiment.pk, row.number, worker, record, error, trace)
     except services.LostClaim as exc:
@@ -317,6 +326,47 @@ def trial_run_now(trial_id: int, worker: str) -> str:
     if finished:
         experiment_finalize(experiment.pk, worker, finished)
     return "failed" if error else "done"
+
+
+def _leased(row: Trial, worker: str, job: Callable[[Callable[[], None]], Any]) -> tuple[str, Any, str, str]:
+    """Run a claimed trial's job under its lease, the lease checked between training batches: ("done", what the
+    job returned, "", ""), ("failed", None, error, traceback), or ("handed back", ...) when its experiment (or the
+    retraining) was cancelled or another worker took it over. A stopping worker hands it back, queued again."""
+    what = f"{'retraining' if row.is_retrain else 'trial'} {row.number} of experiment {row.experiment_id}"
+    try:
+        with Lease(lambda: trial_heartbeat(row.pk, worker), heartbeat_seconds()) as lease, \
+                between_batches(lease.check):
+            return "done", job(lease.check), "", ""
+    except SystemExit:  # the pool process told to stop (SIGTERM to every process of the worker, as a deploy does)
+        log.info("%s handed back: its worker is stopping", what)
+        trial_hand_back(row.pk, worker, requeue=True)
+        raise
+    except (SearchCancelled, services.LostClaim) as exc:
+        log.info("%s stopped (%s) and handed back as pending", what,
+                 "it was cancelled" if isinstance(exc, SearchCancelled) else exc)
+        trial_hand_back(row.pk, worker)
+        return "handed back", None, "", ""
+    except SoftTimeLimitExceeded:
+        log.warning("%s ran past its time limit", what)
+        error = f"TimeLimit: the trial ran past its limit of {settings.NAS_TRIAL_TIME_LIMIT} s (NAS_TRIAL_TIME_LIMIT)"
+        return "failed", None, error, traceback.format_exc()[-20000:]
+    except Exception as exc:  # the trial fails with its reason; the worker and the search go on
+        log.exception("%s failed", what)
+        return "failed", None, f"{type(exc).__name__}: {exc}"[:1000], traceback.format_exc()[-20000:]
+
+
+def retrain_run(row: Trial, worker: str) -> str:
+    """Train a claimed retraining from scratch and record its figures and test accuracy (or its failure); nothing
+    is told to the strategy and no budget is spent."""
+    epochs = int(row.fidelity["epochs"])
+    seed = derive_seed(row.experiment.seed, "retrain", row.number) % (2**31)
+    outcome, result, error, trace = _leased(
+        row, worker, lambda check: runner_for(row.experiment).retrain(row.arch_key, epochs, seed, check))
+    if outcome == "handed back":
+        return outcome
+    trained, test_acc = result if result else (None, None)
+    services.retrain_record(row.pk, worker, trained, test_acc, error, trace)
+    return outcome
 
 
 def trial_report(experiment_id: int, number: int, worker: str, record: TrialRecord, error: str = "",
@@ -438,10 +488,11 @@ def experiments_sweep() -> dict[str, list[int]]:
     UPDATE."""
     stale = timezone.now() - timedelta(seconds=lease_seconds())
     requeued: list[int] = []
-    silent = Trial.objects.filter(status=RUNNING, heartbeat_at__lt=stale, experiment__status=Experiment.Status.RUNNING)
-    for pk, experiment_id in list(silent.values_list("pk", "experiment_id")):
-        if Trial.objects.filter(pk=pk, status=RUNNING, heartbeat_at__lt=stale).update(status=PENDING, claimed_by=""):
-            trials_enqueue(Experiment.objects.only("estimator").get(pk=experiment_id), [pk])
+    silent = Trial.everything.filter(RUNNABLE, status=RUNNING, heartbeat_at__lt=stale)
+    for pk in list(silent.values_list("pk", flat=True)):
+        if Trial.everything.filter(pk=pk, status=RUNNING, heartbeat_at__lt=stale).update(status=PENDING,
+                                                                                          claimed_by=""):
+            trial_requeue(pk)
             requeued.append(pk)
     held = Experiment.objects.filter(status=Experiment.Status.RUNNING, heartbeat_at__lt=stale).exclude(
         trials__status__in=IN_FLIGHT)

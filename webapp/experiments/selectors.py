@@ -93,6 +93,20 @@ def export_download(user: User, pk: int, number: int, fmt: str) -> tuple[Path, s
     return path, f"nasboard-{experiment.pk}-trial-{number}.{info.suffix}", info.content_type
 
 
+def retrain_for_user(user: User, pk: int, number: int) -> tuple[Experiment, Trial]:
+    experiment = experiment_for_user(user, pk)
+    trial = Trial.everything.filter(experiment=experiment, kind=Trial.Kind.RETRAIN, number=number).first()
+    if trial is None:
+        raise Http404("no such retraining")
+    return experiment, trial
+
+
+def experiment_retrains(experiment: Experiment) -> QuerySet[Trial]:
+    """The experiment's retrainings of its best architectures, newest first (shown beside its trials)."""
+    return (Trial.everything.filter(experiment=experiment, kind=Trial.Kind.RETRAIN).defer("curve", "traceback")
+            .order_by("-number"))
+
+
 def can_manage(user: User, experiment: Experiment) -> bool:
     """Cancel, resume, extend, delete or calibrate: its owner, an admin of its team, or staff."""
     if not user.is_authenticated:
@@ -350,6 +364,17 @@ def trial_exports(trial: Trial) -> list[dict[str, Any]]:
             for fmt in EXPORT_FORMATS]
 
 
+def retrain_to_json(trial: Trial) -> dict[str, Any]:
+    """A retraining: the search trial it trains again, its epochs, and its full-training figures (accuracies as
+    fractions) once done."""
+    done = trial.status == "done"
+    return {"number": trial.number, "of_trial": trial.source_number, "arch": trial.arch_key,
+            "epochs": trial.fidelity.get("epochs"), "status": trial.status,
+            "val_acc": trial.val_acc if done else None, "test_acc": trial.test_acc,
+            "params": trial.params, "flops": trial.flops, "train_seconds": round(trial.train_seconds, 3),
+            "host": trial.host, "device": trial.device, "attempts": trial.attempts, "error": trial.error}
+
+
 def calibration_to_json(calibration: Calibration | None) -> dict[str, Any] | None:
     if calibration is None:
         return None
@@ -468,6 +493,7 @@ def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> d
         "liveness": experiment_liveness(experiment),
         "in_flight": in_flight_json(experiment),
         "failed_trials": experiment.trials.filter(status=FAILED).count(),
+        "retrains": [retrain_to_json(t) for t in experiment_retrains(experiment)],
     }
     if leaderboard != 0:
         board = experiment_leaderboard(experiment, columns=None)
@@ -497,3 +523,76 @@ def experiment_row_json(experiment: Experiment) -> dict[str, Any]:
                 "val_acc": experiment.best_val_acc, "test_acc": experiment.test_acc,
                 "params": getattr(experiment, "best_params", None)},
             "created_at": experiment.created_at.isoformat()}
+
+
+COMPARE_MIN, COMPARE_MAX = 2, 5
+COMPARED_FIELDS = ("name", "team__name", "dataset", "space", "strategy", "estimator", "epochs", "budget", "seed",
+                   "parallelism", "patience", "max_seconds", "top_k", "failure_policy", "max_failures", "bf16",
+                   "channels_last", "options", "status", "trials_done", "best_val_acc", "best_trial_number",
+                   "test_acc")
+
+
+class CompareError(ValueError):
+    """A comparison asked for in a way that cannot be answered (a 400, not a 404)."""
+
+
+def compare_ids(raw: list[str]) -> list[int]:
+    """The experiment ids of `?ids=1,2` (or `?ids=1&ids=2`), in the order given, each once. Raises CompareError."""
+    parts = [p.strip() for value in raw for p in value.split(",") if p.strip()]
+    if not all(p.isdigit() for p in parts):
+        raise CompareError("ids must be experiment numbers separated by commas, e.g. ?ids=1,2")
+    ids = list(dict.fromkeys(int(p) for p in parts))
+    if not COMPARE_MIN <= len(ids) <= COMPARE_MAX:
+        raise CompareError(f"compare {COMPARE_MIN} to {COMPARE_MAX} different experiments ({len(ids)} given)")
+    return ids
+
+
+def experiments_compared(user: User, ids: list[int]) -> list[Experiment]:
+    """The experiments to compare, in the order asked, with only the columns a comparison shows (no checkpoint,
+    no traceback); one the user may not see is a 404, as everywhere."""
+    rows = {e.pk: e for e in experiments_visible_to(user).filter(pk__in=ids).select_related("team")
+            .only(*COMPARED_FIELDS)}
+    if len(rows) != len(ids):
+        raise Http404("no such experiment")
+    return [rows[pk] for pk in ids]
+
+
+def compare_settings(experiments: list[Experiment]) -> list[dict[str, Any]]:
+    """One row per setting (every component option flattened to `component.option`): its value in each
+    experiment, and whether they differ."""
+    fields = [("name", "name"), ("team", None), ("dataset", "dataset"), ("space", "space"),
+              ("strategy", "strategy"), ("estimator", "estimator"), ("epochs", "epochs"), ("budget", "budget"),
+              ("seed", "seed"), ("parallelism", "parallelism"), ("patience", "patience"),
+              ("max_seconds", "max_seconds"), ("top_k", "top_k"), ("failure_policy", "failure_policy"),
+              ("max_failures", "max_failures"), ("bf16", "bf16"), ("channels_last", "channels_last")]
+    rows = [{"name": label, "values": [e.team.name if attr is None else getattr(e, attr) for e in experiments]}
+            for label, attr in fields]
+    keys = sorted({(c, k) for e in experiments for c, group in (e.options or {}).items() for k in (group or {})})
+    for component, key in keys:
+        values = [((e.options or {}).get(component) or {}).get(key, "–") for e in experiments]
+        owners = {getattr(e, component) for e in experiments}
+        rows.append({"name": f"{component}.{key}", "values": values, "option_of": ", ".join(sorted(owners))})
+    for row in rows:
+        row["differs"] = len({repr(v) for v in row["values"]}) > 1
+    return rows
+
+
+def best_so_far_curve(experiment: Experiment) -> list[list[float]]:
+    """[trial number, best figure up to it] for each trial with a figure, in number order (no curves loaded)."""
+    best, points = None, []
+    for number, value in (experiment.trials.filter(Trial.WITH_FIGURE).order_by("number")
+                          .values_list("number", "val_acc")):
+        best = value if best is None else max(best, value)
+        points.append([number, best])
+    return points
+
+
+def best_arch_keys(experiments: list[Experiment]) -> dict[int, str]:
+    """The best trial's architecture of each experiment, in one query."""
+    wanted = [(e.pk, e.best_trial_number) for e in experiments if e.best_trial_number is not None]
+    if not wanted:
+        return {}
+    rows = Trial.objects.filter(experiment_id__in=[pk for pk, _ in wanted]).filter(
+        number__in=[n for _, n in wanted]).values_list("experiment_id", "number", "arch_key")
+    best = dict(wanted)
+    return {pk: key for pk, number, key in rows if best.get(pk) == number}

@@ -12,19 +12,20 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from nasjobs.artifacts import ArtifactStore
 from nasjobs.export import export_file
-from nasjobs.search import ExperimentSpec, SpecError, TrialRecord, validate_spec
-from webapp.datasets.selectors import dataset_reference, dataset_refusal
+from nasjobs.records import DONE, FAILED, IN_FLIGHT, PENDING
+from nasjobs.search import LIMITS, ExperimentSpec, SpecError, TrialRecord, validate_spec
+from webapp.datasets.selectors import dataset_by_engine_name, dataset_reference, dataset_refusal
 from webapp.experiments import selectors
 from webapp.experiments.models import Calibration, Experiment, ExperimentEvent, Export, SearchEpoch, Trial
 from webapp.experiments.notifications import NOTIFIED, notify
 from webapp.experiments.selectors import can_manage, can_review
 from webapp.teams.models import Team
-from webapp.teams.selectors import default_team, member_teams
+from webapp.teams.selectors import default_team, member_teams, month_start
 from webapp.teams.services import membership_touch, review_reason
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,9 @@ def experiment_reject(experiment: Experiment, user: AbstractBaseUser, reason: st
 
 def experiment_cancel(experiment: Experiment, user: AbstractBaseUser | None = None) -> bool:
     """Stop a pending, queued or running experiment; its trials stay. The worker notices at its next epoch.
-    `user=None` is the platform itself (the admin and the tests act as a user)."""
+    An experiment that has ended but has a retraining under way has that retraining stopped instead (it is
+    marked failed, saying so; its worker notices at its next heartbeat). `user=None` is the platform itself
+    (the admin and the tests act as a user)."""
     if user is not None:
         _require(can_manage(user, experiment), "only its owner, a team admin or staff may cancel it")
     with transaction.atomic():
@@ -185,7 +188,15 @@ def experiment_cancel(experiment: Experiment, user: AbstractBaseUser | None = No
             status=Experiment.Status.CANCELLED, finished_at=now, **_clock_stopped(experiment.pk, now))
         if changed:
             event_record(experiment, ExperimentEvent.Action.CANCELLED, actor=user)
-    return bool(changed)
+            return True
+        who = user.get_username() if user is not None and user.is_authenticated else "the platform"
+        stopped = list(retrains_in_flight(experiment.pk).values_list("number", flat=True))
+        if stopped and retrains_in_flight(experiment.pk).update(status=FAILED, error=f"cancelled by {who}",
+                                                                finished_at=now):
+            event_record(experiment, ExperimentEvent.Action.CANCELLED, actor=user,
+                         detail=f"retraining {', '.join(map(str, stopped))}")
+            return True
+    return False
 
 
 def experiment_resume(experiment: Experiment, user: AbstractBaseUser | None = None) -> bool:
@@ -359,11 +370,169 @@ def experiment_fail(experiment_id: int, worker: str, error: str, traceback: str 
 
 def experiments_recover() -> list[int]:
     """Queue again every experiment that should be progressing: queued ones (their message may have been lost
-    with a restarted Redis) and running ones (their worker may be dead; the claim waits out the lease)."""
+    with a restarted Redis) and running ones (their worker may be dead; the claim waits out the lease), and every
+    unfinished retraining."""
     ids = list(Experiment.objects.filter(status__in=Experiment.ACTIVE).values_list("pk", flat=True))
     for pk in ids:
         experiment_enqueue(pk)
+    for pk in Trial.everything.filter(kind=Trial.Kind.RETRAIN, status__in=IN_FLIGHT).values_list("pk", flat=True):
+        retrain_enqueue(pk)
     return ids
+
+
+# ---------------------------------------------------------------------------------------------------- extend, retrain
+def _charge(experiment: Experiment, added: int) -> dict[str, Any]:
+    """The fields that add `added` trial-epochs to an admitted experiment's cost, counted in this month's quota:
+    one admitted in an earlier month counts from now, with its whole cost (the quota never under-counts)."""
+    fields: dict[str, Any] = {"cost": F("cost") + added}
+    if experiment.admitted_at is None or experiment.admitted_at < month_start():
+        fields["admitted_at"] = timezone.now()
+    return fields
+
+
+def _since_best(experiment: Experiment) -> int:
+    """Evaluated trials after the best one: what patience counts."""
+    if experiment.best_trial_number is None:
+        return 0
+    return experiment.trials.filter(status=DONE, number__gt=experiment.best_trial_number).count()
+
+
+def experiment_extend(experiment: Experiment, user: AbstractBaseUser | None, trials: int) -> bool:
+    """Give a succeeded search `trials` more evaluations and queue it again. It continues the same strategy
+    state: the planner is restored from the checkpoint and the told order, so nothing already evaluated is
+    evaluated again and a deterministic strategy proposes what a longer run would have (`Planner.restore`).
+
+    The budget becomes the evaluations done plus `trials`. A stop rule that ended the search would end it again at
+    once, so: a patience that ran out is lifted (the user asked for these trials), a time limit reached gets another
+    window of the same length. The added cost goes through the team's review threshold and monthly quota like a
+    new submission: over either, the experiment waits for a reviewer. Raises SpecError (nothing changes) for a
+    bad count or a search that cannot go on; False when it is not a succeeded experiment."""
+    if user is not None:
+        _require(can_manage(user, experiment), "only its owner, a team admin or staff may extend it")
+    high = LIMITS["budget"][1]
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise SpecError("trials", "extend by at least 1 trial")
+    with transaction.atomic():
+        row = Experiment.objects.select_for_update().defer("strategy_state").filter(pk=experiment.pk).first()
+        if row is None or row.status != Experiment.Status.SUCCEEDED:
+            return False
+        if row.is_differentiable:
+            raise SpecError("trials", "a differentiable search is one supernet search; clone it to search again")
+        if row.stop_reason == Experiment.StopReason.EXHAUSTED:
+            raise SpecError("trials", "its strategy had no new architecture left to propose")
+        if retrains_in_flight(row.pk).exists():
+            raise SpecError("trials", "a retraining is under way; wait for it to end or cancel it")
+        budget = row.trials_done + trials
+        if budget > high:
+            raise SpecError("trials", f"the budget would be {budget:,} trials; at most {high:,}")
+        notes = [f"by {trials} trial{'s' if trials > 1 else ''} to a budget of {budget}"]
+        patience, max_seconds = row.patience, row.max_seconds
+        if patience and _since_best(row) >= patience:
+            patience = 0
+            notes.append(f"its patience of {row.patience} trials, which had run out, lifted")
+        if max_seconds and row.seconds_before >= max_seconds:
+            max_seconds = min(LIMITS["max_seconds"][1], int(row.seconds_before) + 1 + row.max_seconds)
+            notes.append(f"its time limit raised to {max_seconds} s (another {row.max_seconds} s)")
+        spec = spec_for_team(dataclasses.replace(row.spec(), budget=budget, patience=patience,
+                                                 max_seconds=max_seconds), row.team)
+        added = experiment_cost(dataclasses.replace(spec, budget=trials))
+        Team.objects.filter(pk=row.team_id).update(name=F("name"))  # quota decisions one at a time, as on create
+        reason = review_reason(row.team, added)
+        fields: dict[str, Any] = dict(
+            budget=budget, patience=patience, max_seconds=max_seconds, stop_reason="", finished_at=None,
+            test_acc=None, error="", traceback="", claimed_by="", consecutive_failures=0,
+            # A worker's cached planner still knows the old budget: a new planning step makes it stale.
+            plan_version=F("plan_version") + 1)
+        if reason:
+            reason = f"its extension by {trials} trials {reason.removeprefix('it ')}"
+            fields.update(status=Experiment.Status.PENDING_REVIEW, review_reason=reason, reviewed_by=None,
+                          reviewed_at=None, review_comment="", admitted_at=None, cost=F("cost") + added)
+            notes.append(f"waits for review: {reason}")
+        else:
+            fields.update(status=Experiment.Status.QUEUED, **_charge(row, added))
+        Experiment.objects.filter(pk=row.pk).update(**fields)
+        event_record(row, ExperimentEvent.Action.EXTENDED, actor=user, detail="; ".join(notes))
+        if not reason:
+            transaction.on_commit(lambda: experiment_enqueue(row.pk))
+    return True
+
+
+def retrains_in_flight(experiment_id: int):
+    return Trial.everything.filter(experiment_id=experiment_id, kind=Trial.Kind.RETRAIN, status__in=IN_FLIGHT)
+
+
+def experiment_retrain(experiment: Experiment, user: AbstractBaseUser | None, epochs: int) -> Trial:
+    """Queue a retraining of the experiment's best architecture from scratch for `epochs` epochs, as a trial row
+    of its own kind (`Trial.Kind.RETRAIN`): it is run, leased, taken over and cancelled like any trial, but never
+    told to the strategy, spends no budget and stays out of the leaderboard. Its epochs count in the team's
+    quota. Raises SpecError, changing nothing, when it cannot be done: the search still running, no best trial,
+    a table-lookup dataset (nothing to train), epochs out of range, one already under way, or over the quota."""
+    if user is not None:
+        _require(can_manage(user, experiment), "only its owner, a team admin or staff may retrain it")
+    low, high = LIMITS["epochs"]
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or not low <= epochs <= high:
+        raise SpecError("epochs", f"must be an integer from {low} to {high}")
+    with transaction.atomic():
+        row = Experiment.objects.select_for_update().defer("strategy_state").select_related("team").get(
+            pk=experiment.pk)
+        if row.status in (*Experiment.ACTIVE, Experiment.Status.PENDING_REVIEW):
+            raise SpecError("epochs", f"the experiment is {row.status.replace('_', ' ')}; retrain once its search "
+                                      "has ended")
+        best = row.trials.filter(number=row.best_trial_number).first() if row.best_trial_number is not None else None
+        if best is None:
+            raise SpecError("epochs", "the experiment has no best trial yet")
+        dataset = dataset_by_engine_name(row.dataset)
+        if dataset is not None and dataset.kind == "nb201":
+            raise SpecError("epochs", f"{row.dataset} is a NAS-Bench-201 table: its figures are looked up, "
+                                      "nothing is trained")
+        if retrains_in_flight(row.pk).exists():
+            raise SpecError("epochs", "a retraining of this experiment is already under way")
+        Team.objects.filter(pk=row.team_id).update(name=F("name"))
+        reason = review_reason(row.team, epochs)
+        if reason:
+            raise SpecError("epochs", f"a retraining of {epochs} epochs {reason.removeprefix('it ')}; ask for fewer")
+        last = Trial.everything.filter(experiment=row, kind=Trial.Kind.RETRAIN).aggregate(n=Max("number"))["n"]
+        number = 0 if last is None else last + 1
+        trial = Trial.everything.create(
+            experiment=row, kind=Trial.Kind.RETRAIN, number=number, source_number=best.number,
+            arch_key=best.arch_key, arch_display=best.arch_display, val_acc=0.0, params=best.params,
+            flops=best.flops, train_seconds=0.0, estimator="train", fidelity={"epochs": epochs}, curve=[],
+            evaluations=[], status=PENDING)
+        Experiment.objects.filter(pk=row.pk).update(**_charge(row, epochs))
+        event_record(row, ExperimentEvent.Action.RETRAIN, actor=user,
+                     detail=f"trial {best.number} from scratch for {epochs} epochs")
+        transaction.on_commit(lambda: retrain_enqueue(trial.pk))
+    return trial
+
+
+def retrain_enqueue(trial_id: int) -> None:
+    from webapp.experiments.tasks import run_trial
+
+    run_trial.apply_async((trial_id,), queue=settings.NAS_GPU_QUEUE, soft_time_limit=settings.NAS_TRIAL_TIME_LIMIT
+                          or None)
+
+
+def retrain_record(trial_id: int, worker: str, result: Any, test_acc: float | None, error: str = "",
+                   trace: str = "") -> bool:
+    """Store a retraining's outcome (an `EvalResult` and its test accuracy, or the error) if this worker still
+    holds it; the audit log says how it went."""
+    now = timezone.now()
+    if error:
+        fields: dict[str, Any] = dict(status=FAILED, error=error[:1000], traceback=trace[:20000])
+    else:
+        fields = dict(status=DONE, val_acc=result.val_acc, params=result.params, flops=result.flops,
+                      train_seconds=result.train_seconds, fidelity=result.fidelity, curve=result.curve,
+                      evaluations=[result.val_acc], test_acc=test_acc)
+    with transaction.atomic():
+        changed = Trial.everything.filter(pk=trial_id, claimed_by=worker, status="running").update(
+            finished_at=now, heartbeat_at=now, **fields)
+        if changed:
+            trial = Trial.everything.select_related("experiment").get(pk=trial_id)
+            detail = (f"retraining {trial.number} failed: {error[:400]}" if error else
+                      f"retraining {trial.number} of trial {trial.source_number}, {trial.fidelity.get('epochs')} "
+                      f"epochs: test accuracy {100 * test_acc:.2f}%")
+            event_record(trial.experiment, ExperimentEvent.Action.RETRAINED, label=worker, detail=detail)
+    return bool(changed)
 
 
 def calibration_create(*, experiment: Experiment, user: AbstractBaseUser | None, k: int, epochs: int,

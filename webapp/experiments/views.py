@@ -19,7 +19,8 @@ from nasjobs.search import SpecError
 from webapp.datasets.selectors import dataset_by_engine_name, dataset_labels
 from webapp.experiments import selectors, services
 from webapp.experiments.diagrams import DiagramError, graph_to_svg
-from webapp.experiments.forms import CalibrationForm, ExperimentForm, ReviewForm, kind_conflicts
+from webapp.experiments.forms import (CalibrationForm, ExperimentForm, ExtendForm, RetrainForm, ReviewForm,
+                                      clone_initial, kind_conflicts)
 from webapp.experiments.models import Experiment, Export, SearchEpoch, Trial
 
 LIST_PAGE_SIZE = 25
@@ -51,9 +52,19 @@ def experiment_list(request: HttpRequest) -> HttpResponse:
                                                              + choices["dataset"])})
 
 
+def _clone_of(request: HttpRequest) -> dict | None:
+    """`?clone=PK`: the form's initial values copied from a visible experiment (another team's is a 404)."""
+    pk = request.GET.get("clone", "")
+    if not pk or request.method != "GET":
+        return None
+    if not pk.isdigit():
+        raise Http404("no such experiment")
+    return clone_initial(selectors.experiment_for_user(request.user, int(pk)))
+
+
 @login_required
 def experiment_new(request: HttpRequest) -> HttpResponse:
-    form = ExperimentForm(request.POST or None, user=request.user)
+    form = ExperimentForm(request.POST or None, user=request.user, initial=_clone_of(request))
     if request.method == "POST" and form.is_valid():
         try:
             experiment = services.experiment_create(user=request.user, name=form.cleaned_data["name"],
@@ -113,7 +124,9 @@ def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "has_search_epochs": experiment.search_epochs.exists() or experiment.is_differentiable,
         "in_flight": selectors.experiment_in_flight(experiment),
         "failures": selectors.experiment_failures(experiment),
-        "board": _leaderboard(request, experiment), "cursor": selectors.experiment_cursor(experiment)})
+        "board": _leaderboard(request, experiment), "cursor": selectors.experiment_cursor(experiment),
+        "retrains": selectors.experiment_retrains(experiment), "extend_form": ExtendForm(),
+        "retrain_form": RetrainForm(initial=RetrainForm.defaults(experiment))})
 
 
 @login_required
@@ -143,6 +156,14 @@ def _export_refused(exc: SpecError | selectors.ExportUnavailable) -> HttpRespons
     """An export that cannot be had, in plain words: an unknown format is a 404 like any missing page."""
     status = exc.status if isinstance(exc, selectors.ExportUnavailable) else 404
     return HttpResponse(exc.message, status=status, content_type="text/plain; charset=utf-8")
+
+
+@login_required
+def retrain_detail(request: HttpRequest, pk: int, number: int) -> HttpResponse:
+    experiment, trial = selectors.retrain_for_user(request.user, pk, number)
+    return render(request, "experiments/trial.html", {
+        "experiment": experiment, "trial": trial, "diagram": _diagram(experiment, trial),
+        "can_see_traceback": selectors.can_see_traceback(request.user, experiment)})
 
 
 @login_required
@@ -220,6 +241,44 @@ def experiment_delete(request: HttpRequest, pk: int) -> HttpResponse:
                 f"Experiment {pk} deleted with its trials and kept weights.",
                 "A queued or running experiment cannot be deleted; cancel it first (it is {status}).",
                 then="experiment_list")
+
+
+@require_POST
+@login_required
+def experiment_extend(request: HttpRequest, pk: int) -> HttpResponse:
+    form = ExtendForm(request.POST)
+    trials = form.cleaned_data["trials"] if form.is_valid() else None  # the service says what is wrong with it
+    return _act(request, pk, lambda e: services.experiment_extend(e, request.user, trials),
+                f"Experiment extended by {trials} trials: it continues its search (or waits for a reviewer, as the "
+                "page says).", "Only a succeeded experiment can be extended (it is {status}).")
+
+
+@require_POST
+@login_required
+def experiment_retrain(request: HttpRequest, pk: int) -> HttpResponse:
+    form = RetrainForm(request.POST)
+    epochs = form.cleaned_data["epochs"] if form.is_valid() else None
+    return _act(request, pk, lambda e: bool(services.experiment_retrain(e, request.user, epochs)),
+                f"Retraining queued: the best architecture is trained from scratch for {epochs} epochs.", "")
+
+
+@login_required
+def experiment_compare(request: HttpRequest) -> HttpResponse:
+    """2 to 5 visible experiments side by side: settings (differences marked), best-so-far curves, best
+    architectures. Bad ids are a 400 page saying why; an experiment the user may not see is a 404."""
+    try:
+        ids = selectors.compare_ids(request.GET.getlist("ids"))
+    except selectors.CompareError as exc:
+        return render(request, "experiments/compare.html", {"error": str(exc)}, status=400)
+    experiments = selectors.experiments_compared(request.user, ids)
+    arch = selectors.best_arch_keys(experiments)
+    columns = [{"experiment": e, "curve": selectors.best_so_far_curve(e), "figure": e.figure.as_json(),
+                "diagram": _arch_svg(e, arch[e.pk]) if e.pk in arch else {}} for e in experiments]
+    figures = list(dict.fromkeys((c["figure"]["kind"], c["figure"]["name"]) for c in columns))
+    return render(request, "experiments/compare.html", {
+        "columns": columns, "rows": selectors.compare_settings(experiments), "mixed_figures": len(figures) > 1,
+        "chart": [{"id": c["experiment"].pk, "name": c["experiment"].name, "figure": c["figure"],
+                   "curve": c["curve"]} for c in columns]})
 
 
 @require_POST

@@ -165,6 +165,16 @@ class Command(BaseCommand):
                                 ("resume", "Queue a cancelled or failed experiment again")):
             p = sub.add_parser(name, help=help_text)
             p.add_argument("id", type=int)
+        extend = sub.add_parser("extend", help="Give a succeeded search more trials; it continues where it stopped")
+        extend.add_argument("id", type=int)
+        extend.add_argument("--trials", type=int, required=True, help="How many more trials")
+        extend.add_argument("--wait", action="store_true", help="Wait until the search ends again")
+        extend.add_argument("--json", action="store_true")
+        retrain = sub.add_parser("retrain", help="Train the best architecture again from scratch for N epochs")
+        retrain.add_argument("id", type=int)
+        retrain.add_argument("--epochs", type=int, required=True)
+        retrain.add_argument("--wait", action="store_true", help="Wait until the retraining ends")
+        retrain.add_argument("--json", action="store_true")
         sub.add_parser("recover", help="Queue again every queued or running experiment (after losing Redis)")
         teams = sub.add_parser("team", help="Manage teams").add_subparsers(dest="team_action", required=True)
         team_add = teams.add_parser("add", help="Create a team")
@@ -196,7 +206,7 @@ class Command(BaseCommand):
         export.add_argument("--format", default="torch", help=f"One of {', '.join(EXPORT_FORMATS)} (default torch)")
         export.add_argument("--output", default=None, help="File to write (default: nasboard-ID-trial-N.zip, or "
                                                            ".onnx)")
-        for p in (submit, show, sub.choices["cancel"], sub.choices["resume"], cal, export):
+        for p in (submit, show, sub.choices["cancel"], sub.choices["resume"], cal, export, extend, retrain):
             p.add_argument("--user", default="demo", help="Act as this user (default: demo)")
 
     def handle(self, *args: Any, **opts: Any) -> None:
@@ -281,6 +291,44 @@ class Command(BaseCommand):
             raise CommandError(f"experiment {experiment.pk} is {experiment.status}; only cancelled or failed "
                                "ones can be resumed")
         self.stdout.write(f"experiment {experiment.pk} queued again")
+
+    def handle_extend(self, **opts: Any) -> None:
+        experiment = self._get(opts["id"], opts)
+        try:
+            changed = services.experiment_extend(experiment, self._user(opts), opts["trials"])
+        except SpecError as exc:
+            raise CommandError(f"{exc.field}: {exc.message}") from None
+        if not changed:
+            raise CommandError(f"experiment {experiment.pk} is {experiment.status}; only a succeeded one can be "
+                               "extended")
+        experiment.refresh_from_db()
+        if not opts["json"] and not opts["wait"]:
+            self.stdout.write(f"experiment {experiment.pk} extended to {experiment.budget} trials: "
+                              f"{experiment.status.replace('_', ' ')}")
+            return
+        self._report(experiment, wait=opts["wait"] and experiment.status != Experiment.Status.PENDING_REVIEW,
+                     as_json=opts["json"])
+
+    def handle_retrain(self, **opts: Any) -> None:
+        experiment = self._get(opts["id"], opts)
+        try:
+            trial = services.experiment_retrain(experiment, self._user(opts), opts["epochs"])
+        except SpecError as exc:
+            raise CommandError(f"{exc.field}: {exc.message}") from None
+        while opts["wait"] and trial.status in ("pending", "running"):
+            time.sleep(0.5)
+            trial.refresh_from_db()
+        data = selectors.retrain_to_json(trial)
+        if opts["json"]:
+            self.stdout.write(json.dumps(data))
+        elif trial.status == "done":
+            self.stdout.write(f"retraining {trial.number} of trial {trial.source_number} ({opts['epochs']} epochs): "
+                              f"validation accuracy {100 * trial.val_acc:.2f}%, test accuracy "
+                              f"{100 * trial.test_acc:.2f}%")
+        else:
+            self.stdout.write(f"retraining {trial.number} of trial {trial.source_number} {trial.status}")
+        if trial.status == "failed":
+            raise CommandError(f"retraining failed: {trial.error}")
 
     def handle_calibrate(self, **opts: Any) -> None:
         experiment = self._get(opts["id"], opts)

@@ -206,7 +206,7 @@ def test_a_retraining_is_a_trial_of_its_own_kind_outside_the_search(alice, alice
     trial_page = alice_client.get(reverse("retrain_detail", args=[experiment.pk, 0])).content.decode()
     assert "Retraining 0" in trial_page and "from scratch for 6 epochs" in trial_page and "93.00%" in trial_page
     assert "Download as a PyTorch model" not in trial_page
-    data = alice_client.get(reverse("experiment_status", args=[experiment.pk])).json()
+    data = selectors.experiment_summary(experiment, leaderboard=None)  # the JSON of the API and `nas show`
     assert data["retrains"][0]["test_acc"] == 0.93 and len(data["leaderboard"]) == 3
     # A second one counts its own numbers.
     assert services.experiment_retrain(experiment, alice, 2).number == 1

@@ -9,6 +9,8 @@ if [ ! -f .env ]; then
   echo "Wrote local settings to .env (DEBUG on, a generated SECRET_KEY)."
 fi
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
+port="${PORT:-8000}"  # `PORT=8001 make run` when 8000 is taken
+case "$port" in ''|*[!0-9]*) echo "PORT must be a number, not '$port'" >&2; exit 2 ;; esac
 PY=.venv/bin/python
 pids=()
 cleanup() {
@@ -27,12 +29,12 @@ $PY manage.py migrate --noinput
 login=$($PY manage.py demo_user)
 $PY -m celery -A webapp worker --loglevel=INFO --concurrency=1 -Q "${NAS_GPU_QUEUE:-gpu},${NAS_CPU_QUEUE:-cpu}" &
 pids+=($!)
-$PY manage.py runserver 127.0.0.1:8000 --noreload &
+$PY manage.py runserver "127.0.0.1:$port" --noreload &
 pids+=($!)
 sleep 2
 echo
 echo "============================================================================"
-echo " nasboard is running at http://127.0.0.1:8000/  (Ctrl-C stops everything)"
+echo " nasboard is running at http://127.0.0.1:$port/  (Ctrl-C stops everything)"
 echo " $login"
 echo "============================================================================"
 status=0

@@ -43,3 +43,15 @@ def test_leaderboard_times_the_real_pages_of_a_large_experiment():
     assert report["trials"] == 300 and report["experiments"] == 30 and report["database"] == "sqlite"
     assert 0 < report["poll_unchanged_bytes"] < 2000
     assert report["meta"]["options"]["trials"] == 300 and report["meta"]["commit"]
+
+
+def test_load_reports_latencies_of_concurrent_clients_against_gunicorn_while_a_search_runs():
+    done = subprocess.run([sys.executable, "bench/load.py", "--seconds", "5", "--clients", "5", "--trials", "200",
+                           "--search-budget", "50", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(done.stdout)
+    assert report["requests"] > 0 and report["errors"] == 0 and report["status_5xx"] == 0, report["statuses"]
+    assert 0 < report["p50_ms"] <= report["p99_ms"]
+    assert set(report["per_page_p99_ms"]) == {"list", "experiment", "leaderboard", "trial", "status", "api"}
+    assert report["trials"] == 200 and report["gunicorn_workers"] == 2 and report["search_trials_done"] > 0
+    assert report["meta"]["options"]["clients"] == 5 and report["meta"]["components"]["spec"]["budget"] == 50

@@ -1,5 +1,7 @@
-"""Django settings, read from environment variables (see README: DATABASE_URL, REDIS_URL, SECRET_KEY, DEBUG)."""
+"""Django settings, read from environment variables (every one is in the README's settings table)."""
 from __future__ import annotations
+
+from datetime import timedelta
 
 from pathlib import Path
 
@@ -34,6 +36,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "webapp.teams",
     "webapp.experiments",
     "webapp.datasets",
@@ -51,6 +54,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, so it turns a login that django-axes refused into the lockout page (or JSON under /api/).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "webapp.urls"
@@ -96,6 +101,15 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# Repeated failed logins for one (username, address) pair lock that pair out for a cool-off: the web login, the
+# admin's and the API's token endpoint all authenticate through this backend list, so one counter covers all three.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("NAS_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(seconds=env_int("NAS_LOGIN_COOLOFF_SECONDS", 900, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True  # only failures in a row count
+AXES_LOCKOUT_CALLABLE = "webapp.views.lockout"
+AXES_DISABLE_ACCESS_LOG = True  # failures are what matter; a row per successful login is noise
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "experiment_list"
 LOGOUT_REDIRECT_URL = "login"
@@ -137,6 +151,9 @@ LOGGING = {
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend" if env_str("EMAIL_HOST")
                         else "django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+# "Forgot your password?" is offered only where a mail server is configured: without one the link would claim to
+# send a mail that only the server's console shows.
+NAS_PASSWORD_RESET = bool(env_str("EMAIL_HOST"))
 EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
 EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")

@@ -56,7 +56,9 @@ class TokenView(APIView):
     def post(self, request: Request) -> Response:
         data = TokenRequestSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        user = authenticate(request, username=data.validated_data["username"],
+        # The underlying HttpRequest, so a django-axes lockout reaches its middleware and answers 429 with when
+        # to retry, as the web login does.
+        user = authenticate(request._request, username=data.validated_data["username"],
                             password=data.validated_data["password"])
         if user is None or not user.is_active:
             raise ValidationError({"non_field_errors": ["unable to log in with these credentials"]})

@@ -165,3 +165,20 @@ def test_an_option_conflict_is_refused_on_the_option_that_causes_it(dataset, spa
         experiment_create(user=member, name="conflict", spec=spec, enqueue=False)
     assert refused.value.field == field and words in refused.value.message
     assert not Experiment.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_trial_trained_to_chance_level_is_flagged_as_diverged_on_its_page(alice, alice_client, settings, tmp_path):
+    from django.urls import reverse
+
+    settings.NAS_ARTIFACTS_DIR = str(tmp_path)
+    # A learning rate of 10 with a weight decay that pulls every weight to 0 each step: a constant output.
+    options = {"space": SMALLEST["space"]["chain_cnn"], "estimator": {"lr": 10.0, "weight_decay": 0.1, "grad_clip": 0.0}}
+    spec = ExperimentSpec("digits", "chain_cnn", "random", "train", budget=1, epochs=2, seed=0, top_k=1,
+                          options=options)
+    experiment = experiment_create(user=alice, name="chance", spec=spec, enqueue=False)
+    assert experiment_run_inline(experiment.pk, "test") == "succeeded"
+    trial = experiment.trials.get()
+    assert trial.val_acc <= 0.1 + 0.02 and trial.fidelity["chance_level"] is True
+    page = alice_client.get(reverse("trial_detail", args=[experiment.pk, trial.number])).content.decode()
+    assert 'id="diverged"' in page and "at chance level" in page

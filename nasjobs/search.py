@@ -125,10 +125,11 @@ def validate_spec(spec: ExperimentSpec) -> ExperimentSpec:
                             "(it derives one from its supernet): leave max_params and max_macs empty")
         spec = dataclasses.replace(spec, budget=1)  # one search; `epochs` counts its epochs
     space = spec.component_class("space")(configs["space"])
-    try:
-        spec.component_class("estimator").check_space(space)
-    except ValueError as exc:
-        raise SpecError("estimator", str(exc)) from None
+    for component in ("strategy", "estimator"):
+        try:
+            spec.component_class(component).check_space(configs[component], space)
+        except ValueError as exc:
+            raise refusal(component, exc) from None
     check_dataset(spec, space, configs["estimator"])
     check_limits_possible(spec, space, configs["estimator"])
     return dataclasses.replace(spec, options=normalised)
@@ -185,6 +186,14 @@ def check_limits_possible(spec: ExperimentSpec, space: Any, estimator_config: An
                                     f"{params:,} parameters and {macs:,} MACs ({'; '.join(over)})")
 
 
+def refusal(component: str, exc: ValueError) -> SpecError:
+    """A component's check as a SpecError: on the option it names (`OptionError` with a `component.option` key,
+    where a form can show it next to that field), else on the component itself."""
+    if isinstance(exc, OptionError) and exc.key.split(".", 1)[0] in COMPONENTS:
+        return SpecError(exc.key, exc.message)
+    return SpecError(component, str(exc))
+
+
 def check_dataset(spec: ExperimentSpec, space: Any, estimator_config: Any) -> None:
     """Refuse a dataset the space cannot build for, the estimator cannot use or the machine does not hold."""
     entry = DATASETS.get(spec.dataset)
@@ -195,7 +204,7 @@ def check_dataset(spec: ExperimentSpec, space: Any, estimator_config: Any) -> No
         try:
             check(*args)
         except ValueError as exc:
-            raise SpecError(name, str(exc)) from None
+            raise refusal(name, exc) from None
     if kind == BENCHMARK_KIND and getattr(spec.component_class("strategy"), "differentiable", False):
         raise SpecError("strategy", f"{spec.dataset!r} is a lookup table; a differentiable search trains a "
                                     "supernet on samples, which a table has none of")

@@ -48,6 +48,15 @@ class TrainingDiverged(RuntimeError):
     """Training produced a NaN or infinite loss; the trial fails with this as its error."""
 
 
+CHANCE_MARGIN = 0.02  # above 1/classes, still no better than guessing on a validation split of a few hundred
+
+
+def at_chance(val_acc: float, num_classes: int, margin: float = CHANCE_MARGIN) -> bool:
+    """Whether a trained network's accuracy is no better than guessing: training that diverged without a NaN
+    (a learning rate too high to learn, a network stuck on one class) must be flagged, not ranked as a result."""
+    return num_classes > 1 and val_acc <= 1.0 / num_classes + margin
+
+
 @dataclass(frozen=True)
 class TrainingFormat:
     """How networks are trained inside a `training_format` block, unless a call says otherwise."""

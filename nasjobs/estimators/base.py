@@ -77,8 +77,9 @@ class Estimator(ABC):
         return ACCURACY
 
     @classmethod
-    def check_space(cls, space: SearchSpace) -> None:
-        """Raise ValueError with a readable reason if this estimator cannot judge `space`'s architectures.
+    def check_space(cls, config: Any, space: SearchSpace) -> None:
+        """Raise ValueError with a readable reason if this estimator, with `config`, cannot judge `space`'s
+        architectures (an `OptionError` whose key is `component.option` points at the option to change).
 
         Called when an experiment is submitted, so an impossible combination is a form error, not a failed run.
         """

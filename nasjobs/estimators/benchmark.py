@@ -10,7 +10,7 @@ import torch
 from nasjobs import nb201_table
 from nasjobs.datasets import BENCHMARK_KIND, Dataset
 from nasjobs.estimators.base import EpochHook, EvalResult, Estimator
-from nasjobs.options import option
+from nasjobs.options import OptionError, option
 from nasjobs.spaces.base import SearchSpace
 from nasjobs.spaces.nb201 import NB201, NB201Config
 
@@ -37,6 +37,19 @@ class BenchmarkEstimator(Estimator):
     own_cost = True  # parameters from the table
 
     @classmethod
+    def check_space(cls, config: BenchmarkConfig, space: SearchSpace) -> None:
+        """The table holds the nb201 space's cells at the benchmark's own width and depth, and nothing else."""
+        if not isinstance(space, NB201):
+            raise ValueError(f"the benchmark estimator looks up NAS-Bench-201 figures and works only with the "
+                             f"nb201 space, not the {getattr(space, 'name', type(space).__name__)} space")
+        default = NB201Config()
+        for option_name in ("channels", "cells"):
+            value, measured = getattr(space.config, option_name), getattr(default, option_name)
+            if value != measured:
+                raise OptionError(f"space.{option_name}", f"the benchmark estimator's table was measured with the "
+                                                         f"nb201 space's {option_name}={measured}, not {value}")
+
+    @classmethod
     def check_dataset(cls, config: BenchmarkConfig, dataset: str, kind: str) -> None:
         if kind != BENCHMARK_KIND:
             tables = ", ".join(f"nb201-{t}" for t in nb201_table.DATASETS)
@@ -45,13 +58,7 @@ class BenchmarkEstimator(Estimator):
 
     def __init__(self, space: SearchSpace, dataset: Dataset, config: BenchmarkConfig,
                  device: torch.device | None = None) -> None:
-        if not isinstance(space, NB201):
-            raise ValueError(f"the benchmark estimator looks up NAS-Bench-201 figures and works only with the "
-                             f"nb201 space, not {getattr(space, 'name', type(space).__name__)!r}")
-        default = NB201Config()
-        if (space.config.channels, space.config.cells) != (default.channels, default.cells):
-            raise ValueError(f"the table was measured with channels={default.channels} and cells={default.cells}; "
-                             f"this space has channels={space.config.channels}, cells={space.config.cells}")
+        self.check_space(config, space)
         self.check_dataset(config, dataset.name, dataset.kind)
         super().__init__(space, dataset, config, device or torch.device("cpu"))
         self.table = nb201_table.load(dataset.lookup)

@@ -13,7 +13,7 @@ from nasjobs.datasets import Dataset, Split, split_indices
 from nasjobs.estimators.base import EpochHook, EvalResult
 from nasjobs.estimators.train import TrainConfig, TrainEstimator
 from nasjobs.metrics import count_params
-from nasjobs.options import option
+from nasjobs.options import OptionError, option
 from nasjobs.spaces.base import SearchSpace
 from nasjobs.training import accuracy, seeded_init, train_epochs
 
@@ -101,10 +101,16 @@ class LowFidelityEstimator(TrainEstimator):
 
     def __init__(self, space: SearchSpace, dataset: Dataset, config: LowFidelityConfig, device: torch.device) -> None:
         super().__init__(space, dataset, config, device)
-        if config.width_multiplier != 1.0 and space.name not in WIDTH_SCALERS:
-            raise ValueError(f"width_multiplier is not supported for the {space.name!r} space "
-                             f"(supported: {', '.join(sorted(WIDTH_SCALERS))}); leave it at 1")
+        self.check_space(config, space)
         self.train_split = stratified_subset(dataset.train, config.data_fraction, config.data_seed)
+
+    @classmethod
+    def check_space(cls, config: LowFidelityConfig, space: SearchSpace) -> None:
+        """A narrower proxy needs a rule to scale the space's widths; the other spaces train at full width."""
+        if config.width_multiplier != 1.0 and space.name not in WIDTH_SCALERS:
+            raise OptionError("estimator.width_multiplier",
+                              f"the low_fidelity estimator scales widths of the {', '.join(sorted(WIDTH_SCALERS))} "
+                              f"space(s) only, not of the {space.name} space; leave it at 1")
 
     def epochs_for(self, budget: int) -> int:
         return max(1, int(round(self.config.epoch_fraction * budget)))

@@ -10,7 +10,7 @@ import torch
 from nasjobs.augment import Augmentation
 from nasjobs.estimators.base import EpochHook, EvalResult, Estimator
 from nasjobs.options import option
-from nasjobs.training import SGDSettings, accuracy, seeded_init, train_epochs
+from nasjobs.training import SGDSettings, accuracy, at_chance, seeded_init, train_epochs
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,12 @@ class TrainEstimator(Estimator):
                              self.device, hook)
         seconds = time.perf_counter() - started
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        return EvalResult(val_acc=curve[-1] if curve else accuracy(model, self.dataset.val, self.device),
-                          params=params, flops=flops, train_seconds=seconds,
-                          fidelity={"epochs": budget, "data_fraction": 1.0}, curve=curve, state=state)
+        val_acc = curve[-1] if curve else accuracy(model, self.dataset.val, self.device)
+        fidelity: dict[str, Any] = {"epochs": budget, "data_fraction": 1.0}
+        if at_chance(val_acc, self.dataset.num_classes):
+            fidelity["chance_level"] = True  # trained, yet no better than guessing: diverged
+        return EvalResult(val_acc=val_acc, params=params, flops=flops, train_seconds=seconds, fidelity=fidelity,
+                          curve=curve, state=state)
 
     def test_accuracy(self, arch: Any, state: dict[str, torch.Tensor]) -> float:
         model = self._build(arch, 0)

@@ -158,7 +158,7 @@ class WeightSharingEstimator(TrainEstimator):
 
     def __init__(self, space: SearchSpace, dataset: Dataset, config: WeightSharingConfig, device: torch.device,
                  checkpoint_dir: str | Path | None = None) -> None:
-        self.check_space(space)
+        self.check_space(config, space)
         super().__init__(space, dataset, config, device)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.supernet: nn.Module | None = None
@@ -166,7 +166,7 @@ class WeightSharingEstimator(TrainEstimator):
         self.supernet_trainings = 0  # how often this instance trained a supernet: 0 or 1
 
     @classmethod
-    def check_space(cls, space: SearchSpace) -> None:
+    def check_space(cls, config: WeightSharingConfig, space: SearchSpace) -> None:
         if space.name not in SUPERNETS:
             raise ValueError(f"weight sharing has a supernet for the {', '.join(sorted(SUPERNETS))} space(s) only, "
                              f"not for {space.name!r}")

@@ -42,6 +42,14 @@ class Strategy(ABC):
         self.config = config
         self.seed = seed
 
+    @classmethod
+    def check_space(cls, config: Any, space: SearchSpace) -> None:
+        """Raise ValueError naming the conflict if this strategy, with `config`, cannot search `space` (an
+        `OptionError` whose key is `component.option` points at the option to change).
+
+        Called when an experiment is submitted, so an impossible combination is a form error, not a failed run.
+        """
+
     def set_budget(self, evaluations: int) -> None:
         """Told by the search loop before the first proposal: the experiment's evaluation budget, where the loop
         re-evaluates on request. Strategies that plan their end (a final race) keep it; the default ignores it."""

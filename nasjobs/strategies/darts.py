@@ -13,7 +13,7 @@ from torch.func import functional_call
 
 from nasjobs.darts_supernet import PARAM_FREE, DartsSupernet, NB201Supernet, Supernet, init_alphas
 from nasjobs.datasets import Dataset, Split
-from nasjobs.options import coerce, option, option_specs
+from nasjobs.options import OptionError, coerce, option, option_specs
 from nasjobs.rng import derive_seed
 from nasjobs.spaces.base import SearchSpace
 from nasjobs.spaces.darts import STEPS, Darts, Genotype, genotype
@@ -336,11 +336,25 @@ class DartsSearch(Strategy):
     differentiable = True
 
     def __init__(self, space: SearchSpace, config: DartsConfig | None, seed: int) -> None:
+        config = config or DartsConfig()
+        self.check_space(config, space)
+        super().__init__(space, config, seed)
+
+    @classmethod
+    def check_space(cls, config: DartsConfig, space: SearchSpace) -> None:
+        """Only the darts and nb201 spaces have a supernet; a darts-space supernet needs an operation besides
+        'none', and a normal cell: with 1 or 2 cells both sit where the reductions go (1/3 and 2/3 of the depth),
+        the normal alphas never enter the graph and the architecture step has nothing to differentiate."""
         if not isinstance(space, (Darts, NB201)):
-            raise ValueError(f"DARTS searches the darts and nb201 spaces, not {getattr(space, 'name', space)!r}")
+            raise ValueError(f"the darts strategy searches the darts and nb201 spaces only, not the "
+                             f"{getattr(space, 'name', space)} space")
         if isinstance(space, Darts) and all(op == "none" for op in space.ops):
-            raise ValueError("DARTS needs at least one operation other than 'none' in the darts space")
-        super().__init__(space, config or DartsConfig(), seed)
+            raise OptionError("space.ops", "the darts strategy needs at least one operation other than 'none' "
+                                           "in the darts space")
+        if isinstance(space, Darts) and config.layers in (1, 2):
+            raise OptionError("strategy.layers", f"a darts-space supernet of {config.layers} cell(s) has only "
+                                                 "reduction cells, so the darts strategy cannot search its normal "
+                                                 "cell: use at least 3 (or 0 for 8)")
 
     def propose(self) -> Any:
         raise NotImplementedError("DARTS is differentiable: the search loop calls search(), not propose()")

@@ -211,3 +211,19 @@ def test_a_team_uploads_images_and_a_table_and_searches_each_with_a_real_worker(
         assert experiment.trials.count() == 2 and experiment.test_acc is not None
         page.click("#dataset a")
         expect(page.locator("#dataset-experiments")).to_contain_text(f"search on {name}")
+
+
+def test_an_invalid_option_of_the_selected_strategy_shows_its_error_where_the_user_sees_it(page, live_server, alice):
+    page.goto(live_server.url + "/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", "alice-pass-123")
+    page.click("button[type=submit]")
+    page.click("text=New experiment")
+    page.fill("#id_name", "bad population")
+    page.select_option("#id_strategy", "evolution")
+    page.fill("#id_opt-strategy-evolution-population", "0")
+    page.click("text=Start experiment")
+    error = page.locator("#field-opt-strategy-evolution-population .errorlist")
+    expect(error).to_contain_text("must be at least")
+    expect(error).to_be_visible()
+    assert Experiment.objects.count() == 0

@@ -105,3 +105,33 @@ def test_a_name_that_is_not_utf8_gets_the_same_message_on_the_form_as_from_the_c
     with pytest.raises(CommandError, match="name: is not valid UTF-8 text"):
         call_command("nas", "submit", "--name", "caf\udce9", "--user", "alice")
     assert not Experiment.objects.exists()
+
+
+def test_an_invalid_value_in_the_group_of_a_component_not_selected_is_never_validated(
+        alice_client, django_capture_on_commit_callbacks):
+    # Values the fields themselves refuse (not a number, not a choice) in the hidden groups of other components.
+    hidden = {option_field_name("strategy", "evolution", "population"): "many",
+              option_field_name("estimator", "zero_cost", "proxy"): "magic",
+              option_field_name("space", "mlp", "max_layers"): "0"}
+    with django_capture_on_commit_callbacks():
+        response = post(alice_client, **hidden)
+    assert response.status_code == 302, response.context["form"].errors
+    experiment = Experiment.objects.get()
+    assert "population" not in experiment.options["strategy"] and experiment.strategy == "random"
+
+
+def test_every_error_of_the_selected_components_shows_next_to_a_field_the_page_shows(alice_client):
+    import re
+
+    response = post(alice_client, **{"strategy": "evolution",
+                                     option_field_name("strategy", "evolution", "population"): "many",
+                                     option_field_name("space", "mlp", "max_layers"): "junk"})
+    assert response.status_code == 200 and Experiment.objects.count() == 0
+    errors = response.context["form"].errors
+    assert list(errors) == [option_field_name("strategy", "evolution", "population")]
+    page = response.content.decode()
+    # The error sits inside the field's own block, inside the evolution group the page shows for the selection.
+    group = re.search(r'<fieldset class="options" data-component="strategy" data-name="evolution">(.*?)</fieldset>',
+                      page, re.S).group(1)
+    assert 'id="field-opt-strategy-evolution-population"' in group and "Enter a whole number" in group
+

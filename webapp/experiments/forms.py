@@ -169,6 +169,7 @@ class ExperimentForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
+        self._ignore_unselected_groups(data)
         if self.errors:
             return data
         spec = ExperimentSpec(dataset=data["dataset"], space=data["space"], strategy=data["strategy"],
@@ -184,6 +185,15 @@ class ExperimentForm(forms.Form):
         except SpecError as exc:
             self.add_error(self._field_for(exc.field, data), exc.message)
         return data
+
+    def _ignore_unselected_groups(self, data: dict[str, Any]) -> None:
+        """Forget the values and errors of option groups whose component is not the one selected (or when none
+        could be): the page hides those groups, so an error there would block the form where nobody can see it."""
+        for group in self.option_groups:
+            if data.get(group["component"]) != group["name"]:
+                for name in group["fields"]:
+                    self._errors.pop(name, None)
+                    data.pop(name, None)
 
     def _field_for(self, spec_field: str, data: dict[str, Any]) -> str | None:
         if "." in spec_field:

@@ -92,6 +92,7 @@ def test_a_leaderboard_of_many_trials_sorts_filters_and_pages_in_place_and_expor
 
     # Paged, and filtered by fidelity; the address follows, so a reload or a shared link shows the same rows.
     page.click("#sort-params")
+    expect(page.locator("#sort-params")).to_contain_text("↑")
     page.click("#leaderboard-pages a[rel=next]")
     expect(page.locator("#leaderboard-pages")).to_contain_text("page 2 of 3")
     assert numbers(page) == smallest[25:50]

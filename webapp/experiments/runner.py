@@ -32,6 +32,7 @@ from nasjobs.records import DONE, IN_FLIGHT, PENDING, RUNNING, SearchCancelled, 
 from nasjobs.search import SearchRunner, resolve_device
 from nasjobs.training import between_batches
 from webapp.experiments import services
+from webapp.experiments.logtail import captured
 from webapp.experiments.models import Experiment, ExperimentEvent, Trial, Worker
 
 log = logging.getLogger(__name__)
@@ -94,10 +95,9 @@ def runner_for(experiment: Experiment) -> SearchRunner:
 
 def trial_records(experiment_id: int, *, curves: bool = False) -> list[TrialRecord]:
     """Every trial of the experiment as the engine records it, in number order; learning curves only on request
-    (planning needs none, and they are most of a trial's row)."""
+    (planning needs none, and they are most of a trial's row). Log tails and tracebacks are never read."""
     rows = Trial.objects.filter(experiment_id=experiment_id).order_by("number")
-    if not curves:
-        rows = rows.defer("curve", "traceback")
+    rows = rows.defer("log_tail", "traceback") if curves else rows.defer(*Trial.BLOBS)
     return [record_of(t, curves=curves) for t in rows]
 
 
@@ -105,7 +105,7 @@ def record_of(t: Trial, *, curves: bool = True) -> TrialRecord:
     return TrialRecord(t.number, t.arch_key, t.arch_display, t.val_acc, t.params, t.flops, t.train_seconds,
                        t.fidelity, t.curve if curves else [], t.weights_path or None, t.estimator, t.search_seconds,
                        t.proposals, t.distance_to_incumbent, list(t.evaluations), status=t.status, job=t.job,
-                       told=t.told, error=t.error)
+                       told=t.told, error=t.error, loss_curve=list(t.loss_curve) if curves else [])
 
 
 def _planner(experiment: Experiment) -> Planner:
@@ -247,9 +247,13 @@ def trial_claim(trial_id: int, worker: str) -> bool:
         host=socket.gethostname(), device=device_label()))
 
 
-def trial_heartbeat(trial_id: int, worker: str) -> str:
-    """Renew a trial's lease: "held", "cancelled" (its experiment was) or "lost" (another worker has it)."""
-    if not Trial.objects.filter(pk=trial_id, claimed_by=worker, status=RUNNING).update(heartbeat_at=timezone.now()):
+def trial_heartbeat(trial_id: int, worker: str, log_tail: str | None = None) -> str:
+    """Renew a trial's lease, and store its log so far when given: "held", "cancelled" (its experiment was) or
+    "lost" (another worker has it)."""
+    fields: dict[str, Any] = {"heartbeat_at": timezone.now()}
+    if log_tail is not None:
+        fields["log_tail"] = log_tail
+    if not Trial.objects.filter(pk=trial_id, claimed_by=worker, status=RUNNING).update(**fields):
         return "lost"
     worker_seen(worker, trial_id, force=True)
     status = Experiment.objects.filter(trials=trial_id).values_list("status", flat=True).first()
@@ -267,38 +271,41 @@ def trial_hand_back(trial_id: int, worker: str, *, requeue: bool = False) -> Non
 def trial_run_now(trial_id: int, worker: str) -> str:
     """Claim and evaluate one trial in this process, then tell its result and plan what follows. Returns
     "done", "failed" (recorded; the search goes on), "handed back" (cancelled or taken over mid-way) or
-    "skipped" (not pending: done, running elsewhere, or its experiment not running)."""
+    "skipped" (not pending: done, running elsewhere, or its experiment not running). What the engine logs
+    meanwhile is kept on the trial (its last lines, `Trial.log_tail`): with each heartbeat and with its outcome."""
     if not trial_claim(trial_id, worker):
         return "skipped"
     row = Trial.objects.select_related("experiment").defer("experiment__strategy_state").get(pk=trial_id)
     experiment = row.experiment
     worker_seen(worker, trial_id)
     record, error, trace = record_of(row), "", ""
+    with captured(also=(__name__,)) as tail:
+        try:
+            runner = runner_for(experiment)
+            if hasattr(runner.estimator, "load_history"):
+                runner.load_estimator_history(trial_records(experiment.pk, curves=True))
+            with Lease(lambda: trial_heartbeat(trial_id, worker, tail.text()), heartbeat_seconds()) as lease, \
+                    between_batches(lease.check):
+                record = runner.execute(record, lease.check)
+        except SystemExit:  # the pool process told to stop (SIGTERM to every process of the worker, as a deploy does)
+            log.info("trial %s of experiment %s handed back: its worker is stopping", row.number, experiment.pk)
+            trial_hand_back(trial_id, worker, requeue=True)
+            raise
+        except (SearchCancelled, services.LostClaim) as exc:
+            log.info("trial %s of experiment %s stopped (%s) and handed back as pending", row.number, experiment.pk,
+                     "its experiment was cancelled" if isinstance(exc, SearchCancelled) else exc)
+            trial_hand_back(trial_id, worker)
+            return "handed back"
+        except SoftTimeLimitExceeded:
+            log.warning("trial %s of experiment %s ran past its time limit", row.number, experiment.pk)
+            error = (f"TimeLimit: the trial ran past its limit of {settings.NAS_TRIAL_TIME_LIMIT} s "
+                     "(NAS_TRIAL_TIME_LIMIT)")
+            trace = traceback.format_exc()[-20000:]
+        except Exception as exc:  # the trial fails with its reason; the worker and the search go on
+            error, trace = f"{type(exc).__name__}: {exc}"[:1000], traceback.format_exc()[-20000:]
+            log.exception("trial %s of experiment %s failed: %s", row.number, experiment.pk, error)
     try:
-        runner = runner_for(experiment)
-        if hasattr(runner.estimator, "load_history"):
-            runner.load_estimator_history(trial_records(experiment.pk, curves=True))
-        with Lease(lambda: trial_heartbeat(trial_id, worker), heartbeat_seconds()) as lease, \
-                between_batches(lease.check):
-            record = runner.execute(record, lease.check)
-    except SystemExit:  # the pool process told to stop (SIGTERM to every process of the worker, as a deploy does)
-        log.info("trial %s of experiment %s handed back: its worker is stopping", row.number, experiment.pk)
-        trial_hand_back(trial_id, worker, requeue=True)
-        raise
-    except (SearchCancelled, services.LostClaim) as exc:
-        log.info("trial %s of experiment %s stopped (%s) and handed back as pending", row.number, experiment.pk,
-                 "its experiment was cancelled" if isinstance(exc, SearchCancelled) else exc)
-        trial_hand_back(trial_id, worker)
-        return "handed back"
-    except SoftTimeLimitExceeded:
-        log.warning("trial %s of experiment %s ran past its time limit", row.number, experiment.pk)
-        error = f"TimeLimit: the trial ran past its limit of {settings.NAS_TRIAL_TIME_LIMIT} s (NAS_TRIAL_TIME_LIMIT)"
-        trace = traceback.format_exc()[-20000:]
-    except Exception as exc:  # the trial fails with its reason; the worker and the search go on
-        log.exception("trial %s of experiment %s failed", row.number, experiment.pk)
-        error, trace = f"{type(exc).__name__}: {exc}"[:1000], traceback.format_exc()[-20000:]
-    try:
-        finished = trial_report(experiment.pk, row.number, worker, record, error, trace)
+        finished = trial_report(experiment.pk, row.number, worker, record, error, trace, log_tail=tail.text())
     except services.LostClaim as exc:
         log.warning("%s", exc)
         return "handed back"
@@ -308,7 +315,7 @@ def trial_run_now(trial_id: int, worker: str) -> str:
 
 
 def trial_report(experiment_id: int, number: int, worker: str, record: TrialRecord, error: str = "",
-                 trace: str = "") -> str | None:
+                 trace: str = "", *, log_tail: str = "") -> str | None:
     """Record a trial's outcome and take the next planning step, in one transaction under the experiment's lock:
     the strategy is told (or told per the failure policy), the next proposals are written as pending and queued
     on commit, weights beyond the best `top_k` are forgotten. After `max_failures` failures in a row the
@@ -316,7 +323,7 @@ def trial_report(experiment_id: int, number: int, worker: str, record: TrialReco
     Returns why the search is over (nothing in flight, nothing more to propose), or None."""
     with planning(experiment_id) as (experiment, planner):
         row = Trial.objects.filter(experiment_id=experiment_id, number=number, claimed_by=worker,
-                                   status=RUNNING).defer("curve").order_by().first()
+                                   status=RUNNING).defer(*Trial.BLOBS).order_by().first()
         if row is None:
             raise services.LostClaim(f"trial {number} of experiment {experiment_id} is no longer held by {worker}")
         now = timezone.now()
@@ -327,7 +334,8 @@ def trial_report(experiment_id: int, number: int, worker: str, record: TrialReco
             record.search_seconds = experiment.search_seconds(now)
             planner.tell(record)
         Trial.objects.filter(pk=row.pk).update(job="", error=error, traceback=trace, finished_at=now,
-                                               heartbeat_at=now, **services.trial_result_fields(record))
+                                               heartbeat_at=now, log_tail=log_tail,
+                                               **services.trial_result_fields(record))
         failures = experiment.consecutive_failures + 1 if error else 0
         fields: dict[str, Any] = {"trials_done": F("trials_done") + len(record.evaluations) - spent_before,
                                   "consecutive_failures": failures}

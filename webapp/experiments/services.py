@@ -256,7 +256,8 @@ def experiment_heartbeat(experiment_id: int, worker: str) -> str | None:
 def trial_result_fields(trial: TrialRecord) -> dict[str, Any]:
     """A trial row's fields that a job of it sets: its figures, its weights, and where the strategy stands."""
     return dict(val_acc=trial.val_acc, params=trial.params, flops=trial.flops, train_seconds=trial.train_seconds,
-                fidelity=trial.fidelity, curve=trial.curve, weights_path=trial.weights_path or "",
+                fidelity=trial.fidelity, curve=trial.curve, loss_curve=trial.loss_curve,
+                weights_path=trial.weights_path or "",
                 search_seconds=trial.search_seconds, evaluations=trial.evaluations, status=trial.status,
                 told=trial.told)
 
@@ -279,7 +280,7 @@ def trial_record(experiment_id: int, worker: str, trial: TrialRecord, strategy_s
             raise LostClaim(f"experiment {experiment_id} is no longer held by {worker}")
         values = dict(arch_key=trial.arch_key, arch_display=trial.arch_display, estimator=trial.estimator,
                       proposals=trial.proposals, distance_to_incumbent=trial.distance_to_incumbent,
-                      **trial_result_fields(trial))
+                      finished_at=timezone.now(), **trial_result_fields(trial))
         if existing is None:
             row = Trial.objects.create(experiment_id=experiment_id, number=trial.number, **values)
         else:

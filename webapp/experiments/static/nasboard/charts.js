@@ -14,36 +14,41 @@
   const POINT = "rgba(47, 111, 222, 0.55)", BEST = "#17692f", FRONT = "#d9480f", GRID = "#eef0f3";
   const OP_COLORS = ["#2f6fde", "#d9480f", "#2b8a3e", "#7048e8", "#c2255c", "#0b7285", "#e67700", "#495057"];
   const count = (v) => v === null || v === undefined ? "–" : Number(v).toLocaleString("en-US");
-
-  function duration(s) {
-    if (s < 120) return Math.round(s) + " s";
-    if (s < 7200) return (s / 60).toFixed(s < 600 ? 1 : 0) + " min";
-    return (s / 3600).toFixed(1) + " h";
+  const compact = new Intl.NumberFormat("en-US", {notation: "compact", maximumSignificantDigits: 2});
+  // A log axis ticks at 1..9 x 10^k; labelling 1, 2 and 5 only keeps the labels apart.
+  function logTick(v) {
+    const mantissa = v / Math.pow(10, Math.floor(Math.log10(v) + 1e-9));
+    return [1, 2, 5].some((m) => Math.abs(mantissa - m) < 1e-6) ? compact.format(v) : "";
   }
 
-  /** The trials that raised the best figure, in the order given by `key`, plus the last one (so the line runs to
-   * the end): a step line of a few dozen points whatever the number of trials. */
-  function bestSoFar(rows, key) {
+  // A time axis in one unit, chosen by its longest time: seconds up to 2 minutes, minutes up to 2 hours, then hours.
+  function duration(value) {
+    const max = this.max;
+    if (max <= 120) return Math.round(value) + " s";
+    if (max <= 7200) return Number((value / 60).toFixed(1)) + " min";
+    return Number((value / 3600).toFixed(1)) + " h";
+  }
+
+  /** Of points {x, y, n} (x: trial number or time, y: the figure, n: the trial), the ones that raised the best
+   * y in order of x, plus the last x (so the line runs to the end): a step line of a few dozen points whatever
+   * the number of trials. */
+  function bestSoFar(points) {
+    const sorted = points.slice().sort((a, b) => a.x - b.x || a.n - b.n);
     const steps = [];
     let best = -Infinity;
-    rows.forEach(function (r) {
-      if (r.val_acc > best) { best = r.val_acc; steps.push({x: r[key], y: best, n: r.number}); }
-    });
-    if (rows.length && steps[steps.length - 1].x !== rows[rows.length - 1][key]) {
-      steps.push({x: rows[rows.length - 1][key], y: best});  // not a trial of its own: no tooltip, no click
-    }
+    sorted.forEach(function (p) { if (p.y > best) { best = p.y; steps.push({x: p.x, y: best, n: p.n}); } });
+    const last = sorted[sorted.length - 1];
+    if (last && steps[steps.length - 1].x !== last.x) steps.push({x: last.x, y: best});  // no trial: no tooltip
     return steps;
   }
 
-  /** The Pareto front of a higher figure for a smaller cost (`key`: params or flops): the trials no other trial
-   * beats on both, cheapest first. A cost of 0 (unknown) has no place on a log axis and is left out. */
-  function paretoFront(rows, key) {
-    const sorted = rows.filter((r) => r[key] > 0).sort((a, b) => a[key] - b[key] || b.val_acc - a.val_acc);
+  /** Of points {x: a cost, y: the figure, n}, the Pareto front of a higher figure for a smaller cost: the trials
+   * no other trial beats on both, cheapest first. */
+  function paretoFront(points) {
+    const sorted = points.slice().sort((a, b) => a.x - b.x || b.y - a.y || a.n - b.n);
     const front = [];
     let best = -Infinity;
-    sorted.forEach(function (r) {
-      if (r.val_acc > best) { best = r.val_acc; front.push({x: r[key], y: r.val_acc, n: r.number}); }
-    });
+    sorted.forEach(function (p) { if (p.y > best) { best = p.y; front.push({x: p.x, y: p.y, n: p.n}); } });
     return front;
   }
 
@@ -74,7 +79,8 @@
       : Number(v.toPrecision(4)).toString();
     const figTick = (v) => opts.isAccuracy ? (100 * v).toFixed(1) + "%" : Number(Number(v).toPrecision(3)).toString();
     // An accuracy is a fraction shown as a percentage; a score keeps its own scale and its name.
-    const figAxis = () => axis(opts.isAccuracy ? opts.figureName + " (%)" : opts.figureName, {ticks: {callback: figTick}});
+    const figAxis = () => axis(opts.isAccuracy ? opts.figureName + " (%)" : opts.figureName,
+                               {grace: "5%", ticks: {callback: figTick}});
 
     const tooltip = {
       filter: (item) => item.raw && item.raw.n !== undefined,
@@ -115,43 +121,70 @@
       });
     }
 
+    // Not clipped to the axes: the first trial sits on the y axis, and the last on the right edge.
     const trials = (label) => ({label: label || "trial", data: [], backgroundColor: POINT, borderColor: POINT,
-                                pointRadius: 3, pointHoverRadius: 6});
-    const step = (label, color, points) => ({label: label, data: [], type: "line", stepped: "after",
+                                pointRadius: 3, pointHoverRadius: 6, pointBorderWidth: 0, clip: false});
+    // Level until the next point, then up: the best so far changes at the trial that beat it, and a front's
+    // figure holds from one trial's cost up to the next one's.
+    const step = (label, color, points) => ({label: label, data: [], type: "line", stepped: "before",
                                              borderColor: color, backgroundColor: color, borderWidth: 2,
                                              pointRadius: points ? 3.5 : 0, pointHitRadius: points ? 4 : 0,
-                                             pointHoverRadius: points ? 6 : 0, fill: false});
-    const numberAxis = axis("trial", {type: "linear", ticks: {precision: 0}});
-    make("best-by-number", numberAxis, figAxis(), [trials(), step("best so far", BEST)]);
+                                             pointHoverRadius: points ? 6 : 0, fill: false, clip: false});
+    const numberAxis = () => axis("trial", {type: "linear", min: 0, ticks: {precision: 0}});
+    make("best-by-number", numberAxis(), figAxis(), [trials(), step("best so far", BEST)]);
     make("best-by-time", axis("wall time since the start", {type: "linear", min: 0, ticks: {callback: duration}}),
          figAxis(), [trials(), step("best so far", BEST)], "no finished trial with a time yet");
-    make("by-params", axis("parameters (log)", {type: "logarithmic", ticks: {callback: count}}), figAxis(),
+    make("by-params", axis("parameters (log)", {type: "logarithmic", ticks: {callback: logTick}}), figAxis(),
          [trials(), step("Pareto front (higher " + opts.figureName + ", fewer parameters)", FRONT, true)]);
-    make("by-macs", axis("multiply-adds (log)", {type: "logarithmic", ticks: {callback: count}}), figAxis(),
+    make("by-macs", axis("multiply-adds (log)", {type: "logarithmic", ticks: {callback: logTick}}), figAxis(),
          [trials(), step("Pareto front (higher " + opts.figureName + ", fewer MACs)", FRONT, true)]);
-    make("distance", axis("trial", {type: "linear", ticks: {precision: 0}}),
-         axis("edit distance to the incumbent", {min: 0, ticks: {precision: 0}}), [trials("proposal")],
+    make("distance", numberAxis(), axis("edit distance to the incumbent", {min: 0, grace: "5%", ticks: {precision: 0}}),
+         [trials("proposal")],
          "no distances recorded");
 
-    function set(name, ...series) {
-      const chart = charts[name];
-      if (!chart) return;
-      series.forEach((data, i) => { chart.data.datasets[i].data = data; });
-      chart.data.datasets[0].pointRadius = pointRadius(series[0].length);
-      chart.update("none");
+    // Where each trial sits on each chart (null: not drawn there). A cost of 0 (unknown) has no place on a log
+    // axis; a trial with no finishing time or no distance is left off those charts.
+    const known = (v) => v !== null && v !== undefined;
+    const SERIES = {
+      "best-by-number": {x: (r) => r.number, y: (r) => r.val_acc, line: bestSoFar},
+      "best-by-time": {x: (r) => r.finished_s, y: (r) => r.val_acc, line: bestSoFar},
+      "by-params": {x: (r) => r.params > 0 ? r.params : null, y: (r) => r.val_acc, line: paretoFront},
+      "by-macs": {x: (r) => r.flops > 0 ? r.flops : null, y: (r) => r.val_acc, line: paretoFront},
+      "distance": {x: (r) => r.number, y: (r) => r.distance},
+    };
+    // Each chart keeps one array of points for its trials, changed in place: a new trial is a push and a changed
+    // one an edit, so Chart.js makes elements for what is new only, not 10,000 of them on every poll.
+    const series = {};
+    Object.keys(SERIES).forEach(function (name) {
+      if (charts[name]) series[name] = {points: charts[name].data.datasets[0].data, at: new Map(), dirty: false};
+    });
+
+    function place(row) {
+      Object.keys(series).forEach(function (name) {
+        const s = series[name], x = SERIES[name].x(row), y = SERIES[name].y(row), p = s.at.get(row.number);
+        if (!known(x) || !known(y)) {
+          if (p) { s.points.splice(s.points.indexOf(p), 1); s.at.delete(row.number); s.dirty = true; }
+        } else if (!p) {
+          const point = {x: x, y: y, n: row.number};
+          s.points.push(point); s.at.set(row.number, point); s.dirty = true;
+        } else if (p.x !== x || p.y !== y) {
+          p.x = x; p.y = y; s.dirty = true;
+        }
+      });
     }
 
     function redraw() {
-      const all = Array.from(rows.values()).sort((a, b) => a.number - b.number);
-      const at = (key) => (r) => ({x: r[key], y: r.val_acc, n: r.number});
-      set("best-by-number", all.map(at("number")), bestSoFar(all, "number"));
-      const timed = all.filter((r) => r.finished_s !== null && r.finished_s !== undefined)
-        .sort((a, b) => a.finished_s - b.finished_s || a.number - b.number);
-      set("best-by-time", timed.map(at("finished_s")), bestSoFar(timed, "finished_s"));
-      set("by-params", all.filter((r) => r.params > 0).map(at("params")), paretoFront(all, "params"));
-      set("by-macs", all.filter((r) => r.flops > 0).map(at("flops")), paretoFront(all, "flops"));
-      set("distance", all.filter((r) => r.distance !== null && r.distance !== undefined)
-        .map((r) => ({x: r.number, y: r.distance, n: r.number})));
+      Object.keys(series).forEach(function (name) {
+        const s = series[name], chart = charts[name];
+        if (!s.dirty) return;
+        s.dirty = false;
+        if (SERIES[name].line) chart.data.datasets[1].data = SERIES[name].line(s.points);
+        const radius = pointRadius(s.points.length), style = s.points.length > 3000 ? "rect" : "circle";
+        const trials = chart.data.datasets[0];
+        if (trials.pointRadius !== radius) trials.pointRadius = radius;
+        if (trials.pointStyle !== style) trials.pointStyle = style;  // a square of 3 pixels rasters faster
+        chart.update("none");
+      });
     }
 
     let frame = null;
@@ -164,6 +197,7 @@
       const merged = Object.assign({}, old);
       Object.keys(row).forEach(function (k) { if (row[k] !== undefined) merged[k] = row[k]; });
       rows.set(row.number, merged);
+      place(merged);
     }
 
     let alphaCharts = [];
@@ -221,9 +255,17 @@
         if (!response.ok) throw new Error("points.json answered " + response.status);
         return response.json();
       }).then(function (d) {
+        // Filled into fresh arrays, handed to the charts once: pushed one by one into arrays a chart already
+        // watches, each push would lay out its new point on its own.
+        rows.clear();
+        Object.values(series).forEach(function (s) { s.points = []; s.at.clear(); });
         d.number.forEach(function (n, i) {
           upsert({number: n, val_acc: d.val_acc[i], params: d.params[i], flops: d.flops[i],
                   finished_s: d.finished_s[i], distance: d.distance[i], arch: d.arch[i]});
+        });
+        Object.keys(series).forEach(function (name) {
+          charts[name].data.datasets[0].data = series[name].points;
+          series[name].dirty = true;
         });
         alphas(d.search_epochs || []);
         redraw();

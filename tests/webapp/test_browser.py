@@ -269,12 +269,16 @@ def test_the_charts_draw_every_trial_and_a_point_opens_its_trial(page, live_serv
         if t.val_acc > best:
             best, raised = t.val_acc, raised + [t.number]
     assert [n for n in drawn["best-by-number"][1] if n is not None] == raised
-    # The Pareto front: the trials no other trial beats with as few parameters and a figure as high.
-    front = [t.number for t in trials if not any(o.params <= t.params and o.val_acc > t.val_acc for o in trials)]
+    # The Pareto front: the trials that no other trial dominates (as few parameters and a figure as high, one of
+    # them strictly; of two equal trials the earlier).
+    def dominates(o, t):
+        return o.params <= t.params and o.val_acc >= t.val_acc and (o.params, -o.val_acc, o.number) < (
+            t.params, -t.val_acc, t.number)
+    front = [t.number for t in trials if not any(dominates(o, t) for o in trials)]
     assert sorted(drawn["by-params"][1]) == sorted(front)
-    y_title = page.evaluate("Chart.getChart(document.querySelector('[data-chart=\"by-params\"]')).options.scales.y.title.text")
-    assert y_title == "validation accuracy (%)"
-    assert page.evaluate("Chart.getChart(document.querySelector('[data-chart=\"by-params\"]')).scales.x.type") == "logarithmic"
+    by_params = "Chart.getChart(document.querySelector('[data-chart=\"by-params\"]'))"
+    assert page.evaluate(by_params + ".options.scales.y.title.text") == "validation accuracy (%)"
+    assert page.evaluate(by_params + ".scales.x.type") == "logarithmic"
 
     Path("var/screenshots").mkdir(parents=True, exist_ok=True)
     page.screenshot(path="var/screenshots/experiment.png", full_page=True)

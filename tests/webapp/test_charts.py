@@ -188,7 +188,7 @@ def test_a_failed_trial_keeps_its_log_and_its_page_shows_the_error(alice_client,
     assert "Traceback" not in trial.log_tail  # server paths stay in the traceback, for admins only
     alice_client.force_login(carol)  # a member who is not an admin
     page = alice_client.get(reverse("trial_detail", args=[e.pk, trial.number])).content.decode()
-    assert '<span id="trial-error">RuntimeError: CUDA out of memory (injected)</span>' in page
+    assert "Failed: RuntimeError: CUDA out of memory (injected)</p>" in page
     assert "epoch 2/4: train loss" in page and 'id="trial-traceback"' not in page
 
 
@@ -200,3 +200,25 @@ def test_the_trial_page_of_a_trial_without_curves_or_log_says_so(alice_client, a
     Trial.objects.filter(experiment=e).update(curve=[0.4, 0.5], loss_curve=[])  # recorded before losses were
     page = alice_client.get(reverse("trial_detail", args=[e.pk, 0])).content.decode()
     assert '<td class="num">–</td><td class="num">50.00%</td>' in page
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_keeps_the_last_lines_of_a_trials_log_refreshed_while_it_runs(alice, celery_worker_factory):
+    from tests.conftest import wait_for
+
+    spec = ExperimentSpec("digits", "chain_cnn", "random", "train", budget=1, epochs=60, seed=2,
+                          options={"space": {"max_layers": 1}})
+    e = services.experiment_create(user=alice, name="long trial", spec=spec)
+    worker = celery_worker_factory(NAS_TORCH_THREADS="1", LOG_LEVEL="WARNING")
+    # While it trains, each heartbeat stores the log so far.
+    wait_for(lambda: Trial.objects.filter(experiment=e, status="running", log_tail__contains="epoch ").exists(), 180,
+             "a running trial's log", worker.log)
+    wait_for(lambda: Experiment.objects.get(pk=e.pk).status not in Experiment.ACTIVE, 300, "the experiment",
+             worker.log)
+    trial = e.trials.get()
+    assert trial.status == "done" and len(trial.loss_curve) == len(trial.curve) == 60
+    lines = trial.log_tail.splitlines()
+    assert len(lines) == 50  # 60 epochs and the trial's own line: the last 50 are kept
+    assert "nasjobs.training: epoch 12/60: train loss " in lines[0]
+    assert "nasjobs.training: epoch 60/60: train loss " in lines[-2] and "val_acc=" in lines[-1]

@@ -18,6 +18,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='trial',
             name='loss_curve',
-            field=models.JSONField(blank=True, default=list, help_text='Mean training loss of each epoch of the curve (null where unknown)'),
+            field=models.JSONField(blank=True, default=list,
+                                   help_text='Mean training loss of each epoch of the curve (null where unknown)'),
         ),
     ]

@@ -302,14 +302,16 @@
         interaction: {mode: "index", intersect: false},
         scales: {
           x: axis("epoch", {type: "linear", min: 1, max: Math.max(1, epochs), ticks: {precision: 0}}),
-          acc: axis("validation accuracy (%)", {position: "left", ticks: {callback: (v) => (100 * v).toFixed(1) + "%"}}),
+          acc: axis("validation accuracy (%)", {position: "left",
+                                                ticks: {callback: (v) => (100 * v).toFixed(1) + "%"}}),
           loss: axis("training loss", {position: "right", grid: {drawOnChartArea: false}}),
         },
         plugins: {
           legend: {position: "bottom", labels: {boxWidth: 12}},
           tooltip: {callbacks: {
             title: (items) => "epoch " + items[0].raw.x,
-            label: (item) => item.dataset.yAxisID === "acc" ? "validation accuracy: " + (100 * item.raw.y).toFixed(2) + "%"
+            label: (item) => item.dataset.yAxisID === "acc"
+              ? "validation accuracy: " + (100 * item.raw.y).toFixed(2) + "%"
               : "training loss: " + item.raw.y.toFixed(4),
           }},
         },

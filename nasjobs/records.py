@@ -43,6 +43,7 @@ class TrialRecord:
     job: str = ""  # while in flight: "" for its first evaluation, AGAIN for one more
     told: int | None = None  # its place in the order results were told to the strategy (None: not told)
     error: str = ""  # why it failed
+    loss_curve: list[float | None] = field(default_factory=list)  # mean training loss per epoch, beside `curve`
 
     def __post_init__(self) -> None:
         if not self.evaluations and self.status == DONE:

@@ -424,6 +424,7 @@ class SearchRunner:
             trial.val_acc, trial.evaluations, trial.params, trial.flops = (result.val_acc, [result.val_acc],
                                                                            result.params, result.flops)
             trial.train_seconds, trial.fidelity, trial.curve = result.train_seconds, result.fidelity, result.curve
+            trial.loss_curve = result.loss_curve
             log.info("trial %d %s val_acc=%.4f", trial.number, trial.arch_key, result.val_acc)
         trial.status = DONE
         return trial
@@ -455,6 +456,7 @@ class SearchRunner:
         trial.fidelity = {**result.fidelity, "bracket": bracket,
                           "rungs": rungs + [{"epochs": epochs, "val_acc": result.val_acc}]}
         trial.val_acc, trial.evaluations, trial.curve = result.val_acc, [result.val_acc], result.curve
+        trial.loss_curve = result.loss_curve
         trial.params, trial.flops = result.params, result.flops
         trial.train_seconds += result.train_seconds
         if result.state is not None:
@@ -490,7 +492,7 @@ class SearchRunner:
                 path = self.artifacts.save(0, result.state) if result.state is not None else None
                 trial = TrialRecord(0, key, self.space.display(arch), result.val_acc, result.params, result.flops,
                                     result.train_seconds, {**result.fidelity, **supernet}, result.curve, path,
-                                    self.spec.estimator)
+                                    self.spec.estimator, loss_curve=result.loss_curve)
             else:  # the supernet's own figure, clearly labelled as such
                 model = self.space.build(arch, self.dataset.input_shape, self.dataset.num_classes)
                 trial = TrialRecord(0, key, self.space.display(arch), float(last.get("val_acc") or 0.0),

@@ -1,9 +1,11 @@
 """Plain supervised training and evaluation of a network on in-memory tensors."""
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing
 import os
+import time
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from nasjobs.augment import Augmentation
 from nasjobs.datasets import Split
 from nasjobs.rng import derive_seed
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SGDSettings:
@@ -168,7 +171,10 @@ def accuracy(model: nn.Module, split: Split, device: torch.device, batch_size: i
 class Trainer:
     """SGD with Nesterov momentum and a cosine learning-rate schedule over `total_epochs`, resumable between
     epochs: `state_dict()` holds the weights, the optimizer, the schedule, the data-order generator and the
-    learning curve, so training stopped at epoch k and continued later is the same as training straight through.
+    learning curves, so training stopped at epoch k and continued later is the same as training straight through.
+    Two curves are kept, one value per epoch: `curve`, the validation accuracy (what median stopping and a resumed
+    bracket read), and `loss_curve`, the mean training loss over the epoch's batches (None for epochs trained
+    before checkpoints carried it). Each epoch logs one INFO line on `nasjobs.training`.
 
     Two settings of a run (both off by default; neither is part of the checkpoint, a resumed run passes them
     again): `bf16` runs forward and loss under `torch.autocast` in bfloat16 (CUDA only: anywhere else it is a
@@ -204,8 +210,10 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(seed)
         # Its own generator on the device, so augmented batches never leave it and data order stays as without.
         self.augment_generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "augment"))
+        self.total_epochs = total_epochs
         self.epoch = 0
         self.curve: list[float] = []
+        self.loss_curve: list[float | None] = []
 
     def _step(self, idx: torch.Tensor) -> torch.Tensor:
         if self.train.x.device != idx.device:
@@ -245,34 +253,41 @@ class Trainer:
         self.scheduler.step()
         return loss.detach()
 
-    def train_epoch(self) -> None:
-        """One pass over the training split in this epoch's order, without measuring validation accuracy."""
+    def train_epoch(self) -> float:
+        """One pass over the training split in this epoch's order, without measuring validation accuracy; returns
+        the mean training loss over its batches."""
         self.model.train()
         order = torch.randperm(len(self.train), generator=self.generator)
         batches = [order[start:start + self.settings.batch_size]
                    for start in range(0, len(self.train), self.settings.batch_size)]
         batches = [b for b in batches if len(b) >= 2]  # batch norm cannot normalise a single sample
-        loss = None
+        loss, total = None, None
         if self.stream:
             for x, y in self._loader(batches):
                 loss = self._step_batch(x, y)
+                total = loss.float() if total is None else total + loss.float()
                 batch_done()
         else:
             for idx in batches:
                 loss = self._step(idx)
+                total = loss.float() if total is None else total + loss.float()
                 batch_done()
         self.epoch += 1
         # Read once an epoch (a sync on the GPU): a NaN or infinite loss poisons the weights, so the last
-        # batch's loss tells whether any batch of the epoch diverged.
+        # batch's loss tells whether any batch of the epoch diverged. The sum stays on the device until then.
         if loss is not None and not bool(torch.isfinite(loss)):
             raise TrainingDiverged(f"the training loss became {float(loss)} by epoch {self.epoch}: the network "
                                    "diverged (a learning rate too high, say)")
+        return float(total) / len(batches) if total is not None else 0.0
 
     def run(self, until_epoch: int, on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
         """Train up to epoch `until_epoch` (counted from the start); returns the whole learning curve."""
         while self.epoch < until_epoch:
-            self.train_epoch()
+            started = time.perf_counter()
+            self.loss_curve.append(self.train_epoch())
             self.curve.append(accuracy(self.model, self.val, self.device, channels_last=self.channels_last))
+            log.info("epoch %d/%d: train loss %.4f, val acc %.2f%%, %.2f s", self.epoch, self.total_epochs,
+                     self.loss_curve[-1], 100 * self.curve[-1], time.perf_counter() - started)
             if on_epoch is not None:
                 on_epoch(self.epoch, self.curve[-1])
         return list(self.curve)
@@ -281,7 +296,7 @@ class Trainer:
         return {"model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "generator": self.generator.get_state(), "augment_generator": self.augment_generator.get_state(),
-                "epoch": self.epoch, "curve": list(self.curve)}
+                "epoch": self.epoch, "curve": list(self.curve), "loss_curve": list(self.loss_curve)}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -292,6 +307,9 @@ class Trainer:
             self.augment_generator.set_state(state["augment_generator"])
         self.epoch = int(state["epoch"])
         self.curve = [float(v) for v in state["curve"]]
+        # Checkpoints from before the loss was recorded have none: those epochs' losses are unknown.
+        losses = state.get("loss_curve", [None] * len(self.curve))
+        self.loss_curve = [None if v is None else float(v) for v in losses]
 
 
 def train_epochs(model: nn.Module, train: Split, val: Split, epochs: int, settings: SGDSettings, seed: int,
@@ -299,5 +317,14 @@ def train_epochs(model: nn.Module, train: Split, val: Split, epochs: int, settin
                  bf16: bool = False, channels_last: bool = False) -> list[float]:
     """Train for `epochs` epochs (the schedule spans them); returns validation accuracy per epoch. `bf16` and
     `channels_last` are the `Trainer`'s."""
-    return Trainer(model, train, val, settings, epochs, seed, device, bf16=bf16,
-                   channels_last=channels_last).run(epochs, on_epoch)
+    return fit(model, train, val, epochs, settings, seed, device, on_epoch, bf16=bf16,
+               channels_last=channels_last).curve
+
+
+def fit(model: nn.Module, train: Split, val: Split, epochs: int, settings: SGDSettings, seed: int,
+        device: torch.device, on_epoch: Callable[[int, float], None] | None = None, *,
+        bf16: bool = False, channels_last: bool = False) -> Trainer:
+    """`train_epochs`, returning the trainer itself: its `curve` and `loss_curve` are what an estimator reports."""
+    trainer = Trainer(model, train, val, settings, epochs, seed, device, bf16=bf16, channels_last=channels_last)
+    trainer.run(epochs, on_epoch)
+    return trainer

@@ -110,6 +110,7 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True  # only failures in a row count
 AXES_LOCKOUT_CALLABLE = "webapp.views.lockout"
 AXES_DISABLE_ACCESS_LOG = True  # failures are what matter; a row per successful login is noise
+AXES_VERBOSE = False  # no banner on every command
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "experiment_list"
 LOGOUT_REDIRECT_URL = "login"

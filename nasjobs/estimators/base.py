@@ -24,6 +24,7 @@ class EvalResult:
     fidelity: dict[str, Any]  # what produced the figure: epochs, data fraction, ...
     curve: list[float] = field(default_factory=list)  # validation accuracy after each epoch
     state: dict[str, torch.Tensor] | None = None  # trained weights, when the estimator trains a network
+    loss_curve: list[float | None] = field(default_factory=list)  # mean training loss of each epoch of `curve`
 
 
 @dataclass(frozen=True)

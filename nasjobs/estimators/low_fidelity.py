@@ -15,7 +15,7 @@ from nasjobs.estimators.train import TrainConfig, TrainEstimator
 from nasjobs.metrics import count_params
 from nasjobs.options import OptionError, option
 from nasjobs.spaces.base import SearchSpace
-from nasjobs.training import accuracy, seeded_init, train_epochs
+from nasjobs.training import accuracy, fit, seeded_init
 
 # Space name -> function(space, arch, multiplier) returning the narrowed (space, arch) and what was narrowed.
 WidthScaler = Callable[[SearchSpace, Any, float], tuple[SearchSpace, Any, dict[str, Any]]]
@@ -130,8 +130,8 @@ class LowFidelityEstimator(TrainEstimator):
         model, width = self._build_proxy(arch, seed)
         epochs = self.epochs_for(budget)
         started = time.perf_counter()
-        curve = train_epochs(model, self.train_split, self.dataset.val, epochs, self._settings(), seed, self.device,
-                             hook)
+        trainer = fit(model, self.train_split, self.dataset.val, epochs, self._settings(), seed, self.device, hook)
+        curve = trainer.curve
         seconds = time.perf_counter() - started
         c = self.config
         fidelity = {"estimator": self.name, "epochs": epochs, "full_epochs": budget, "epoch_fraction": c.epoch_fraction,
@@ -141,7 +141,7 @@ class LowFidelityEstimator(TrainEstimator):
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         return EvalResult(val_acc=curve[-1] if curve else accuracy(model, self.dataset.val, self.device),
                           params=params, flops=flops, train_seconds=seconds, fidelity=fidelity, curve=curve,
-                          state=state)
+                          state=state, loss_curve=trainer.loss_curve)
 
     def network(self, arch: Any, seed: int = 0) -> torch.nn.Module:
         return self._build_proxy(arch, seed)[0]  # the proxy `evaluate` trains (same width)

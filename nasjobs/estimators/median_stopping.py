@@ -13,7 +13,7 @@ from nasjobs.estimators.base import EpochHook, EvalResult
 from nasjobs.estimators.train import TrainConfig, TrainEstimator
 from nasjobs.options import option
 from nasjobs.spaces.base import SearchSpace
-from nasjobs.training import train_epochs
+from nasjobs.training import Trainer
 
 STATISTICS = ("running_average", "running_best")
 
@@ -106,9 +106,9 @@ class MedianStoppingEstimator(TrainEstimator):
                                     "grace_epochs": c.grace_epochs, "statistic": c.statistic,
                                     "completed_trials": len(self.history)}
         started = time.perf_counter()
+        trainer = Trainer(model, self.dataset.train, self.dataset.val, self._settings(), budget, seed, self.device)
         try:
-            train_epochs(model, self.dataset.train, self.dataset.val, budget, self._settings(), seed, self.device,
-                         on_epoch)
+            trainer.run(budget, on_epoch)
         except _Stopped as stop:
             fidelity.update({"stopped_at_epoch": len(curve), "median_at_stop": stop.median})
         else:
@@ -117,4 +117,4 @@ class MedianStoppingEstimator(TrainEstimator):
         fidelity["epochs"] = len(curve)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         return EvalResult(val_acc=curve[-1], params=params, flops=flops, train_seconds=seconds, fidelity=fidelity,
-                          curve=curve, state=state)
+                          curve=curve, state=state, loss_curve=trainer.loss_curve)

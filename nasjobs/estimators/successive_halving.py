@@ -91,7 +91,7 @@ class SuccessiveHalvingEstimator(TrainEstimator):
         tmp.replace(path)
         return EvalResult(val_acc=curve[-1], params=params, flops=flops, train_seconds=seconds,
                           fidelity={"estimator": self.name, "epochs": epochs, "resumed_from_epoch": resumed_from},
-                          curve=curve, state=trainer.state_dict()["model"])
+                          curve=curve, state=trainer.state_dict()["model"], loss_curve=list(trainer.loss_curve))
 
 
 class HyperbandEstimator(SuccessiveHalvingEstimator):

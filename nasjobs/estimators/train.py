@@ -10,7 +10,7 @@ import torch
 from nasjobs.augment import Augmentation
 from nasjobs.estimators.base import EpochHook, EvalResult, Estimator
 from nasjobs.options import option
-from nasjobs.training import SGDSettings, accuracy, at_chance, seeded_init, train_epochs
+from nasjobs.training import SGDSettings, accuracy, at_chance, fit, seeded_init
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,9 @@ class TrainEstimator(Estimator):
         model = self._build(arch, seed)
         params, flops = self.cost(arch, model)
         started = time.perf_counter()
-        curve = train_epochs(model, self.dataset.train, self.dataset.val, budget, self._settings(), seed,
-                             self.device, hook)
+        trainer = fit(model, self.dataset.train, self.dataset.val, budget, self._settings(), seed, self.device,
+                      hook)
+        curve = trainer.curve
         seconds = time.perf_counter() - started
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         val_acc = curve[-1] if curve else accuracy(model, self.dataset.val, self.device)
@@ -63,7 +64,8 @@ class TrainEstimator(Estimator):
         if at_chance(val_acc, self.dataset.num_classes):
             fidelity["chance_level"] = True  # trained, yet no better than guessing: diverged
         return EvalResult(val_acc=val_acc, params=params, flops=flops, train_seconds=seconds, fidelity=fidelity,
-                          curve=curve, state=state)
+                          curve=curve, state=state,
+                          loss_curve=trainer.loss_curve)
 
     def test_accuracy(self, arch: Any, state: dict[str, torch.Tensor]) -> float:
         model = self._build(arch, 0)

@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import torch
 
@@ -207,3 +209,69 @@ def test_a_training_whose_loss_turns_nan_stops_with_the_reason():
     model = SPACE.build(SPACE.from_str("c16k3"), data.input_shape, data.num_classes)
     with pytest.raises(TrainingDiverged, match="the training loss became nan by epoch 1: the network diverged"):
         Trainer(model, Split(x, data.train.y), data.val, estimator._settings(), 2, 0, CPU).run(2)
+
+
+def test_training_records_the_mean_training_loss_of_every_epoch_beside_the_curve():
+    from nasjobs.training import SGDSettings, Trainer, seeded_init
+
+    ds = load_digits()
+    settings = SGDSettings(0.05, 0.9, 5e-4, 64)
+    model = seeded_init(lambda: SPACE.build(SPACE.from_str("c16k3p-c32k3"), (1, 8, 8), 10), 0)
+    trainer = Trainer(model, ds.train, ds.val, settings, 3, 0, CPU)
+    trainer.run(3)
+    assert len(trainer.loss_curve) == len(trainer.curve) == 3
+    assert all(isinstance(v, float) and v > 0 for v in trainer.loss_curve)
+    assert trainer.loss_curve[-1] < trainer.loss_curve[0]  # it learns: ten classes start near ln(10) = 2.3
+    assert 1.0 < trainer.loss_curve[0] < 2.5
+
+    result = TrainEstimator(SPACE, ds, TrainConfig(), CPU).evaluate(SPACE.from_str("c16k3p-c32k3"), 3, seed=0)
+    assert len(result.loss_curve) == 3 and result.curve == trainer.curve  # the same seed trains the same way
+
+
+def test_every_epoch_logs_one_line_with_its_loss_accuracy_and_seconds(caplog):
+    import logging
+
+    estimator = TrainEstimator(SPACE, load_digits(), TrainConfig(), CPU)
+    with caplog.at_level(logging.INFO, logger="nasjobs"):
+        result = estimator.evaluate(SPACE.from_str("c16k3"), 2, seed=0)
+    lines = [r.getMessage() for r in caplog.records if r.name == "nasjobs.training"]
+    assert len(lines) == 2
+    assert lines[1].startswith("epoch 2/2: train loss ")
+    assert f"train loss {result.loss_curve[1]:.4f}, val acc {100 * result.curve[1]:.2f}%, " in lines[1]
+    assert lines[1].endswith(" s")
+
+
+def test_a_checkpoint_round_trips_the_loss_curve_and_an_old_one_without_it_still_loads():
+    from nasjobs.training import SGDSettings, Trainer, seeded_init
+
+    ds = load_digits()
+    settings = SGDSettings(0.05, 0.9, 5e-4, 64)
+    build = lambda: seeded_init(lambda: SPACE.build(SPACE.from_str("c16k3"), (1, 8, 8), 10), 0)  # noqa: E731
+    straight = Trainer(build(), ds.train, ds.val, settings, 3, 3, CPU)
+    straight.run(3)
+    first = Trainer(build(), ds.train, ds.val, settings, 3, 3, CPU)
+    first.run(2)
+    saved = io.BytesIO()
+    torch.save(first.state_dict(), saved)  # through a file, as successive halving keeps it between rungs
+
+    def checkpoint() -> dict:
+        saved.seek(0)
+        return torch.load(saved, weights_only=True)
+
+    state = checkpoint()
+    assert state["loss_curve"] == first.loss_curve and len(state["loss_curve"]) == 2
+
+    resumed = Trainer(build(), ds.train, ds.val, settings, 3, 3, CPU)
+    resumed.load_state_dict(state)
+    resumed.run(3)
+    assert resumed.loss_curve == straight.loss_curve and resumed.curve == straight.curve
+
+    # A checkpoint written before the loss was recorded (successive halving keeps them between rungs): the
+    # epochs it trained have no known loss, the ones trained after it do.
+    old = {k: v for k, v in checkpoint().items() if k != "loss_curve"}
+    resumed_old = Trainer(build(), ds.train, ds.val, settings, 3, 3, CPU)
+    resumed_old.load_state_dict(old)
+    assert resumed_old.epoch == 2 and resumed_old.loss_curve == [None, None]
+    resumed_old.run(3)
+    assert resumed_old.curve == straight.curve
+    assert resumed_old.loss_curve[:2] == [None, None] and resumed_old.loss_curve[2] == straight.loss_curve[2]

@@ -3,6 +3,7 @@ import io
 import json
 import os
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,9 +109,13 @@ def test_a_darts_search_shows_alpha_charts_and_the_derived_cell_per_epoch(page, 
     page.click("button[type=submit]")
     page.goto(f"{live_server.url}/experiments/{experiment.pk}/")
     expect(page.locator("#search-epochs tbody tr")).to_have_count(2)
-    # One chart per edge of the nb201 cell, one line per operation.
-    expect(page.locator("#alpha-charts svg")).to_have_count(6)
-    expect(page.locator("#alpha-charts svg").first.locator("polyline")).to_have_count(5)
+    # One chart per edge of the nb201 cell, one line per operation, one point per epoch.
+    expect(page.locator("#alpha-charts canvas")).to_have_count(6)
+    page.wait_for_function("Chart.getChart(document.querySelector('#alpha-charts canvas')) !== undefined")
+    lines = page.evaluate("Chart.getChart(document.querySelector('#alpha-charts canvas')).data.datasets"
+                          ".map((d) => [d.label, d.data.length])")
+    assert len(lines) == 5 and all(points == 2 for _, points in lines)
+    assert "nor_conv_3x3" in [label for label, _ in lines]
     expect(page.locator("#alpha-legend")).to_contain_text("nor_conv_3x3")
     expect(page.locator("#epoch-diagram svg")).to_be_visible()
     expect(page.locator("#best-diagram svg")).to_be_visible()
@@ -227,3 +232,96 @@ def test_an_invalid_option_of_the_selected_strategy_shows_its_error_where_the_us
     expect(error).to_contain_text("must be at least")
     expect(error).to_be_visible()
     assert Experiment.objects.count() == 0
+
+
+def log_in(page, live_server, username="alice"):
+    page.goto(live_server.url + "/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", f"{username}-pass-123")
+    page.click("button[type=submit]")
+    page.wait_for_url(live_server.url + "/")
+
+
+def point_on_screen(page, selector, dataset, index):
+    """Where a chart draws one of its points, in page coordinates, after scrolling it into view."""
+    page.locator(selector).scroll_into_view_if_needed()
+    return page.evaluate("""([selector, dataset, index]) => {
+        const canvas = document.querySelector(selector), box = canvas.getBoundingClientRect();
+        const point = Chart.getChart(canvas).getDatasetMeta(dataset).data[index];
+        return {x: box.left + point.x, y: box.top + point.y};
+    }""", [selector, dataset, index])
+
+
+def test_the_charts_draw_every_trial_and_a_point_opens_its_trial(page, live_server, alice, settings, tmp_path):
+    from nasjobs.search import ExperimentSpec
+    from webapp.experiments import services
+    from webapp.experiments.runner import experiment_run_inline
+
+    settings.NAS_ARTIFACTS_DIR = str(tmp_path)
+    spec = ExperimentSpec("digits", "chain_cnn", "random", "train", budget=6, epochs=3, seed=1,
+                          options={"space": {"max_layers": 3}})
+    experiment = services.experiment_create(user=alice, name="charted search", spec=spec, enqueue=False)
+    assert experiment_run_inline(experiment.pk, "test") == "succeeded"
+    trials = list(experiment.trials.order_by("number"))
+    bad: list[str] = []
+    page.on("requestfailed", lambda request: bad.append(f"{request.url} {request.failure}"))
+    page.on("response", lambda response: bad.append(f"{response.url} {response.status}") if response.status >= 400
+            else None)
+    log_in(page, live_server)
+    page.goto(f"{live_server.url}/experiments/{experiment.pk}/")
+
+    charts = ("best-by-number", "best-by-time", "by-params", "by-macs", "distance")
+    page.wait_for_function("""(names) => names.every((name) => {
+        const chart = Chart.getChart(document.querySelector('[data-chart="' + name + '"]'));
+        return chart && chart.data.datasets[0].data.length > 0;
+    })""", arg=list(charts))
+    drawn = page.evaluate("""(names) => Object.fromEntries(names.map((name) => {
+        const chart = Chart.getChart(document.querySelector('[data-chart="' + name + '"]'));
+        return [name, chart.data.datasets.map((d) => d.data.map((p) => p.n === undefined ? null : p.n))];
+    }))""", list(charts))
+    numbers = [t.number for t in trials]
+    assert drawn["best-by-number"][0] == numbers and drawn["by-params"][0] != []
+    assert sorted(drawn["best-by-time"][0]) == numbers  # every trial has its finishing time
+    # The step line holds the trials that raised the best (and the end of the run, no trial of its own).
+    best, raised = -1.0, []
+    for t in trials:
+        if t.val_acc > best:
+            best, raised = t.val_acc, raised + [t.number]
+    assert [n for n in drawn["best-by-number"][1] if n is not None] == raised
+    # The Pareto front: the trials that no other trial dominates (as few parameters and a figure as high, one of
+    # them strictly; of two equal trials the earlier).
+    def dominates(o, t):
+        return o.params <= t.params and o.val_acc >= t.val_acc and (o.params, -o.val_acc, o.number) < (
+            t.params, -t.val_acc, t.number)
+    front = [t.number for t in trials if not any(dominates(o, t) for o in trials)]
+    assert sorted(drawn["by-params"][1]) == sorted(front)
+    by_params = "Chart.getChart(document.querySelector('[data-chart=\"by-params\"]'))"
+    assert page.evaluate(by_params + ".options.scales.y.title.text") == "validation accuracy (%)"
+    assert page.evaluate(by_params + ".scales.x.type") == "logarithmic"
+
+    Path("var/screenshots").mkdir(parents=True, exist_ok=True)
+    page.screenshot(path="var/screenshots/experiment.png", full_page=True)
+
+    # Hovering a point shows its trial; clicking it opens the trial's page.
+    where = point_on_screen(page, '[data-chart="by-params"]', 0, 0)
+    page.mouse.move(where["x"], where["y"])
+    page.wait_for_function("Chart.getChart(document.querySelector('[data-chart=\"by-params\"]')).tooltip.opacity > 0")
+    tooltip = page.evaluate("""() => {
+        const tip = Chart.getChart(document.querySelector('[data-chart="by-params"]')).tooltip;
+        return {title: tip.title, lines: tip.body.flatMap((b) => b.lines)};
+    }""")
+    number = int(tooltip["title"][0].removeprefix("trial "))
+    shown = next(t for t in trials if t.number == number)
+    assert tooltip["lines"][:3] == [shown.arch_display, f"validation accuracy: {100 * shown.val_acc:.2f}%",
+                                    f"params: {shown.params:,}"]
+    page.mouse.click(where["x"], where["y"])
+    page.wait_for_url(f"{live_server.url}/experiments/{experiment.pk}/trials/{number}/")
+
+    page.wait_for_function("Chart.getChart(document.getElementById('chart-learning-curve')) !== undefined")
+    series = page.evaluate("Chart.getChart(document.getElementById('chart-learning-curve')).data.datasets"
+                           ".map((d) => d.data.map((p) => p.y))")
+    assert series == [shown.curve, shown.loss_curve] and len(shown.loss_curve) == 3
+    expect(page.locator("#log-tail")).to_contain_text("epoch 3/3: train loss")
+    expect(page.locator("#worker")).to_contain_text(shown.host)
+    page.screenshot(path="var/screenshots/trial.png", full_page=True)
+    assert bad == [], bad

@@ -185,7 +185,7 @@ class ExperimentViewSet(viewsets.GenericViewSet):
         ordering = request.query_params.get("ordering", "-val_acc")
         if ordering.lstrip("-") not in TRIAL_ORDERINGS:
             raise ValidationError({"ordering": [f"one of {', '.join(TRIAL_ORDERINGS)}, '-' first for descending"]})
-        trials = experiment.trials.defer("curve", "traceback").order_by(ordering, "number")
+        trials = experiment.trials.defer(*Trial.BLOBS).order_by(ordering, "number")
         wanted = request.query_params.get("status")
         if wanted:
             if wanted not in Trial.Status.values:

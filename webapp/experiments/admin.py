@@ -19,6 +19,9 @@ class TrialInline(admin.TabularInline):
     ordering = ("-val_acc",)
     show_change_link = True
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer(*Trial.BLOBS)
+
 
 def _apply(modeladmin, request, queryset, change, verb: str) -> None:
     done = refused = 0
@@ -159,6 +162,10 @@ class TrialAdmin(ReadOnlyAdmin):
     list_filter = ("estimator", "experiment__space", "experiment__strategy")
     search_fields = ("arch_key", "experiment__name")
     list_select_related = ("experiment",)
+
+    def get_queryset(self, request):
+        # A list row shows none of them; a trial's own page reads them when it shows them.
+        return super().get_queryset(request).defer(*Trial.BLOBS)
 
 
 @admin.register(SearchEpoch)

@@ -180,6 +180,8 @@ class Trial(models.Model):
     # Trials that have a figure: evaluated, or evaluated and now in flight for more (once more, or a higher rung).
     # Pending, running and failed first evaluations have none (their val_acc is a placeholder 0).
     WITH_FIGURE = models.Q(status=DONE) | ~models.Q(job="")
+    # The columns a list never shows: per-epoch curves, the log tail and the traceback (`.defer(*Trial.BLOBS)`).
+    BLOBS = ("curve", "loss_curve", "log_tail", "traceback")
 
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="trials")
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.SEARCH,
@@ -199,6 +201,9 @@ class Trial(models.Model):
     estimator = models.CharField(max_length=50)
     fidelity = models.JSONField(default=dict, blank=True)
     curve = models.JSONField(default=list, blank=True, help_text="Validation accuracy after each epoch")
+    loss_curve = models.JSONField(default=list, blank=True, help_text="Mean training loss of each epoch of the "
+                                                                      "curve (null where unknown)")
+    log_tail = models.TextField(blank=True, help_text="The last lines its worker logged while evaluating it")
     weights_path = models.CharField(max_length=500, blank=True)
     search_seconds = models.FloatField(default=0.0, help_text="Search time when the trial finished")
     proposals = models.PositiveIntegerField(default=0, help_text="Proposals so far, repeats included")

@@ -34,6 +34,7 @@ from nasjobs.rng import derive_seed
 from nasjobs.search import SearchRunner, resolve_device
 from nasjobs.training import between_batches
 from webapp.experiments import services
+from webapp.experiments.logtail import captured
 from webapp.experiments.models import Experiment, ExperimentEvent, Export, Trial, Worker
 
 log = logging.getLogger(__name__)
@@ -96,10 +97,9 @@ def runner_for(experiment: Experiment) -> SearchRunner:
 
 def trial_records(experiment_id: int, *, curves: bool = False) -> list[TrialRecord]:
     """Every trial of the experiment as the engine records it, in number order; learning curves only on request
-    (planning needs none, and they are most of a trial's row)."""
+    (planning needs none, and they are most of a trial's row). Log tails and tracebacks are never read."""
     rows = Trial.objects.filter(experiment_id=experiment_id).order_by("number")
-    if not curves:
-        rows = rows.defer("curve", "traceback")
+    rows = rows.defer("log_tail", "traceback") if curves else rows.defer(*Trial.BLOBS)
     return [record_of(t, curves=curves) for t in rows]
 
 
@@ -107,7 +107,7 @@ def record_of(t: Trial, *, curves: bool = True) -> TrialRecord:
     return TrialRecord(t.number, t.arch_key, t.arch_display, t.val_acc, t.params, t.flops, t.train_seconds,
                        t.fidelity, t.curve if curves else [], t.weights_path or None, t.estimator, t.search_seconds,
                        t.proposals, t.distance_to_incumbent, list(t.evaluations), status=t.status, job=t.job,
-                       told=t.told, error=t.error)
+                       told=t.told, error=t.error, loss_curve=list(t.loss_curve) if curves else [])
 
 
 def _planner(experiment: Experiment) -> Planner:
@@ -274,10 +274,13 @@ def trial_claim(trial_id: int, worker: str) -> bool:
         host=socket.gethostname(), device=device_label()))
 
 
-def trial_heartbeat(trial_id: int, worker: str) -> str:
-    """Renew a trial's lease: "held", "cancelled" (its experiment was, or the retraining itself) or "lost" (another
-    worker has it)."""
-    if not Trial.everything.filter(pk=trial_id, claimed_by=worker, status=RUNNING).update(heartbeat_at=timezone.now()):
+def trial_heartbeat(trial_id: int, worker: str, log_tail: str | None = None) -> str:
+    """Renew a trial's lease, and store its log so far when given: "held", "cancelled" (its experiment was, or the
+    retraining itself) or "lost" (another worker has it)."""
+    fields: dict[str, Any] = {"heartbeat_at": timezone.now()}
+    if log_tail is not None:
+        fields["log_tail"] = log_tail
+    if not Trial.everything.filter(pk=trial_id, claimed_by=worker, status=RUNNING).update(**fields):
         cancelled = Trial.everything.filter(pk=trial_id, kind=Trial.Kind.RETRAIN, status=FAILED).exists()
         return "cancelled" if cancelled else "lost"
     worker_seen(worker, trial_id, force=True)
@@ -298,7 +301,8 @@ def trial_hand_back(trial_id: int, worker: str, *, requeue: bool = False) -> Non
 def trial_run_now(trial_id: int, worker: str) -> str:
     """Claim and evaluate one trial in this process, then tell its result and plan what follows. Returns
     "done", "failed" (recorded; the search goes on), "handed back" (cancelled or taken over mid-way) or
-    "skipped" (not pending: done, running elsewhere, or its experiment not running)."""
+    "skipped" (not pending: done, running elsewhere, or its experiment not running). What the engine logs
+    meanwhile is kept on the trial (its last lines, `Trial.log_tail`): with each heartbeat and with its outcome."""
     if not trial_claim(trial_id, worker):
         return "skipped"
     row = Trial.everything.select_related("experiment").defer("experiment__strategy_state").get(pk=trial_id)
@@ -314,12 +318,13 @@ def trial_run_now(trial_id: int, worker: str) -> str:
             runner.load_estimator_history(trial_records(experiment.pk, curves=True))
         return runner.execute(record, check)
 
-    outcome, result, error, trace = _leased(row, worker, evaluate)
+    with captured(also=(__name__,)) as tail:
+        outcome, result, error, trace = _leased(row, worker, evaluate, tail.text)
     if outcome == "handed back":
         return outcome
     record = result or record
     try:
-        finished = trial_report(experiment.pk, row.number, worker, record, error, trace)
+        finished = trial_report(experiment.pk, row.number, worker, record, error, trace, log_tail=tail.text())
     except services.LostClaim as exc:
         log.warning("%s", exc)
         return "handed back"
@@ -328,13 +333,15 @@ def trial_run_now(trial_id: int, worker: str) -> str:
     return "failed" if error else "done"
 
 
-def _leased(row: Trial, worker: str, job: Callable[[Callable[[], None]], Any]) -> tuple[str, Any, str, str]:
+def _leased(row: Trial, worker: str, job: Callable[[Callable[[], None]], Any],
+            log: Callable[[], str] | None = None) -> tuple[str, Any, str, str]:
     """Run a claimed trial's job under its lease, the lease checked between training batches: ("done", what the
     job returned, "", ""), ("failed", None, error, traceback), or ("handed back", ...) when its experiment (or the
-    retraining) was cancelled or another worker took it over. A stopping worker hands it back, queued again."""
+    retraining) was cancelled or another worker took it over. A stopping worker hands it back, queued again.
+    `log` gives the trial's log so far, stored with each heartbeat."""
     what = f"{'retraining' if row.is_retrain else 'trial'} {row.number} of experiment {row.experiment_id}"
     try:
-        with Lease(lambda: trial_heartbeat(row.pk, worker), heartbeat_seconds()) as lease, \
+        with Lease(lambda: trial_heartbeat(row.pk, worker, log() if log else None), heartbeat_seconds()) as lease, \
                 between_batches(lease.check):
             return "done", job(lease.check), "", ""
     except SystemExit:  # the pool process told to stop (SIGTERM to every process of the worker, as a deploy does)
@@ -370,7 +377,7 @@ def retrain_run(row: Trial, worker: str) -> str:
 
 
 def trial_report(experiment_id: int, number: int, worker: str, record: TrialRecord, error: str = "",
-                 trace: str = "") -> str | None:
+                 trace: str = "", *, log_tail: str = "") -> str | None:
     """Record a trial's outcome and take the next planning step, in one transaction under the experiment's lock:
     the strategy is told (or told per the failure policy), the next proposals are written as pending and queued
     on commit, weights beyond the best `top_k` are forgotten. After `max_failures` failures in a row the
@@ -378,7 +385,7 @@ def trial_report(experiment_id: int, number: int, worker: str, record: TrialReco
     Returns why the search is over (nothing in flight, nothing more to propose), or None."""
     with planning(experiment_id) as (experiment, planner):
         row = Trial.objects.filter(experiment_id=experiment_id, number=number, claimed_by=worker,
-                                   status=RUNNING).defer("curve").order_by().first()
+                                   status=RUNNING).defer(*Trial.BLOBS).order_by().first()
         if row is None:
             raise services.LostClaim(f"trial {number} of experiment {experiment_id} is no longer held by {worker}")
         now = timezone.now()
@@ -389,7 +396,7 @@ def trial_report(experiment_id: int, number: int, worker: str, record: TrialReco
             record.search_seconds = experiment.search_seconds(now)
             planner.tell(record)
         Trial.objects.filter(pk=row.pk).update(job="", error=error, traceback=trace, finished_at=now,
-                                               heartbeat_at=now,
+                                               heartbeat_at=now, log_tail=log_tail,
                                                **services.trial_result_fields(record, experiment.plan_version + 1))
         failures = experiment.consecutive_failures + 1 if error else 0
         fields: dict[str, Any] = {"trials_done": F("trials_done") + len(record.evaluations) - spent_before,

@@ -1,14 +1,16 @@
 """Read-only queries for pages, the JSON API and the `nas` command."""
 from __future__ import annotations
 
-from datetime import timedelta
+import json
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
-from django.db.models import Avg, Count, F, Max, OuterRef, QuerySet, Subquery, Window
+from django.db.models import (Avg, Count, DateTimeField, F, FloatField, Func, Max, OuterRef, QuerySet, Subquery,
+                              Value, Window)
 from django.db.models.functions import RowNumber
 from django.http import Http404
 from django.utils import timezone
@@ -103,7 +105,7 @@ def retrain_for_user(user: User, pk: int, number: int) -> tuple[Experiment, Tria
 
 def experiment_retrains(experiment: Experiment) -> QuerySet[Trial]:
     """The experiment's retrainings of its best architectures, newest first (shown beside its trials)."""
-    return (Trial.everything.filter(experiment=experiment, kind=Trial.Kind.RETRAIN).defer("curve", "traceback")
+    return (Trial.everything.filter(experiment=experiment, kind=Trial.Kind.RETRAIN).defer(*Trial.BLOBS)
             .order_by("-number"))
 
 
@@ -238,7 +240,7 @@ class Leaderboard:
     def __getitem__(self, window: slice) -> list[Trial]:
         ids = list(self.trials.order_by(*self.order).values_list("pk", flat=True)[window])
         rows = self.trials.filter(pk__in=ids)
-        rows = {t.pk: t for t in (rows.only(*self.columns) if self.columns else rows.defer("curve", "traceback"))}
+        rows = {t.pk: t for t in (rows.only(*self.columns) if self.columns else rows.defer(*Trial.BLOBS))}
         ranked = self.trials.annotate(trial_id=F("pk"), rank=Window(RowNumber(), order_by=[F("val_acc").desc(),
                                                                                           F("number").asc()]))
         sql, params = ranked.order_by().values_list("trial_id", "rank").query.sql_with_params()
@@ -284,7 +286,84 @@ def _few(trials: QuerySet[Trial]) -> QuerySet[Trial]:
     """A few of an experiment's trials picked by status: their ids from the progress index, then their rows. (Asked
     for whole rows at once, a planner that has statistics but no histogram of the statuses, SQLite's after
     ANALYZE, reads every trial of the experiment to find the few.)"""
-    return Trial.objects.filter(pk__in=list(trials.values_list("pk", flat=True))).defer("curve", "traceback")
+    return Trial.objects.filter(pk__in=list(trials.values_list("pk", flat=True))).defer(*Trial.BLOBS)
+
+
+class SecondsSince(Func):
+    """Seconds from a fixed instant to a datetime column, worked out by the database: turning every row's
+    timestamp into a Python datetime costs more than the rest of a chart's row."""
+
+    output_field = FloatField()
+
+    def __init__(self, column: str, start: datetime) -> None:
+        super().__init__(F(column), Value(start, output_field=DateTimeField()))
+
+    def as_sql(self, compiler: Any, connection: Any, **extra: Any) -> Any:  # PostgreSQL and standard SQL
+        return super().as_sql(compiler, connection, template="EXTRACT(EPOCH FROM %(expressions)s)::double precision",
+                              arg_joiner=" - ", **extra)
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        return super().as_sql(compiler, connection, template="((julianday(%(expressions)s)) * 86400.0)",
+                              arg_joiner=") - julianday(", **extra)
+
+
+def _rounded(value: float | None, digits: int = 6) -> float | None:
+    """A figure to `digits` significant digits: what a chart can show, in a third of the bytes of a full float."""
+    return None if value is None else float(f"{value:.{digits}g}")
+
+
+def experiment_points(experiment: Experiment) -> dict[str, Any]:
+    """Every trial with a figure, in number order, as columns for the charts: one list per field rather than an
+    object per trial, so 10,000 trials stay a few hundred kilobytes. `finished_s` is the seconds from the
+    experiment's start to the trial's end (None where either is unknown). Only the columns named are read:
+    no curve, log or traceback. With the DARTS search epochs and what the figure is."""
+    start = experiment.started_at
+    finished = SecondsSince("finished_at", start) if start is not None else Value(None, output_field=FloatField())
+    rows = (experiment.trials.filter(Trial.WITH_FIGURE).order_by("number").annotate(finished_s=finished)
+            .values_list("number", "val_acc", "params", "flops", "finished_s", "distance_to_incumbent",
+                         "arch_display"))
+    columns: dict[str, list[Any]] = {k: [] for k in ("number", "val_acc", "params", "flops", "finished_s",
+                                                     "distance", "arch")}
+    for number, val_acc, params, flops, finished_s, distance, arch in rows:
+        columns["number"].append(number)
+        columns["val_acc"].append(_rounded(val_acc))
+        columns["params"].append(params)
+        columns["flops"].append(flops)
+        columns["finished_s"].append(None if finished_s is None else round(finished_s, 1))
+        columns["distance"].append(distance)
+        columns["arch"].append(arch)
+    return {**columns, "search_epochs": [epoch_to_json(e) for e in experiment.search_epochs.order_by("epoch")],
+            "figure": experiment.figure.as_json()}
+
+
+def trial_timings(trial: Trial) -> dict[str, float | None]:
+    """How long a trial waited for a worker (proposed to taken) and how long the worker took (taken to
+    reported). Its row keeps one start, the latest job's, so the wait is known for a first evaluation only."""
+    first_job = len(trial.evaluations) <= 1 and len(trial.fidelity.get("rungs", [])) <= 1
+    waited = (trial.started_at - trial.created_at).total_seconds() if (
+        first_job and trial.started_at and trial.created_at) else None
+    ran = (trial.finished_at - trial.started_at).total_seconds() if trial.started_at and trial.finished_at else None
+    return {"waited_seconds": None if waited is None else max(0.0, waited),
+            "job_seconds": None if ran is None else max(0.0, ran)}
+
+
+def trial_epochs(trial: Trial) -> list[dict[str, Any]]:
+    """A trial's learning curve, one row per epoch: validation accuracy and mean training loss (None where not
+    recorded: trials from before losses were, and epochs trained before a checkpoint kept them)."""
+    losses = list(trial.loss_curve)
+    return [{"epoch": i + 1, "val_acc": acc, "train_loss": losses[i] if i < len(losses) else None}
+            for i, acc in enumerate(trial.curve)]
+
+
+def trial_fidelity(trial: Trial) -> list[dict[str, Any]]:
+    """What produced a trial's figure (epochs, data fraction, rungs...), one row per entry for its page; numbers
+    stay numbers so the page aligns them, anything nested is shown as JSON."""
+    rows = []
+    for key, value in (trial.fidelity or {}).items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        rows.append({"key": key, "value": value if number or isinstance(value, str) else json.dumps(value),
+                     "number": number})
+    return rows
 
 
 def experiment_in_flight(experiment: Experiment) -> QuerySet[Trial]:

@@ -275,7 +275,8 @@ def trial_result_fields(trial: TrialRecord, seq: int) -> dict[str, Any]:
     steps commit in their order and a page that has seen step n has seen every earlier one (its cursor)."""
     epochs = trial.fidelity.get("epochs")
     return dict(val_acc=trial.val_acc, params=trial.params, flops=trial.flops, train_seconds=trial.train_seconds,
-                fidelity=trial.fidelity, curve=trial.curve, weights_path=trial.weights_path or "",
+                fidelity=trial.fidelity, curve=trial.curve, loss_curve=trial.loss_curve,
+                weights_path=trial.weights_path or "",
                 search_seconds=trial.search_seconds, evaluations=trial.evaluations, status=trial.status,
                 told=trial.told, seq=seq,
                 epochs_trained=epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None)
@@ -300,7 +301,7 @@ def trial_record(experiment_id: int, worker: str, trial: TrialRecord, strategy_s
         seq = Experiment.objects.filter(pk=experiment_id).values_list("plan_version", flat=True).get()
         values = dict(arch_key=trial.arch_key, arch_display=trial.arch_display, estimator=trial.estimator,
                       proposals=trial.proposals, distance_to_incumbent=trial.distance_to_incumbent,
-                      **trial_result_fields(trial, seq))
+                      finished_at=timezone.now(), **trial_result_fields(trial, seq))
         if existing is None:
             row = Trial.objects.create(experiment_id=experiment_id, number=trial.number, **values)
         else:

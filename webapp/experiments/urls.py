@@ -8,6 +8,7 @@ urlpatterns = [
     path("experiments/<int:pk>/", views.experiment_detail, name="experiment_detail"),
     path("experiments/<int:pk>/status.json", views.experiment_status, name="experiment_status"),
     path("experiments/<int:pk>/leaderboard/", views.experiment_leaderboard, name="experiment_leaderboard"),
+    path("experiments/<int:pk>/points.json", views.experiment_points, name="experiment_points"),
     path("experiments/<int:pk>/cancel/", views.experiment_cancel, name="experiment_cancel"),
     path("experiments/<int:pk>/resume/", views.experiment_resume, name="experiment_resume"),
     path("experiments/<int:pk>/delete/", views.experiment_delete, name="experiment_delete"),

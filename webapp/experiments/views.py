@@ -12,6 +12,7 @@ from django.conf import settings
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.views.decorators.gzip import gzip_page
 from django.views.decorators.http import require_POST
 
 from nasjobs.options import parse_config
@@ -142,6 +143,14 @@ def experiment_status(request: HttpRequest, pk: int) -> JsonResponse:
     return JsonResponse(selectors.experiment_progress(experiment, cursor, int(epochs)))
 
 
+@gzip_page
+@login_required
+def experiment_points(request: HttpRequest, pk: int) -> JsonResponse:
+    """Every trial with a figure, as columns for the page's charts (fetched once; the poll adds what changes)."""
+    experiment = selectors.experiment_for_user(request.user, pk)
+    return JsonResponse(selectors.experiment_points(experiment), json_dumps_params={"separators": (",", ":")})
+
+
 @login_required
 def trial_detail(request: HttpRequest, pk: int, number: int) -> HttpResponse:
     experiment, trial = selectors.trial_for_user(request.user, pk, number)
@@ -163,6 +172,9 @@ def retrain_detail(request: HttpRequest, pk: int, number: int) -> HttpResponse:
     experiment, trial = selectors.retrain_for_user(request.user, pk, number)
     return render(request, "experiments/trial.html", {
         "experiment": experiment, "trial": trial, "diagram": _diagram(experiment, trial),
+        "timings": selectors.trial_timings(trial), "epochs": selectors.trial_epochs(trial),
+        "fidelity": selectors.trial_fidelity(trial),
+        "curves": {"val_acc": trial.curve, "train_loss": trial.loss_curve},
         "can_see_traceback": selectors.can_see_traceback(request.user, experiment)})
 
 

@@ -24,7 +24,7 @@
   // A time axis in one unit, chosen by its longest time: seconds up to 2 minutes, minutes up to 2 hours, then hours.
   function duration(value) {
     const max = this.max;
-    if (max <= 120) return Math.round(value) + " s";
+    if (max <= 120) return Number(value.toFixed(1)) + " s";
     if (max <= 7200) return Number((value / 60).toFixed(1)) + " min";
     return Number((value / 3600).toFixed(1)) + " h";
   }

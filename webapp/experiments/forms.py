@@ -154,6 +154,29 @@ class ExperimentForm(forms.Form):
     def bound_option_groups(self) -> list[dict[str, Any]]:
         return [dict(group, bound=[self[f] for f in group["fields"]]) for group in self.option_groups]
 
+    # The form's sections, in the order a search is thought through; a component's options sit beside its choice.
+    SECTIONS = (("experiment", "Experiment", ("name", "team", "dataset"), None),
+                ("section-space", "Search space", ("space",), "space"),
+                ("section-strategy", "Search strategy", ("strategy",), "strategy"),
+                ("section-estimator", "Performance estimation", ("estimator", "epochs"), "estimator"),
+                ("section-budget", "Budget and stopping", ("budget", "seed", "patience", "max_seconds", "top_k"),
+                 None),
+                ("section-workers", "Workers", ("parallelism", "failure_policy", "max_failures", "bf16",
+                                                "channels_last"), None),
+                ("deployment-constraints", "Deployment constraints", LIMIT_FIELDS, None))
+
+    def sections(self) -> list[dict[str, Any]]:
+        """The sections with their bound fields and, for a component, its option groups (one per choice, the page
+        shows the chosen one's). A field no section names is shown in the first, so none is ever left out."""
+        placed = {name for _, _, names, _ in self.SECTIONS for name in names}
+        options = {f for group in self.option_groups for f in group["fields"]}
+        rest = [name for name in self.fields if name not in placed and name not in options]
+        groups = self.bound_option_groups()
+        return [{"id": key, "title": title, "component": component,
+                 "fields": [self[n] for n in (*names, *(rest if i == 0 else ()))],
+                 "groups": [g for g in groups if g["component"] == component and g["bound"]]}
+                for i, (key, title, names, component) in enumerate(self.SECTIONS)]
+
     def _options(self, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
         options: dict[str, dict[str, Any]] = {}
         for component in COMPONENTS:

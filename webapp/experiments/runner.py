@@ -334,14 +334,14 @@ def trial_run_now(trial_id: int, worker: str) -> str:
 
 
 def _leased(row: Trial, worker: str, job: Callable[[Callable[[], None]], Any],
-            log: Callable[[], str] | None = None) -> tuple[str, Any, str, str]:
+            log_text: Callable[[], str] | None = None) -> tuple[str, Any, str, str]:
     """Run a claimed trial's job under its lease, the lease checked between training batches: ("done", what the
     job returned, "", ""), ("failed", None, error, traceback), or ("handed back", ...) when its experiment (or the
     retraining) was cancelled or another worker took it over. A stopping worker hands it back, queued again.
-    `log` gives the trial's log so far, stored with each heartbeat."""
+    `log_text` gives the trial's log so far, stored with each heartbeat."""
     what = f"{'retraining' if row.is_retrain else 'trial'} {row.number} of experiment {row.experiment_id}"
     try:
-        with Lease(lambda: trial_heartbeat(row.pk, worker, log() if log else None), heartbeat_seconds()) as lease, \
+        with Lease(lambda: trial_heartbeat(row.pk, worker, log_text() if log_text else None), heartbeat_seconds()) as lease, \
                 between_batches(lease.check):
             return "done", job(lease.check), "", ""
     except SystemExit:  # the pool process told to stop (SIGTERM to every process of the worker, as a deploy does)

@@ -341,7 +341,8 @@ def _leased(row: Trial, worker: str, job: Callable[[Callable[[], None]], Any],
     `log_text` gives the trial's log so far, stored with each heartbeat."""
     what = f"{'retraining' if row.is_retrain else 'trial'} {row.number} of experiment {row.experiment_id}"
     try:
-        with Lease(lambda: trial_heartbeat(row.pk, worker, log_text() if log_text else None), heartbeat_seconds()) as lease, \
+        beat = lambda: trial_heartbeat(row.pk, worker, log_text() if log_text else None)  # noqa: E731
+        with Lease(beat, heartbeat_seconds()) as lease, \
                 between_batches(lease.check):
             return "done", job(lease.check), "", ""
     except SystemExit:  # the pool process told to stop (SIGTERM to every process of the worker, as a deploy does)

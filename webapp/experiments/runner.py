@@ -359,8 +359,9 @@ def _leased(row: Trial, worker: str, job: Callable[[Callable[[], None]], Any],
         error = f"TimeLimit: the trial ran past its limit of {settings.NAS_TRIAL_TIME_LIMIT} s (NAS_TRIAL_TIME_LIMIT)"
         return "failed", None, error, traceback.format_exc()[-20000:]
     except Exception as exc:  # the trial fails with its reason; the worker and the search go on
-        log.exception("%s failed", what)
-        return "failed", None, f"{type(exc).__name__}: {exc}"[:1000], traceback.format_exc()[-20000:]
+        error = f"{type(exc).__name__}: {exc}"[:1000]
+        log.exception("%s failed: %s", what, error)
+        return "failed", None, error, traceback.format_exc()[-20000:]
 
 
 def retrain_run(row: Trial, worker: str) -> str:

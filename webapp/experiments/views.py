@@ -155,10 +155,18 @@ def experiment_points(request: HttpRequest, pk: int) -> JsonResponse:
 def trial_detail(request: HttpRequest, pk: int, number: int) -> HttpResponse:
     experiment, trial = selectors.trial_for_user(request.user, pk, number)
     exports = selectors.trial_exports(trial)
+    return _trial_page(request, experiment, trial, exports=exports,
+                       exports_building=any(e["status"] in Export.ACTIVE for e in exports))
+
+
+def _trial_page(request: HttpRequest, experiment: Experiment, trial: Trial, **extra: object) -> HttpResponse:
+    """A search trial's page or a retraining's: its figures, curves, timings, log and drawing."""
     return render(request, "experiments/trial.html", {
-        "experiment": experiment, "trial": trial, "diagram": _diagram(experiment, trial), "exports": exports,
-        "exports_building": any(e["status"] in Export.ACTIVE for e in exports),
-        "can_see_traceback": selectors.can_see_traceback(request.user, experiment)})
+        "experiment": experiment, "trial": trial, "diagram": _diagram(experiment, trial),
+        "timings": selectors.trial_timings(trial), "epochs": selectors.trial_epochs(trial),
+        "fidelity": selectors.trial_fidelity(trial),
+        "curves": {"val_acc": trial.curve, "train_loss": trial.loss_curve},
+        "can_see_traceback": selectors.can_see_traceback(request.user, experiment), **extra})
 
 
 def _export_refused(exc: SpecError | selectors.ExportUnavailable) -> HttpResponse:
@@ -170,12 +178,7 @@ def _export_refused(exc: SpecError | selectors.ExportUnavailable) -> HttpRespons
 @login_required
 def retrain_detail(request: HttpRequest, pk: int, number: int) -> HttpResponse:
     experiment, trial = selectors.retrain_for_user(request.user, pk, number)
-    return render(request, "experiments/trial.html", {
-        "experiment": experiment, "trial": trial, "diagram": _diagram(experiment, trial),
-        "timings": selectors.trial_timings(trial), "epochs": selectors.trial_epochs(trial),
-        "fidelity": selectors.trial_fidelity(trial),
-        "curves": {"val_acc": trial.curve, "train_loss": trial.loss_curve},
-        "can_see_traceback": selectors.can_see_traceback(request.user, experiment)})
+    return _trial_page(request, experiment, trial)
 
 
 @login_required

@@ -136,6 +136,7 @@ class ExperimentViewSet(viewsets.GenericViewSet):
     @action(detail=True, methods=["post"])
     def extend(self, request: Request, pk: str) -> Response:
         """More trials for a succeeded search: it continues the same strategy state (or waits for review)."""
+        selectors.experiment_for_user(request.user, int(pk))  # another team's is a 404 before its body is read
         data = ExtendSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         return self._change(request, pk, lambda e: services.experiment_extend(e, request.user,
@@ -146,9 +147,9 @@ class ExperimentViewSet(viewsets.GenericViewSet):
     @action(detail=True, methods=["post"])
     def retrain(self, request: Request, pk: str) -> Response:
         """Train the best architecture from scratch for `epochs` epochs, as a retraining beside the search."""
+        experiment = selectors.experiment_for_user(request.user, int(pk))  # a 404 before the body is read
         data = RetrainSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        experiment = selectors.experiment_for_user(request.user, int(pk))
         try:
             trial = services.experiment_retrain(experiment, request.user, data.validated_data["epochs"])
         except SpecError as exc:
@@ -156,6 +157,7 @@ class ExperimentViewSet(viewsets.GenericViewSet):
         return Response(selectors.retrain_to_json(trial), status=status.HTTP_201_CREATED)
 
     def _review(self, request: Request, pk: str, approve: bool) -> Response:
+        selectors.experiment_for_user(request.user, int(pk))  # another team's is a 404 before its body is read
         review = ReviewSerializer(data=request.data)
         review.is_valid(raise_exception=True)
         comment = review.validated_data["comment"]

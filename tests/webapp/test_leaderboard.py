@@ -183,3 +183,10 @@ def test_the_platform_runner_numbers_its_steps_in_order(alice, settings, django_
     seqs = list(Trial.objects.filter(experiment=e).order_by("told").values_list("seq", flat=True))
     assert len(seqs) == 6 and seqs == sorted(seqs) and len(set(seqs)) == 6 and seqs[0] >= 1
     assert json.loads(json.dumps(selectors.experiment_progress(e, 0)))["cursor"] == seqs[-1] + 1
+
+
+def test_ranks_are_the_same_whether_read_from_the_order_or_computed(alice):
+    e = experiment_with(alice, 40)
+    by_figure = selectors.experiment_leaderboard(e)[25:40]  # the rank is the place
+    computed = {t.number: t.rank for t in selectors.experiment_leaderboard(e, sort="trial")[0:40]}  # the window's
+    assert [t.rank for t in by_figure] == list(range(26, 41)) == [computed[t.number] for t in by_figure]

@@ -224,8 +224,8 @@ class Leaderboard:
     into 100,000 trials costs about what the first one does."""
 
     def __init__(self, trials: QuerySet[Trial], order: list[Any], columns: tuple[str, ...] | None,
-                 count: Callable[[], int] | None = None) -> None:
-        self.trials, self.order, self.columns = trials, order, columns
+                 count: Callable[[], int] | None = None, by_rank: bool = False) -> None:
+        self.trials, self.order, self.columns, self.by_rank = trials, order, columns, by_rank
         self._count = count or trials.count
 
     def count(self) -> int:
@@ -241,11 +241,13 @@ class Leaderboard:
         ids = list(self.trials.order_by(*self.order).values_list("pk", flat=True)[window])
         rows = self.trials.filter(pk__in=ids)
         rows = {t.pk: t for t in (rows.only(*self.columns) if self.columns else rows.defer(*Trial.BLOBS))}
-        ranked = self.trials.annotate(trial_id=F("pk"), rank=Window(RowNumber(), order_by=[F("val_acc").desc(),
-                                                                                          F("number").asc()]))
-        sql, params = ranked.order_by().values_list("trial_id", "rank").query.sql_with_params()
         ranks: dict[int, int] = {}
-        if ids:
+        if self.by_rank:  # in the rank's own order a row's rank is its place
+            ranks = {pk: (window.start or 0) + i + 1 for i, pk in enumerate(ids)}
+        elif ids:
+            ranked = self.trials.annotate(trial_id=F("pk"), rank=Window(
+                RowNumber(), order_by=[F("val_acc").desc(), F("number").asc()]))
+            sql, params = ranked.order_by().values_list("trial_id", "rank").query.sql_with_params()
             with connection.cursor() as cursor:
                 cursor.execute(f"SELECT trial_id, rank FROM ({sql}) ranked WHERE trial_id IN ({', '.join(['%s'] * len(ids))})",
                                [*params, *ids])
@@ -271,7 +273,8 @@ def experiment_leaderboard(experiment: Experiment, limit: int | None = None, sor
     order = F(column).desc() if sort.startswith("-") else F(column).asc()
     unfiltered = epochs is None and not kept
     board = Leaderboard(trials, [order, "number"], columns,
-                        (lambda: experiment_exploration(experiment)["unique_architectures"]) if unfiltered else None)
+                        (lambda: experiment_exploration(experiment)["unique_architectures"]) if unfiltered else None,
+                        by_rank=sort == "-figure")
     return board[:limit] if limit else board
 
 

@@ -96,7 +96,7 @@ def test_the_best_trial_is_built_once_and_streamed_and_scores_its_test_accuracy_
     export = Export.objects.get()
     assert export.status == "queued"
     page = alice_client.get(trial_page).content.decode()
-    assert "building…" in page and 'http-equiv="refresh"' in page
+    assert "building…" in page and 'window.location.reload()' in page
     refused = alice_client.get(download)
     assert refused.status_code == 409 and "a worker builds it" in refused.content.decode()
     assert build_here(export.pk) == "done"

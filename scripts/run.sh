@@ -26,7 +26,7 @@ redis_pid=$(scripts/ensure-redis.sh)
 [ -n "$redis_pid" ] && { pids+=("$redis_pid"); echo "Started a local redis-server for this session ($REDIS_URL)."; }
 
 $PY manage.py migrate --noinput
-login=$($PY manage.py demo_user)
+login=$($PY manage.py demo_user --url "http://127.0.0.1:$port/")
 $PY -m celery -A webapp worker --loglevel=INFO --concurrency=1 -Q "${NAS_GPU_QUEUE:-gpu},${NAS_CPU_QUEUE:-cpu}" &
 pids+=($!)
 $PY manage.py runserver "127.0.0.1:$port" --noreload &

@@ -92,5 +92,13 @@ def set_torch_threads(**kwargs) -> None:
         torch.set_num_threads(settings.NAS_TORCH_THREADS)
 
 
+@worker_process_init.connect
+def import_before_the_first_trial(**kwargs) -> None:
+    """Import what PyTorch imports lazily on a process's first optimiser step (torch._dynamo, a second or two),
+    before any trial runs: a trial's time limit that lands inside that import would leave the module half
+    initialised, and every later trial of the process would fail on it."""
+    import torch._dynamo  # noqa: F401
+
+
 app.steps["consumer"].add(RecoverOnConnect)
 app.steps["worker"].add(SweepSilentJobs)

@@ -315,26 +315,29 @@ def _rounded(value: float | None, digits: int = 6) -> float | None:
     return None if value is None else float(f"{value:.{digits}g}")
 
 
-def experiment_points(experiment: Experiment) -> dict[str, Any]:
-    """Every trial with a figure, in number order, as columns for the charts: one list per field rather than an
-    object per trial, so 10,000 trials stay a few hundred kilobytes. `finished_s` is the seconds from the
-    experiment's start to the trial's end (None where either is unknown). Only the columns named are read:
-    no curve, log or traceback. With the DARTS search epochs and what the figure is."""
+# A chart's point: what the charts' first load (columns) and the poll (one object per changed trial) both send.
+POINT_COLUMNS = ("number", "val_acc", "params", "flops", "finished_s", "distance", "arch")
+
+
+def _points(experiment: Experiment, trials: QuerySet[Trial], limit: int | None = None) -> list[tuple[tuple, int]]:
+    """`trials` (in their order, the first `limit`) as chart points in POINT_COLUMNS' order, each with its `seq`.
+    `finished_s` is the seconds from the experiment's start to the trial's end (None where either is unknown),
+    worked out by the database. Only these columns are read: no curve, log or traceback."""
     start = experiment.started_at
     finished = SecondsSince("finished_at", start) if start is not None else Value(None, output_field=FloatField())
-    rows = (experiment.trials.filter(Trial.WITH_FIGURE).order_by("number").annotate(finished_s=finished)
-            .values_list("number", "val_acc", "params", "flops", "finished_s", "distance_to_incumbent",
-                         "arch_display"))
-    columns: dict[str, list[Any]] = {k: [] for k in ("number", "val_acc", "params", "flops", "finished_s",
-                                                     "distance", "arch")}
-    for number, val_acc, params, flops, finished_s, distance, arch in rows:
-        columns["number"].append(number)
-        columns["val_acc"].append(_rounded(val_acc))
-        columns["params"].append(params)
-        columns["flops"].append(flops)
-        columns["finished_s"].append(None if finished_s is None else round(finished_s, 1))
-        columns["distance"].append(distance)
-        columns["arch"].append(arch)
+    rows = trials.annotate(finished_s=finished).values_list(
+        "number", "val_acc", "params", "flops", "finished_s", "distance_to_incumbent", "arch_display", "seq")
+    return [((number, _rounded(val_acc), params, flops, None if finished_s is None else round(finished_s, 1),
+              distance, arch), seq)
+            for number, val_acc, params, flops, finished_s, distance, arch, seq in rows[:limit]]
+
+
+def experiment_points(experiment: Experiment) -> dict[str, Any]:
+    """Every trial with a figure, in number order, as columns for the charts: one list per field rather than an
+    object per trial, so 10,000 trials stay a few hundred kilobytes. With the DARTS search epochs and what the
+    figure is."""
+    points = [point for point, _ in _points(experiment, experiment.trials.filter(Trial.WITH_FIGURE).order_by("number"))]
+    columns = {name: [point[i] for point in points] for i, name in enumerate(POINT_COLUMNS)}
     return {**columns, "search_epochs": [epoch_to_json(e) for e in experiment.search_epochs.order_by("epoch")],
             "figure": experiment.figure.as_json()}
 
@@ -495,20 +498,7 @@ def experiment_liveness(experiment: Experiment) -> dict[str, Any] | None:
                        f"no heartbeat from {who} for {int(silent)} s; the next worker to sweep takes it over"}
 
 
-# A trial as the charts draw it (the poll's changed rows; the charts' first load reads the same columns).
-POINT_FIELDS = ("number", "arch_display", "val_acc", "params", "flops", "finished_at", "distance_to_incumbent")
 POLL_ROWS = 500  # changed trials per poll at most; the client asks again at once for the rest
-
-
-def trial_points(experiment: Experiment, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Trials (rows of POINT_FIELDS) as chart points: {number, arch, val_acc, params, flops, finished_s (seconds
-    since the search started), distance}."""
-    start = experiment.started_at
-    return [{"number": r["number"], "arch": r["arch_display"], "val_acc": r["val_acc"], "params": r["params"],
-             "flops": r["flops"], "distance": r["distance_to_incumbent"],
-             "finished_s": None if start is None or r["finished_at"] is None
-             else round((r["finished_at"] - start).total_seconds(), 3)}
-            for r in rows]
 
 
 def experiment_cursor(experiment: Experiment) -> int:
@@ -530,7 +520,7 @@ def experiment_progress(experiment: Experiment, since: int, epochs_seen: int = 0
     or sent twice. Of a differentiable search, the search epochs after the first `epochs_seen`. An unchanged
     experiment costs a few hundred bytes whatever its size; no blob is read."""
     changed = experiment.trials.filter(Trial.WITH_FIGURE, seq__gte=since).order_by("seq")
-    rows = list(changed.values("seq", *POINT_FIELDS)[:POLL_ROWS])
+    rows = _points(experiment, changed, POLL_ROWS)
     return {
         "status": experiment.status, "trials_done": experiment.trials_done, "budget": experiment.budget,
         "progress_percent": experiment.progress_percent,
@@ -542,7 +532,7 @@ def experiment_progress(experiment: Experiment, since: int, epochs_seen: int = 0
         "failed_trials": experiment.trials.filter(status=FAILED).count(),
         "search_epochs": [epoch_to_json(e) for e in
                           experiment.search_epochs.filter(epoch__gt=epochs_seen).order_by("epoch")],
-        "trials": trial_points(experiment, rows), "cursor": rows[-1]["seq"] + 1 if rows else since,
+        "trials": [dict(zip(POINT_COLUMNS, point)) for point, _ in rows], "cursor": rows[-1][1] + 1 if rows else since,
         "more": len(rows) == POLL_ROWS}
 
 

@@ -207,18 +207,19 @@ def test_the_trial_page_of_a_trial_without_curves_or_log_says_so(alice_client, a
 def test_a_real_worker_keeps_the_last_lines_of_a_trials_log_refreshed_while_it_runs(alice, celery_worker_factory):
     from tests.conftest import wait_for
 
-    spec = ExperimentSpec("digits", "chain_cnn", "random", "train", budget=1, epochs=60, seed=2,
+    spec = ExperimentSpec("digits", "chain_cnn", "random", "train", budget=1, epochs=240, seed=2,
                           options={"space": {"max_layers": 1}})
     e = services.experiment_create(user=alice, name="long trial", spec=spec)
-    worker = celery_worker_factory(NAS_TORCH_THREADS="1", LOG_LEVEL="WARNING")
+    # An epoch of this network takes about 0.03 s: 240 of them span several heartbeats even on an idle machine.
+    worker = celery_worker_factory(NAS_TORCH_THREADS="1", LOG_LEVEL="WARNING", NAS_HEARTBEAT_SECONDS="1")
     # While it trains, each heartbeat stores the log so far.
     wait_for(lambda: Trial.objects.filter(experiment=e, status="running", log_tail__contains="epoch ").exists(), 180,
              "a running trial's log", worker.log)
     wait_for(lambda: Experiment.objects.get(pk=e.pk).status not in Experiment.ACTIVE, 300, "the experiment",
              worker.log)
     trial = e.trials.get()
-    assert trial.status == "done" and len(trial.loss_curve) == len(trial.curve) == 60
+    assert trial.status == "done" and len(trial.loss_curve) == len(trial.curve) == 240
     lines = trial.log_tail.splitlines()
-    assert len(lines) == 50  # 60 epochs and the trial's own line: the last 50 are kept
-    assert "nasjobs.training: epoch 12/60: train loss " in lines[0]
-    assert "nasjobs.training: epoch 60/60: train loss " in lines[-2] and "val_acc=" in lines[-1]
+    assert len(lines) == 50  # 240 epochs and the trial's own line: the last 50 are kept
+    assert "nasjobs.training: epoch 192/240: train loss " in lines[0]
+    assert "nasjobs.training: epoch 240/240: train loss " in lines[-2] and "val_acc=" in lines[-1]

@@ -4,7 +4,7 @@ import logging
 import os
 
 from celery import Celery, bootsteps
-from celery.signals import worker_process_init
+from celery.signals import task_prerun, worker_init, worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
 
@@ -79,6 +79,29 @@ class SweepSilentJobs(bootsteps.StartStopStep):
         if any(swept.values()):
             log.info("queued again after their worker went silent: trials %s, experiments %s, exports %s",
                      swept["trials"], swept["experiments"], swept["exports"])
+
+
+@worker_init.connect
+def keep_database_connections(**kwargs) -> None:
+    """In a worker (its main process, before the pool forks), a database connection lives NAS_WORKER_DB_CONN_MAX_AGE
+    seconds rather than one task: a trial of a table-lookup search costs milliseconds, a new PostgreSQL connection
+    about 6 of them."""
+    from django.conf import settings
+
+    if settings.NAS_WORKER_DB_CONN_MAX_AGE:
+        for config in settings.DATABASES.values():  # the dicts the connections read when they connect
+            config["CONN_MAX_AGE"] = settings.NAS_WORKER_DB_CONN_MAX_AGE
+
+
+@task_prerun.connect
+def check_database_connections(sender=None, **kwargs) -> None:
+    """Before each task a worker runs, a kept connection that is broken (the database restarted), left in error or
+    past its age is closed, so the task connects afresh (Django's CONN_HEALTH_CHECKS pings a kept one first). A
+    task run eagerly, inside its caller's transaction, keeps the caller's connection."""
+    from django.db import close_old_connections
+
+    if not getattr(getattr(sender, "request", None), "is_eager", False):
+        close_old_connections()
 
 
 @worker_process_init.connect

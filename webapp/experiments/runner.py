@@ -324,7 +324,8 @@ def trial_run_now(trial_id: int, worker: str) -> str:
         return outcome
     record = result or record
     try:
-        finished = trial_report(experiment.pk, row.number, worker, record, error, trace, log_tail=tail.text())
+        finished = trial_report(experiment.pk, row.number, worker, record, len(row.evaluations), error, trace,
+                                log_tail=tail.text())
     except services.LostClaim as exc:
         log.warning("%s", exc)
         return "handed back"
@@ -378,32 +379,31 @@ def retrain_run(row: Trial, worker: str) -> str:
     return outcome
 
 
-def trial_report(experiment_id: int, number: int, worker: str, record: TrialRecord, error: str = "",
-                 trace: str = "", *, log_tail: str = "") -> str | None:
+def trial_report(experiment_id: int, number: int, worker: str, record: TrialRecord, spent_before: int,
+                 error: str = "", trace: str = "", *, log_tail: str = "") -> str | None:
     """Record a trial's outcome and take the next planning step, in one transaction under the experiment's lock:
-    the strategy is told (or told per the failure policy), the next proposals are written as pending and queued
+    the strategy is told (or told per the failure policy), the trial's evaluations beyond its first
+    `spent_before` (those of earlier jobs) counted as spent, the next proposals are written as pending and queued
     on commit, weights beyond the best `top_k` are forgotten. After `max_failures` failures in a row the
     experiment fails, saying why. A result that finishes after a cancel is kept: it cost real compute.
     Returns why the search is over (nothing in flight, nothing more to propose), or None."""
     with planning(experiment_id) as (experiment, planner):
-        row = Trial.objects.filter(experiment_id=experiment_id, number=number, claimed_by=worker,
-                                   status=RUNNING).defer(*Trial.BLOBS).order_by().first()
-        if row is None:
-            raise services.LostClaim(f"trial {number} of experiment {experiment_id} is no longer held by {worker}")
         now = timezone.now()
-        spent_before = len(row.evaluations)
         if error:
             planner.fail(record, error)
         else:
             record.search_seconds = experiment.search_seconds(now)
             planner.tell(record)
-        Trial.objects.filter(pk=row.pk).update(job="", error=error, traceback=trace, finished_at=now,
-                                               heartbeat_at=now, log_tail=log_tail,
-                                               **services.trial_result_fields(record, experiment.plan_version + 1))
+        # Written only while this worker holds it: else the step rolls back, planner and all.
+        if not Trial.objects.filter(experiment_id=experiment_id, number=number, claimed_by=worker,
+                                    status=RUNNING).update(
+                job="", error=error, traceback=trace, finished_at=now, heartbeat_at=now, log_tail=log_tail,
+                **services.trial_result_fields(record, experiment.plan_version + 1)):
+            raise services.LostClaim(f"trial {number} of experiment {experiment_id} is no longer held by {worker}")
         failures = experiment.consecutive_failures + 1 if error else 0
         fields: dict[str, Any] = {"trials_done": F("trials_done") + len(record.evaluations) - spent_before,
                                   "consecutive_failures": failures}
-        forgotten = _forget_weights(experiment, planner.kept(experiment.top_k))
+        forgotten = _forget_weights(experiment, planner)
         finished = None
         if experiment.status == Experiment.Status.RUNNING:
             if failures >= experiment.max_failures:
@@ -420,14 +420,16 @@ def trial_report(experiment_id: int, number: int, worker: str, record: TrialReco
     return finished
 
 
-def _forget_weights(experiment: Experiment, kept: list[int]) -> list[int]:
-    """Forget the weights of trials no longer among the best; returns their numbers, whose files the caller
-    deletes. Only those files: a trial finishing elsewhere meanwhile has its own, not yet recorded."""
-    dropped = Trial.objects.filter(experiment_id=experiment.pk).exclude(number__in=kept).exclude(
-        weights_path="").order_by("number")
-    numbers = list(dropped.values_list("number", flat=True))
+def _forget_weights(experiment: Experiment, planner: Planner) -> list[int]:
+    """Forget the weights of trials no longer among the best `top_k`; returns their numbers, whose files the caller
+    deletes. The planner holds every recorded trial as the database does (under the lock), so it says which have
+    weights without a query; a trial finishing elsewhere meanwhile has its own file, not yet recorded."""
+    kept = set(planner.kept(experiment.top_k))
+    numbers = sorted(n for n, t in planner.trials.items() if t.weights_path and n not in kept)
     if numbers:
-        dropped.update(weights_path="")
+        Trial.objects.filter(experiment_id=experiment.pk, number__in=numbers).update(weights_path="")
+        for n in numbers:
+            planner.trials[n].weights_path = None
     return numbers
 
 

@@ -202,7 +202,8 @@ def per_step(experiment: Experiment, what: str, compute: Callable[[], T]) -> T:
 LEADERBOARD_SORTS = {"figure": "val_acc", "params": "params", "macs": "flops", "training": "train_seconds",
                      "trial": "number"}
 LEADERBOARD_DEFAULT_SORT = "-figure"
-# What a leaderboard row shows; the learning curve, traceback and fidelity details stay in the database.
+# What a leaderboard row shows; the learning curve, traceback and fidelity details stay in the database (the
+# chance-level mark is read out of the fidelity by the database: `Trial.CHANCE_LEVEL`).
 LEADERBOARD_FIELDS = ("experiment", "number", "arch_display", "val_acc", "params", "flops", "train_seconds", "evaluations",
                       "epochs_trained", "weights_path", "status", "job", "estimator")
 
@@ -240,7 +241,8 @@ class Leaderboard:
     def __getitem__(self, window: slice) -> list[Trial]:
         ids = list(self.trials.order_by(*self.order).values_list("pk", flat=True)[window])
         rows = self.trials.filter(pk__in=ids)
-        rows = {t.pk: t for t in (rows.only(*self.columns) if self.columns else rows.defer(*Trial.BLOBS))}
+        rows = rows.only(*self.columns) if self.columns else rows.defer(*Trial.BLOBS)
+        rows = {t.pk: t for t in rows.annotate(chance_level=Trial.CHANCE_LEVEL)}
         ranks: dict[int, int] = {}
         if self.by_rank:  # in the rank's own order a row's rank is its place
             ranks = {pk: (window.start or 0) + i + 1 for i, pk in enumerate(ids)}
@@ -425,7 +427,7 @@ def trial_to_json(trial: Trial, rank: int | None = None) -> dict[str, Any]:
             "search_seconds": round(trial.search_seconds, 3), "proposals": trial.proposals,
             "distance_to_incumbent": trial.distance_to_incumbent, "evaluations": trial.evaluations,
             "status": trial.status, "host": trial.host, "device": trial.device, "attempts": trial.attempts,
-            "error": trial.error}
+            "error": trial.error, "chance_level": trial.at_chance_level}
     if rank is not None:
         data["rank"] = rank
     return data
@@ -556,7 +558,8 @@ def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> d
         "trust": calibration_to_json(experiment.calibrations.first()),
         "best": None if best is None else {
             "number": best.number, "arch": best.arch_key, "arch_display": best.arch_display,
-            "val_acc": best.val_acc, "test_acc": experiment.test_acc, "params": best.params, "flops": best.flops},
+            "val_acc": best.val_acc, "test_acc": experiment.test_acc, "params": best.params, "flops": best.flops,
+            "chance_level": best.at_chance_level},
         "error": experiment.error,
         "created_at": experiment.created_at.isoformat() if experiment.created_at else None,
         "started_at": experiment.started_at.isoformat() if experiment.started_at else None,

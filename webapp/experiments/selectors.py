@@ -478,6 +478,25 @@ def epoch_to_json(epoch: SearchEpoch) -> dict[str, Any]:
             "stopped_early": epoch.stopped_early, "seconds": epoch.seconds}
 
 
+def experiment_weight_spread(experiment: Experiment) -> dict[str, Any] | None:
+    """Of a differentiable search, how far the operation weights of its last search epoch are from uniform
+    (`nasjobs.strategies.darts.weight_spread`), and while they are still near it, the sentence that says its
+    derived cell is not yet informative; None for another kind of search or before its first epoch."""
+    from nasjobs.strategies.darts import NEAR_UNIFORM_MARGIN, weight_spread
+
+    if not experiment.is_differentiable:
+        return None
+    last = experiment.search_epochs.order_by("-epoch").only("epoch", "alphas").first()
+    spread = weight_spread(last.alphas or {}) if last is not None else None
+    if spread is None:
+        return None
+    note = (f"The operation weights are still near uniform (largest weight {spread.largest:.3f} vs uniform "
+            f"{spread.uniform:.3f}): the derived cell is not yet informative; search more epochs."
+            if spread.near_uniform else None)
+    return {"epoch": last.epoch, "largest": spread.largest, "uniform": spread.uniform,
+            "margin": NEAR_UNIFORM_MARGIN, "near_uniform": spread.near_uniform, "note": note}
+
+
 def experiment_liveness(experiment: Experiment) -> dict[str, Any] | None:
     """For a running experiment whose worker has gone quiet (the heartbeat of a running trial, or of a search
     that runs as one job, written every few seconds even mid-epoch, is older than 15 s or half the lease): how
@@ -570,6 +589,8 @@ def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> d
         "failed_trials": experiment.trials.filter(status=FAILED).count(),
         "retrains": [retrain_to_json(t) for t in experiment_retrains(experiment)],
     }
+    if experiment.is_differentiable:  # its best trial is the cell derived from its operation weights
+        data["weight_spread"] = experiment_weight_spread(experiment)
     if leaderboard != 0:
         board = experiment_leaderboard(experiment, columns=None)
         data["leaderboard"] = [trial_to_json(t, t.rank) for t in (board[:leaderboard] if leaderboard else board[:])]

@@ -416,6 +416,8 @@ class SearchRunner:
             trial.evaluations = [*trial.evaluations, result.val_acc]
             trial.val_acc = sum(trial.evaluations) / len(trial.evaluations)
             trial.train_seconds += result.train_seconds
+            if result.fidelity.get("chance_level"):  # the mean holds a run that learned nothing: say so
+                trial.fidelity = {**trial.fidelity, "chance_level": True}
             log.info("trial %d %s re-evaluated: %.4f (mean of %d: %.4f)", trial.number, trial.arch_key,
                      result.val_acc, len(trial.evaluations), trial.val_acc)
         else:

@@ -51,13 +51,24 @@ class TrainingDiverged(RuntimeError):
     """Training produced a NaN or infinite loss; the trial fails with this as its error."""
 
 
-CHANCE_MARGIN = 0.02  # above 1/classes, still no better than guessing on a validation split of a few hundred
+CHANCE_MARGIN = 0.02  # above the guess, still no better than guessing on a validation split of a few hundred
 
 
-def at_chance(val_acc: float, num_classes: int, margin: float = CHANCE_MARGIN) -> bool:
-    """Whether a trained network's accuracy is no better than guessing: training that diverged without a NaN
-    (a learning rate too high to learn, a network stuck on one class) must be flagged, not ranked as a result."""
-    return num_classes > 1 and val_acc <= 1.0 / num_classes + margin
+def guessing_accuracy(labels: torch.Tensor) -> float:
+    """The accuracy of always answering the most common class of `labels`: what a network that learned nothing
+    but the class balance scores (1/classes on a balanced split, more on an unbalanced one)."""
+    if labels.numel() == 0:
+        return 0.0
+    return float(torch.bincount(labels.flatten().long()).max()) / labels.numel()
+
+
+def at_chance(val_acc: float, labels: torch.Tensor, margin: float = CHANCE_MARGIN) -> bool:
+    """Whether a trained network's accuracy on the split of `labels` is no better than guessing its most common
+    class: training that diverged without a NaN (a learning rate too high to learn, a network stuck on one class)
+    must be flagged, not ranked as a result. A split of one class has nothing to guess, so nothing is flagged."""
+    if labels.numel() == 0 or int(labels.max()) == int(labels.min()):
+        return False
+    return val_acc <= guessing_accuracy(labels) + margin
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,10 @@ class Estimator(ABC):
     # Whether `cost` has figures of its own (a benchmark's table) rather than those of the space's network: the
     # deployment limits (`nasjobs.constraints`) then ask an instance, not `nasjobs.metrics.network_cost`.
     own_cost: ClassVar[bool] = False
+    # Whether its figure is the validation accuracy of a network it trained (or one that inherited trained
+    # weights): such a figure no better than guessing says the training failed, and `evaluate` marks it with
+    # `mark_chance_level`. A training-free proxy's score or a benchmark table's lookup carries no such mark.
+    marks_chance_level: ClassVar[bool] = False
 
     def __init__(self, space: SearchSpace, dataset: Dataset, config: Any, device: torch.device) -> None:
         self.space = space
@@ -118,6 +122,18 @@ class Estimator(ABC):
 
             self.costs[key] = network_cost(self.space, arch, self.dataset.input_shape, self.dataset.num_classes, model)
         return self.costs[key]
+
+    def mark_chance_level(self, result: EvalResult) -> EvalResult:
+        """`result`, with `fidelity["chance_level"] = True` when its accuracy is no better than always guessing the
+        validation split's most common class (`nasjobs.training.at_chance`): training that diverged without a
+        NaN loss (a NaN fails the trial), whose figure must be flagged rather than ranked as an ordinary result.
+        Every estimator that `marks_chance_level` calls this on what `evaluate` returns, and only those."""
+        from nasjobs.training import at_chance
+
+        result.fidelity.pop("chance_level", None)
+        if self.marks_chance_level and at_chance(result.val_acc, self.dataset.val.y):
+            result.fidelity["chance_level"] = True
+        return result
 
     @abstractmethod
     def test_accuracy(self, arch: Any, state: dict[str, torch.Tensor]) -> float:

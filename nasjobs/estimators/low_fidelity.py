@@ -139,9 +139,10 @@ class LowFidelityEstimator(TrainEstimator):
                     "data_seed": c.data_seed, "width_multiplier": c.width_multiplier,
                     "trained_params": count_params(model), **width}
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        return EvalResult(val_acc=curve[-1] if curve else accuracy(model, self.dataset.val, self.device),
-                          params=params, flops=flops, train_seconds=seconds, fidelity=fidelity, curve=curve,
-                          state=state, loss_curve=trainer.loss_curve)
+        return self.mark_chance_level(EvalResult(
+            val_acc=curve[-1] if curve else accuracy(model, self.dataset.val, self.device), params=params,
+            flops=flops, train_seconds=seconds, fidelity=fidelity, curve=curve, state=state,
+            loss_curve=trainer.loss_curve))
 
     def network(self, arch: Any, seed: int = 0) -> torch.nn.Module:
         return self._build_proxy(arch, seed)[0]  # the proxy `evaluate` trains (same width)

@@ -116,5 +116,6 @@ class MedianStoppingEstimator(TrainEstimator):
         seconds = time.perf_counter() - started
         fidelity["epochs"] = len(curve)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        return EvalResult(val_acc=curve[-1], params=params, flops=flops, train_seconds=seconds, fidelity=fidelity,
-                          curve=curve, state=state, loss_curve=trainer.loss_curve)
+        return self.mark_chance_level(EvalResult(val_acc=curve[-1], params=params, flops=flops,
+                                                 train_seconds=seconds, fidelity=fidelity, curve=curve,
+                                                 state=state, loss_curve=trainer.loss_curve))

@@ -89,9 +89,10 @@ class SuccessiveHalvingEstimator(TrainEstimator):
         tmp = path.with_suffix(".tmp")
         torch.save(trainer.state_dict(), tmp)
         tmp.replace(path)
-        return EvalResult(val_acc=curve[-1], params=params, flops=flops, train_seconds=seconds,
-                          fidelity={"estimator": self.name, "epochs": epochs, "resumed_from_epoch": resumed_from},
-                          curve=curve, state=trainer.state_dict()["model"], loss_curve=list(trainer.loss_curve))
+        return self.mark_chance_level(EvalResult(
+            val_acc=curve[-1], params=params, flops=flops, train_seconds=seconds,
+            fidelity={"estimator": self.name, "epochs": epochs, "resumed_from_epoch": resumed_from}, curve=curve,
+            state=trainer.state_dict()["model"], loss_curve=list(trainer.loss_curve)))
 
 
 class HyperbandEstimator(SuccessiveHalvingEstimator):

@@ -10,7 +10,7 @@ import torch
 from nasjobs.augment import Augmentation
 from nasjobs.estimators.base import EpochHook, EvalResult, Estimator
 from nasjobs.options import option
-from nasjobs.training import SGDSettings, accuracy, at_chance, fit, seeded_init
+from nasjobs.training import SGDSettings, accuracy, fit, seeded_init
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class TrainEstimator(Estimator):
     name = "train"
     title = "Train N epochs"
     Config = TrainConfig
+    marks_chance_level = True  # and so do the estimators built on it: fewer epochs, stopped early, rungs, one-shot
 
     def _settings(self) -> SGDSettings:
         c = self.config
@@ -61,11 +62,9 @@ class TrainEstimator(Estimator):
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         val_acc = curve[-1] if curve else accuracy(model, self.dataset.val, self.device)
         fidelity: dict[str, Any] = {"epochs": budget, "data_fraction": 1.0}
-        if at_chance(val_acc, self.dataset.num_classes):
-            fidelity["chance_level"] = True  # trained, yet no better than guessing: diverged
-        return EvalResult(val_acc=val_acc, params=params, flops=flops, train_seconds=seconds, fidelity=fidelity,
-                          curve=curve, state=state,
-                          loss_curve=trainer.loss_curve)
+        return self.mark_chance_level(EvalResult(val_acc=val_acc, params=params, flops=flops, train_seconds=seconds,
+                                                 fidelity=fidelity, curve=curve, state=state,
+                                                 loss_curve=trainer.loss_curve))
 
     def test_accuracy(self, arch: Any, state: dict[str, torch.Tensor]) -> float:
         model = self._build(arch, 0)

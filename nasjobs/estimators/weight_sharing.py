@@ -271,5 +271,5 @@ class WeightSharingEstimator(TrainEstimator):
                     "supernet_loaded": self.supernet_info["supernet_loaded_from"] is not None}
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         params, flops = self.cost(arch, model)
-        return EvalResult(val_acc=val_acc, params=params, flops=flops, train_seconds=seconds,
-                          fidelity=fidelity, curve=[], state=state)
+        return self.mark_chance_level(EvalResult(val_acc=val_acc, params=params, flops=flops,
+                                                 train_seconds=seconds, fidelity=fidelity, curve=[], state=state))

@@ -114,6 +114,7 @@ class ZeroCostEstimator(TrainEstimator):
     name = "zero_cost"
     title = "Zero-cost proxy (synflow, grad_norm, NASWOT)"
     Config = ZeroCostConfig
+    marks_chance_level = False  # a score at initialisation, not an accuracy after training
 
     def __init__(self, space: SearchSpace, dataset: Dataset, config: ZeroCostConfig, device: torch.device) -> None:
         super().__init__(space, dataset, config, device)

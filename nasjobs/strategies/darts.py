@@ -301,6 +301,35 @@ def param_free_fraction(arch: Any) -> float:
     return sum(op in PARAM_FREE for op in ops) / len(ops)
 
 
+# How far above uniform (1/ops) an edge's largest weight must rise before its argmax is a choice rather than noise.
+NEAR_UNIFORM_MARGIN = 0.2
+
+
+@dataclass(frozen=True)
+class WeightSpread:
+    """How far the operation weights of a search's cells are from uniform: the edge whose largest weight stands
+    furthest above its uniform share, and whether even that edge is still near uniform."""
+
+    largest: float  # that edge's largest softmax weight
+    uniform: float  # 1 / its number of candidate operations
+    near_uniform: bool
+
+
+def weight_spread(weights: dict[str, Sequence[Sequence[float]]],
+                  margin: float = NEAR_UNIFORM_MARGIN) -> WeightSpread | None:
+    """Whether the derived cell says anything yet. Section 2.4 of Liu et al. 2019 derives the discrete
+    architecture by the argmax of each edge's softmax over alpha; while every edge's largest weight is below
+    (1 + margin) / ops, the argmax picks among near-equal weights (alpha starts at 1e-3 noise, so the first cell is
+    one of chance) and the derived cell is not yet informative. `weights` are the softmaxed alphas of an
+    `EpochRecord` (rows edges, columns ops, per cell type); None when there are none."""
+    rows = [row for cell in weights.values() for row in cell if len(row) > 0]
+    if not rows:
+        return None
+    row = max(rows, key=lambda r: max(r) * len(r))  # the largest weight relative to its edge's uniform share
+    largest, uniform = float(max(row)), 1.0 / len(row)
+    return WeightSpread(largest, uniform, largest < uniform * (1.0 + margin))
+
+
 # the strategy ---------------------------------------------------------------------------------------------------
 def _detached_copy(obj: Any) -> Any:
     """Tensors copied to the CPU (never aliasing live state), containers rebuilt: a checkpoint that later steps

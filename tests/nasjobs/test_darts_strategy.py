@@ -341,3 +341,19 @@ def test_the_supernet_is_scored_with_batch_statistics_without_moving_the_running
     loss, acc = searcher.evaluate(split)
     assert loss > 0 and 0 <= acc <= 1
     assert all(torch.equal(b, before[n]) for n, b in searcher.net.named_buffers())
+
+
+def test_a_cell_whose_weights_stayed_near_uniform_is_told_apart_from_a_peaked_one():
+    from nasjobs.strategies.darts import NEAR_UNIFORM_MARGIN, weight_spread
+
+    uniform = {"normal": [[0.125] * 8] * 14, "reduce": [[0.125] * 8] * 14}
+    spread = weight_spread(uniform)
+    assert spread.near_uniform and spread.uniform == 0.125 and spread.largest == 0.125
+    just_below = 0.125 * (1 + NEAR_UNIFORM_MARGIN) - 1e-3
+    assert weight_spread({"cell": [[just_below] + [(1 - just_below) / 7] * 7]}).near_uniform
+    peaked = {"normal": uniform["normal"], "reduce": [[0.3] + [0.1] * 7] + uniform["reduce"][1:]}
+    spread = weight_spread(peaked)  # one edge that chose is enough: the argmax there is a choice
+    assert not spread.near_uniform and spread.largest == 0.3
+    # the edge furthest above its own uniform share is the one reported, whatever the op counts
+    assert weight_spread({"a": [[0.6, 0.4]], "b": [[0.3, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]]}).largest == 0.3
+    assert weight_spread({}) is None and weight_spread({"cell": []}) is None

@@ -347,3 +347,52 @@ def test_each_estimator_says_whether_its_figure_is_an_accuracy_or_a_named_score(
             assert named.kind == "score" and named.name == ("log " if log_scale else "") + f"{proxy} score"
     else:
         assert figure.kind == "accuracy" and figure.name == "validation accuracy" and figure.format(0.5) == "50.00%"
+
+
+# chance level -----------------------------------------------------------------------------------------------------
+# A learning rate of 10 with a weight decay that pulls every weight to 0 each step: a constant output, no NaN.
+DIVERGING = {"lr": 10.0, "weight_decay": 0.1}
+TRAINING_ESTIMATORS = ["train", "low_fidelity", "median_stopping", "successive_halving", "hyperband",
+                       "weight_sharing"]
+
+
+def trained_once(name: str, options: dict, tmp_path: Path):
+    """One evaluation of a tiny network for two epochs (a rung of two epochs for the multi-fidelity ones)."""
+    cls = ESTIMATORS.get(name)
+    extra = {"low_fidelity": {"epoch_fraction": 1.0},
+             "weight_sharing": {"supernet_epochs": 4, "calibration_batches": 4}}.get(name, {})
+    space, seed = (TINY_NB201, 2) if name == "weight_sharing" else (TINY_CHAIN, 0)
+    estimator = cls(space, load_digits(), parse_config(cls.Config, {**extra, **options}), CPU)
+    estimator.workdir = tmp_path
+    arch = space.sample(random.Random(seed))
+    if getattr(cls, "multi_fidelity", False):
+        return estimator.train_to(arch, 0, 2, 2, seed=0)
+    return estimator.evaluate(arch, 2, seed=0)
+
+
+def test_every_estimator_that_trains_marks_chance_level_and_the_others_do_not():
+    marking = sorted(n for n in ESTIMATORS.names() if ESTIMATORS.get(n).marks_chance_level)
+    assert marking == sorted(TRAINING_ESTIMATORS)  # a proxy's score and a table's lookup are not accuracies
+
+
+@pytest.mark.parametrize("name", TRAINING_ESTIMATORS)
+def test_a_training_that_learned_nothing_is_marked_at_chance_level(name, tmp_path):
+    result = trained_once(name, DIVERGING, tmp_path)
+    assert all(math.isfinite(v) for v in result.loss_curve if v is not None)  # no NaN: it trained, uselessly
+    assert result.val_acc <= 0.1 + 0.05 and result.fidelity["chance_level"] is True
+
+
+@pytest.mark.parametrize("name", TRAINING_ESTIMATORS)
+def test_a_training_that_learned_is_not_marked(name, tmp_path):
+    result = trained_once(name, {}, tmp_path)
+    assert result.val_acc > 0.2 and "chance_level" not in result.fidelity
+
+
+def test_chance_is_guessing_the_most_common_class_of_the_validation_split():
+    from nasjobs.training import at_chance, guessing_accuracy
+
+    balanced, skewed = torch.arange(10).repeat(10), torch.tensor([0] * 80 + [1] * 20)
+    assert guessing_accuracy(balanced) == pytest.approx(0.1) and guessing_accuracy(skewed) == pytest.approx(0.8)
+    assert at_chance(0.11, balanced) and not at_chance(0.5, balanced)
+    assert at_chance(0.8, skewed) and not at_chance(0.9, skewed)  # 80% is what "always class 0" scores
+    assert not at_chance(1.0, torch.zeros(5, dtype=torch.long))  # one class: nothing to guess

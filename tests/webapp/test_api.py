@@ -135,3 +135,15 @@ def test_the_openapi_schema_lists_the_routes_and_the_docs_page_renders(carol_api
     client.force_login(carol)
     docs = client.get(reverse("api-docs")).content.decode()
     assert "swagger-ui" in docs and "cdn" not in docs.lower()
+
+
+def test_a_trial_at_chance_level_says_so_in_the_api(carol_api, carol):
+    e = services.experiment_create(user=carol, name="chance", spec=SPEC, enqueue=False)
+    assert services.experiment_claim(e.pk, "w")
+    for i, (acc, fidelity) in enumerate([(0.9, {}), (0.1, {"chance_level": True})]):
+        services.trial_record(e.pk, "w", TrialRecord(i, f"c{16 * (i + 1)}k3", "a", acc, 1000, 5000, 0.1, fidelity,
+                                                     [acc], None, "train"), {}, [i])
+    trials = carol_api.get(f"/api/experiments/{e.pk}/trials/").json()["results"]
+    assert [(t["number"], t["chance_level"]) for t in trials] == [(0, False), (1, True)]
+    detail = carol_api.get(f"/api/experiments/{e.pk}/").json()
+    assert detail["best"]["chance_level"] is False

@@ -102,3 +102,44 @@ def test_a_darts_search_progresses_with_its_epochs_before_its_single_trial(alice
     page = alice_client.get(reverse("experiment_detail", args=[experiment.pk])).content.decode()
     assert 'style="width: 50%"' in page and "search epochs done / epochs" in page
     assert alice_client.get(reverse("experiment_status", args=[experiment.pk])).json()["progress_percent"] == 50
+
+
+NB201_OPS = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
+
+
+def epoch_with(experiment, epoch: int, cell: list[list[float]]) -> SearchEpoch:
+    return SearchEpoch.objects.create(experiment=experiment, epoch=epoch, train_loss=1, train_acc=0.5, val_loss=1,
+                                      val_acc=0.5, alphas={"cell": cell}, ops=NB201_OPS, genotype="",
+                                      param_free_fraction=0.0)
+
+
+@pytest.mark.django_db
+def test_a_search_whose_weights_stayed_near_uniform_says_its_derived_cell_is_not_yet_informative(alice_client,
+                                                                                                   alice):
+    from webapp.experiments.selectors import experiment_weight_spread
+
+    experiment = services.experiment_create(user=alice, name="darts uniform", spec=tiny_spec(epochs=4),
+                                            enqueue=False)
+    assert experiment_weight_spread(experiment) is None  # no epoch yet: nothing to judge
+    epoch_with(experiment, 1, [[0.3, 0.175, 0.175, 0.175, 0.175]] * 6)  # peaked once, then back to uniform
+    epoch_with(experiment, 2, [[0.21, 0.2, 0.2, 0.2, 0.19]] * 6)
+    spread = experiment_weight_spread(experiment)  # the last epoch's weights are what the cell is derived from
+    assert spread["near_uniform"] and spread["epoch"] == 2 and spread["largest"] == 0.21 and spread["uniform"] == 0.2
+    page = alice_client.get(reverse("experiment_detail", args=[experiment.pk])).content.decode()
+    assert 'id="near-uniform"' in page
+    assert ("The operation weights are still near uniform (largest weight 0.210 vs uniform 0.200): the derived "
+            "cell is not yet informative; search more epochs.") in page
+    api = alice_client.get(f"/api/experiments/{experiment.pk}/").json()
+    assert api["weight_spread"]["near_uniform"] is True and "not yet informative" in api["weight_spread"]["note"]
+
+
+@pytest.mark.django_db
+def test_a_search_whose_weights_chose_shows_no_near_uniform_note(alice_client, alice):
+    experiment = services.experiment_create(user=alice, name="darts peaked", spec=tiny_spec(epochs=4),
+                                            enqueue=False)
+    epoch_with(experiment, 1, [[0.21, 0.2, 0.2, 0.2, 0.19]] * 6)
+    epoch_with(experiment, 2, [[0.6, 0.1, 0.1, 0.1, 0.1]] + [[0.2] * 5] * 5)
+    page = alice_client.get(reverse("experiment_detail", args=[experiment.pk])).content.decode()
+    assert 'id="darts"' in page and 'id="near-uniform"' not in page and "not yet informative" not in page
+    api = alice_client.get(f"/api/experiments/{experiment.pk}/").json()
+    assert api["weight_spread"]["near_uniform"] is False and api["weight_spread"]["note"] is None

@@ -190,3 +190,31 @@ def test_ranks_are_the_same_whether_read_from_the_order_or_computed(alice):
     by_figure = selectors.experiment_leaderboard(e)[25:40]  # the rank is the place
     computed = {t.number: t.rank for t in selectors.experiment_leaderboard(e, sort="trial")[0:40]}  # the window's
     assert [t.rank for t in by_figure] == list(range(26, 41)) == [computed[t.number] for t in by_figure]
+
+
+def chance_experiment(user) -> Experiment:
+    """Three trials, the second trained to chance level (its estimator's mark in its fidelity)."""
+    experiment = services.experiment_create(user=user, name="chance", spec=SPEC, enqueue=False)
+    assert services.experiment_claim(experiment.pk, "w")
+    for i, (acc, fidelity) in enumerate([(0.9, {"epochs": 1}), (0.1, {"epochs": 1, "chance_level": True}),
+                                         (0.5, {"epochs": 1})]):
+        services.trial_record(experiment.pk, "w", TrialRecord(i, f"c{16 + i}k3", f"arch {i}", acc, 1000, 5000, 0.1,
+                                                              fidelity, [acc], None, "train"), {"s": i}, [i])
+    return experiment
+
+
+def rows_by_number(html: str) -> dict[int, str]:
+    body = html[html.index("<tbody>"):html.index("</tbody>")]
+    return {int(row.split("/trials/")[1].split("/")[0]): row for row in body.split("<tr>")[1:]}
+
+
+def test_a_trial_at_chance_level_is_marked_in_its_leaderboard_row_without_loading_its_fidelity(alice_client, alice,
+                                                                                               django_assert_num_queries):
+    e = chance_experiment(alice)
+    rows = rows_by_number(board(alice_client, e))
+    assert 'class="tag chance-level"' in rows[1] and "no better than guessing the most common class" in rows[1]
+    assert "chance-level" not in rows[0] and "chance-level" not in rows[2]
+    trials = selectors.experiment_leaderboard(e)[:25]
+    with django_assert_num_queries(0):  # the mark came with the row, read out of the fidelity by the database
+        assert [t.at_chance_level for t in trials] == [False, False, True]  # best first: 0, 2, 1
+    assert all("fidelity" in t.get_deferred_fields() for t in trials)

@@ -182,6 +182,10 @@ class Trial(models.Model):
     WITH_FIGURE = models.Q(status=DONE) | ~models.Q(job="")
     # The columns a list never shows: per-epoch curves, the log tail and the traceback (`.defer(*Trial.BLOBS)`).
     BLOBS = ("curve", "loss_curve", "log_tail", "traceback")
+    # Whether training left its figure no better than guessing the most common class (the estimator's mark,
+    # `Estimator.mark_chance_level`), as a boolean the database reads out of the fidelity: a list annotates its
+    # rows with it (`chance_level`) and so shows the mark without loading any row's fidelity.
+    CHANCE_LEVEL = models.ExpressionWrapper(models.Q(fidelity__chance_level=True), output_field=models.BooleanField())
 
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="trials")
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.SEARCH,
@@ -272,6 +276,14 @@ class Trial(models.Model):
     @property
     def is_retrain(self) -> bool:
         return self.kind == self.Kind.RETRAIN
+
+    @property
+    def at_chance_level(self) -> bool:
+        """Whether its figure is no better than guessing the most common class, so says little: a list row's
+        `chance_level` annotation (`CHANCE_LEVEL`) where it has one, else the mark in its fidelity."""
+        if "chance_level" in self.__dict__:
+            return bool(self.__dict__["chance_level"])
+        return bool((self.fidelity or {}).get("chance_level"))
 
 
 class SearchEpoch(models.Model):

@@ -202,7 +202,8 @@ def per_step(experiment: Experiment, what: str, compute: Callable[[], T]) -> T:
 LEADERBOARD_SORTS = {"figure": "val_acc", "params": "params", "macs": "flops", "training": "train_seconds",
                      "trial": "number"}
 LEADERBOARD_DEFAULT_SORT = "-figure"
-# What a leaderboard row shows; the learning curve, traceback and fidelity details stay in the database.
+# What a leaderboard row shows; the learning curve, traceback and fidelity details stay in the database (the
+# chance-level mark is read out of the fidelity by the database: `Trial.CHANCE_LEVEL`).
 LEADERBOARD_FIELDS = ("experiment", "number", "arch_display", "val_acc", "params", "flops", "train_seconds", "evaluations",
                       "epochs_trained", "weights_path", "status", "job", "estimator")
 
@@ -240,7 +241,8 @@ class Leaderboard:
     def __getitem__(self, window: slice) -> list[Trial]:
         ids = list(self.trials.order_by(*self.order).values_list("pk", flat=True)[window])
         rows = self.trials.filter(pk__in=ids)
-        rows = {t.pk: t for t in (rows.only(*self.columns) if self.columns else rows.defer(*Trial.BLOBS))}
+        rows = rows.only(*self.columns) if self.columns else rows.defer(*Trial.BLOBS)
+        rows = {t.pk: t for t in rows.annotate(chance_level=Trial.CHANCE_LEVEL)}
         ranks: dict[int, int] = {}
         if self.by_rank:  # in the rank's own order a row's rank is its place
             ranks = {pk: (window.start or 0) + i + 1 for i, pk in enumerate(ids)}
@@ -425,7 +427,7 @@ def trial_to_json(trial: Trial, rank: int | None = None) -> dict[str, Any]:
             "search_seconds": round(trial.search_seconds, 3), "proposals": trial.proposals,
             "distance_to_incumbent": trial.distance_to_incumbent, "evaluations": trial.evaluations,
             "status": trial.status, "host": trial.host, "device": trial.device, "attempts": trial.attempts,
-            "error": trial.error}
+            "error": trial.error, "chance_level": trial.at_chance_level}
     if rank is not None:
         data["rank"] = rank
     return data
@@ -474,6 +476,25 @@ def epoch_to_json(epoch: SearchEpoch) -> dict[str, Any]:
             "val_loss": epoch.val_loss, "val_acc": epoch.val_acc, "alphas": epoch.alphas, "ops": epoch.ops,
             "edges": epoch.edges, "genotype": epoch.genotype, "param_free_fraction": epoch.param_free_fraction,
             "stopped_early": epoch.stopped_early, "seconds": epoch.seconds}
+
+
+def experiment_weight_spread(experiment: Experiment) -> dict[str, Any] | None:
+    """Of a differentiable search, how far the operation weights of its last search epoch are from uniform
+    (`nasjobs.strategies.darts.weight_spread`), and while they are still near it, the sentence that says its
+    derived cell is not yet informative; None for another kind of search or before its first epoch."""
+    from nasjobs.strategies.darts import NEAR_UNIFORM_MARGIN, weight_spread
+
+    if not experiment.is_differentiable:
+        return None
+    last = experiment.search_epochs.order_by("-epoch").only("epoch", "alphas").first()
+    spread = weight_spread(last.alphas or {}) if last is not None else None
+    if spread is None:
+        return None
+    note = (f"The operation weights are still near uniform (largest weight {spread.largest:.3f} vs uniform "
+            f"{spread.uniform:.3f}): the derived cell is not yet informative; search more epochs."
+            if spread.near_uniform else None)
+    return {"epoch": last.epoch, "largest": spread.largest, "uniform": spread.uniform,
+            "margin": NEAR_UNIFORM_MARGIN, "near_uniform": spread.near_uniform, "note": note}
 
 
 def experiment_liveness(experiment: Experiment) -> dict[str, Any] | None:
@@ -556,7 +577,8 @@ def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> d
         "trust": calibration_to_json(experiment.calibrations.first()),
         "best": None if best is None else {
             "number": best.number, "arch": best.arch_key, "arch_display": best.arch_display,
-            "val_acc": best.val_acc, "test_acc": experiment.test_acc, "params": best.params, "flops": best.flops},
+            "val_acc": best.val_acc, "test_acc": experiment.test_acc, "params": best.params, "flops": best.flops,
+            "chance_level": best.at_chance_level},
         "error": experiment.error,
         "created_at": experiment.created_at.isoformat() if experiment.created_at else None,
         "started_at": experiment.started_at.isoformat() if experiment.started_at else None,
@@ -567,6 +589,8 @@ def experiment_summary(experiment: Experiment, leaderboard: int | None = 0) -> d
         "failed_trials": experiment.trials.filter(status=FAILED).count(),
         "retrains": [retrain_to_json(t) for t in experiment_retrains(experiment)],
     }
+    if experiment.is_differentiable:  # its best trial is the cell derived from its operation weights
+        data["weight_spread"] = experiment_weight_spread(experiment)
     if leaderboard != 0:
         board = experiment_leaderboard(experiment, columns=None)
         data["leaderboard"] = [trial_to_json(t, t.rank) for t in (board[:leaderboard] if leaderboard else board[:])]

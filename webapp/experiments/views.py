@@ -123,6 +123,7 @@ def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "calibration": experiment.calibrations.first(),
         "calibration_form": CalibrationForm(initial=CalibrationForm.defaults(experiment)),
         "has_search_epochs": experiment.search_epochs.exists() or experiment.is_differentiable,
+        "weight_spread": selectors.experiment_weight_spread(experiment),
         "in_flight": selectors.experiment_in_flight(experiment),
         "failures": selectors.experiment_failures(experiment),
         "board": _leaderboard(request, experiment), "cursor": selectors.experiment_cursor(experiment),

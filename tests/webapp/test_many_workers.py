@@ -54,11 +54,11 @@ def test_a_killed_workers_trial_runs_again_elsewhere_within_a_minute(alice, cele
     # Trials of many epochs, so the kill lands mid-trial; a lease as in production's order of magnitude.
     lease = 12
     settings.NAS_LEASE_SECONDS = lease
-    experiment = create(alice, budget=4, epochs=40, parallelism=1)
-    victim = celery_worker_factory(NAS_LEASE_SECONDS=str(lease), NAS_SWEEP_SECONDS="2")
+    experiment = create(alice, budget=2, epochs=30, parallelism=1)
+    victim = celery_worker_factory(NAS_LEASE_SECONDS=str(lease), NAS_SWEEP_SECONDS="2", NAS_TORCH_THREADS="1")
     wait_for(lambda: Trial.objects.filter(experiment=experiment, status="running").exists(), 120,
              "a trial to start", victim.log)
-    survivor = celery_worker_factory(NAS_LEASE_SECONDS=str(lease), NAS_SWEEP_SECONDS="2")
+    survivor = celery_worker_factory(NAS_LEASE_SECONDS=str(lease), NAS_SWEEP_SECONDS="2", NAS_TORCH_THREADS="1")
     time.sleep(3)  # both idle-or-busy, the survivor connected
     running = Trial.objects.get(experiment=experiment, status="running")
     victim.kill()
@@ -71,8 +71,8 @@ def test_a_killed_workers_trial_runs_again_elsewhere_within_a_minute(alice, cele
     wait_for(lambda: status_of(experiment.pk) not in Experiment.ACTIVE, 300, "the experiment", survivor.log)
     experiment.refresh_from_db()
     assert experiment.status == "succeeded", experiment.error
-    assert experiment.trials_done == 4
-    assert list(experiment.trials.values_list("number", flat=True)) == [0, 1, 2, 3]
+    assert experiment.trials_done == 2
+    assert list(experiment.trials.values_list("number", flat=True)) == [0, 1]
     assert Trial.objects.get(pk=running.pk).claimed_by != running.claimed_by
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from nasjobs.datasets import DATASETS
@@ -152,17 +154,23 @@ def test_a_csv_with_text_labels_becomes_a_table_and_mixed_sizes_pass_with_a_resi
 
 
 @pytest.mark.django_db
-def test_one_worker_decodes_a_dataset_and_a_dead_workers_claim_runs_out(carol, data_root, settings):
+def test_one_worker_decodes_a_dataset_and_a_dead_workers_claim_runs_out(carol, data_root, settings, monkeypatch):
     dataset = upload(carol, "claimed", zip_bytes(image_folder({"a": 3, "b": 3})))
     assert services.dataset_claim(dataset.pk, "worker-1")  # ... which then dies mid-decode
     assert services.dataset_process(dataset.pk, "worker-2") == "nothing to do"  # a redelivery meanwhile
     dataset.refresh_from_db()
     assert dataset.status == "processing" and dataset.claimed_by == "worker-1" and dataset.incoming().exists()
-    assert services.datasets_recover() == [dataset.pk]
-    settings.NAS_DATASET_LEASE_SECONDS = 0  # the lease has run out
+    queued = []
+    monkeypatch.setattr(services, "dataset_enqueue", queued.append)
+    assert services.datasets_recover() == [dataset.pk] and services.datasets_sweep() == []  # its lease still runs
+    silent = timezone.now() - timedelta(seconds=settings.NAS_LEASE_SECONDS + 1)
+    Dataset.objects.filter(pk=dataset.pk).update(heartbeat_at=silent)  # its worker died: no more heartbeats
+    assert services.datasets_sweep() == [dataset.pk] and services.datasets_sweep() == []
+    assert queued == [dataset.pk, dataset.pk]  # once by the recovery, once by the sweep
     assert services.dataset_process(dataset.pk, "worker-2") == "ready"
     dataset.refresh_from_db()
-    assert dataset.status == "ready" and dataset.claimed_by == "worker-2" and services.datasets_recover() == []
+    assert dataset.status == "ready" and dataset.claimed_by == "worker-2" and dataset.attempts == 2
+    assert services.datasets_recover() == []
 
 
 # uploads refused --------------------------------------------------------------------------------------------------

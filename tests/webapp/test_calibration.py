@@ -2,7 +2,6 @@
 already measured, cancelled by those who may cancel the experiment, and taken over from a killed worker."""
 from __future__ import annotations
 
-import os
 import time
 from datetime import timedelta
 
@@ -15,7 +14,7 @@ from rest_framework.test import APIClient
 
 from nasjobs.calibration import CalibrationResult
 from nasjobs.search import ExperimentSpec, TrialRecord
-from tests.conftest import wait_for
+from tests.conftest import holder_of, wait_for
 from webapp.experiments import services
 from webapp.experiments.models import Calibration, Experiment
 from webapp.experiments.runner import run_calibration_now
@@ -171,30 +170,21 @@ def test_nas_calibrate_cancel_stops_the_running_one(alice, capsys):
 
 
 # ------------------------------------------------------------------------------------------ with real workers
-def holder(workers, claimed_by: str):
-    """The worker process whose pool process claimed the job (`host:pid:...`)."""
-    return next(w for w in workers if os.getpgid(int(claimed_by.split(":")[1])) == w.proc.pid)
-
-
-def ready(*workers) -> None:
-    for w in workers:
-        wait_for(lambda: " ready." in w.log(), 60, "the worker to connect", w.log)
-
-
 @pytest.mark.integration
 @pytest.mark.django_db(transaction=True)
 def test_a_killed_workers_calibration_is_finished_by_another_worker(alice, celery_worker_factory, settings):
     settings.NAS_LEASE_SECONDS = 6
     experiment = searched(alice)
     workers = [celery_worker_factory(NAS_SWEEP_SECONDS="1", NAS_TORCH_THREADS="1") for _ in range(2)]
-    ready(*workers)
+    for w in workers:
+        w.wait_connected()
     # Each candidate trains for about 2 s: the kill lands after the first is measured, before the last.
     calibration = services.calibration_create(experiment=experiment, user=alice, k=3, epochs=20)
     logs = lambda: "\n---\n".join(w.log() for w in workers)  # noqa: E731
     wait_for(lambda: len(Calibration.objects.get(pk=calibration.pk).pairs) >= 1, 60, "a first candidate measured",
              logs)
     first = Calibration.objects.get(pk=calibration.pk)
-    victim = holder(workers, first.claimed_by)
+    victim = holder_of(workers, first.claimed_by)
     victim.kill()
     killed_at = time.monotonic()
     assert Calibration.objects.get(pk=calibration.pk).status == "running"

@@ -211,9 +211,10 @@ def dataset_process(dataset_id: int, worker: str = "inline") -> str:
     except Exception as exc:  # noqa: BLE001 - whatever went wrong is the dataset's failure, told to its owner
         reason = str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
         log.warning("dataset %s failed: %s", dataset_id, reason)
-        if mine.update(status=Dataset.Status.FAILED, error=reason[:2000]):  # only while the claim is ours
-            shutil.rmtree(folder, ignore_errors=True)
-            incoming.unlink(missing_ok=True)
+        if not mine.update(status=Dataset.Status.FAILED, error=reason[:2000]):  # only while the claim is ours
+            return _decoding_orphaned(dataset_id, folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        incoming.unlink(missing_ok=True)
         return "failed"
     if not mine.update(status=Dataset.Status.READY, ready_at=timezone.now(), error="", **stats):
         return _decoding_orphaned(dataset_id, folder)

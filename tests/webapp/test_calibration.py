@@ -71,12 +71,13 @@ def test_one_worker_claims_a_calibration_and_a_silent_workers_is_swept_and_taken
     assert (calibration.status, calibration.claimed_by, calibration.attempts) == ("running", "w2", 2)
 
 
-def test_a_calibration_left_running_without_a_heartbeat_is_recovered_and_taken(alice, queued):
+def test_a_calibration_left_running_without_a_heartbeat_is_recovered_and_taken(alice, queued, capsys):
     """One a worker ran before calibrations had a lease (no heartbeat at all): nothing else would ever take it."""
     calibration = services.calibration_create(experiment=searched(alice), user=alice, k=2, epochs=1, enqueue=False)
     Calibration.objects.filter(pk=calibration.pk).update(status="running", claimed_by="old:1:calibration")
-    assert services.calibrations_recover() == [calibration.pk]
-    assert services.calibration_claim(calibration.pk, "w2")
+    call_command("nas", "recover")
+    assert capsys.readouterr().out == f"queued again: nothing to recover\ncalibrations queued again: {calibration.pk}\n"
+    assert queued == [calibration.pk] and services.calibration_claim(calibration.pk, "w2")
 
 
 def test_a_calibration_taken_over_keeps_the_candidates_measured_before(alice, settings, tmp_path):

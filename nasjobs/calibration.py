@@ -50,13 +50,19 @@ class CalibrationResult:
 
 
 def calibrate(space: SearchSpace, dataset: Dataset, estimator: Estimator, trials: Sequence[TrialRecord], k: int,
-              epochs: int, seed: int, device: torch.device, hook: Callable[[], None] | None = None
+              epochs: int, seed: int, device: torch.device, hook: Callable[[], None] | None = None,
+              measured: Sequence[dict[str, Any]] = (), on_pair: Callable[[list[dict[str, Any]]], None] | None = None
               ) -> CalibrationResult:
     """Measure K of an experiment's candidates "fully" and rank-correlate the estimator's figures with that.
 
     The reference is full training from scratch (the `train` estimator for `epochs` epochs, default settings),
     or, for an estimator that knows its own ground truth (`reference_accuracy`, e.g. the benchmark table's mean
     over training seeds), that figure. The K candidates are drawn with `random.Random(seed)`.
+
+    `hook` runs before each candidate and after each epoch (it may raise to stop); `on_pair` is given the pairs
+    measured so far after each candidate, and `measured` (pairs an earlier, interrupted run gave `on_pair`) are
+    reused rather than trained again: each reference is seeded by the candidate, so a resumed calibration
+    measures what an uninterrupted one would have.
     """
     if len(trials) < 2 or k < 2:
         raise ValueError("calibration needs at least two evaluated candidates (k >= 2)")
@@ -71,12 +77,17 @@ def calibrate(space: SearchSpace, dataset: Dataset, estimator: Estimator, trials
         measure = lambda arch, number: trainer.evaluate(  # noqa: E731
             arch, epochs, seed=derive_seed(seed, "calibration", number) % (2**31),
             hook=(lambda epoch, acc: hook()) if hook else None).val_acc
+    known = {(p["number"], p["arch"]): p["reference"] for p in measured}
     pairs = []
     for trial in chosen:
-        if hook:
-            hook()
-        arch = space.from_str(trial.arch_key)
+        figure = known.get((trial.number, trial.arch_key))
+        if figure is None:
+            if hook:
+                hook()
+            figure = float(measure(space.from_str(trial.arch_key), trial.number))
         pairs.append({"number": trial.number, "arch": trial.arch_key, "estimate": trial.val_acc,
-                      "reference": float(measure(arch, trial.number))})
+                      "reference": figure})
+        if on_pair:
+            on_pair(list(pairs))
     tau, rho = rank_correlation([p["estimate"] for p in pairs], [p["reference"] for p in pairs])
     return CalibrationResult(reference, len(pairs), tau, rho, pairs, time.perf_counter() - started)

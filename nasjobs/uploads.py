@@ -10,7 +10,7 @@ import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -173,13 +173,15 @@ def scan_image_zip(zip_path: Path, *, resize: tuple[int, int] | None = None,
 
 
 def decode_image_zip(zip_path: Path, target: Path, *, resize: tuple[int, int] | None = None,
-                     limits: DecodeLimits = DecodeLimits(), title: str = "") -> dict[str, Any]:
+                     limits: DecodeLimits = DecodeLimits(), title: str = "",
+                     check: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Decode an ImageFolder zip (one folder per class) into `target` in the stored format; returns the manifest.
 
     PNG, JPEG, BMP and WebP are read with Pillow; if every image is greyscale the dataset has one channel, else
     all are converted to RGB. `resize` (height, width) resizes every image (bilinear); without it all images must
     have one size. Class names are the folder names, sorted. Any problem raises DecodeError and leaves nothing
-    on disk; nothing is extracted, members are read from the archive into memory.
+    on disk; nothing is extracted, members are read from the archive into memory. `check` runs before each image
+    (a worker's lease: it raises to stop, leaving nothing on disk either).
     """
     from PIL import Image
 
@@ -187,6 +189,7 @@ def decode_image_zip(zip_path: Path, target: Path, *, resize: tuple[int, int] | 
     arrays = []
     with _open_zip(zip_path) as archive:
         for _, info in plan.members:
+            check()
             im = _open_image(_read_member(archive, info), info.filename, limits)
             im = im.convert("L" if plan.grey else "RGB")
             if resize is not None and (im.height, im.width) != tuple(resize):
@@ -219,9 +222,10 @@ class ParsedCsv:
 
 
 def parse_csv(csv_path: Path, *, label: str, limits: DecodeLimits = DecodeLimits(),
-              max_bytes: int = 512 * 1024**2) -> ParsedCsv:
+              max_bytes: int = 512 * 1024**2, check: Callable[[], None] = lambda: None) -> ParsedCsv:
     """Read a CSV with a header row as a table: the column named `label` holds the classes (numbers or text);
-    every other column must be a finite number in every row. Writes nothing; raises DecodeError."""
+    every other column must be a finite number in every row. Writes nothing; raises DecodeError. `check` runs
+    every 1024 rows (it may raise to stop)."""
     path = Path(csv_path)
     if path.stat().st_size > max_bytes:
         raise DecodeError(f"the CSV is {path.stat().st_size / 1024**2:.0f} MiB; at most "
@@ -248,6 +252,8 @@ def parse_csv(csv_path: Path, *, label: str, limits: DecodeLimits = DecodeLimits
     x = np.empty((len(rows) - 1, len(features)), dtype=np.float32)
     labels = []
     for r, row in enumerate(rows[1:], start=2):
+        if r % 1024 == 0:
+            check()
         if len(row) != len(header):
             raise DecodeError(f"row {r} has {len(row)} values; the header has {len(header)}")
         labels.append(row[col].strip())
@@ -268,10 +274,11 @@ def parse_csv(csv_path: Path, *, label: str, limits: DecodeLimits = DecodeLimits
 
 
 def decode_csv(csv_path: Path, target: Path, *, label: str, limits: DecodeLimits = DecodeLimits(),
-               title: str = "", max_bytes: int = 512 * 1024**2) -> dict[str, Any]:
+               title: str = "", max_bytes: int = 512 * 1024**2, check: Callable[[], None] = lambda: None
+               ) -> dict[str, Any]:
     """Decode a CSV (`parse_csv`) into `target` as a table dataset; returns the manifest. Any problem raises
-    DecodeError and leaves nothing on disk."""
-    parsed = parse_csv(csv_path, label=label, limits=limits, max_bytes=max_bytes)
+    DecodeError and leaves nothing on disk; so does `check` raising (`parse_csv`)."""
+    parsed = parse_csv(csv_path, label=label, limits=limits, max_bytes=max_bytes, check=check)
     meta = {"title": title, "source": "csv", "label_column": label, "feature_names": parsed.features}
     save_decoded(target, "table", parsed.x, parsed.y, parsed.class_names, meta)
     return load_decoded(target).manifest

@@ -118,6 +118,18 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
+    def wait_connected(self, timeout: float = 60) -> "WorkerProcess":
+        """Wait until it consumes its queues, so that a job queued now may go to it."""
+        wait_for(lambda: " ready." in self.log_path.read_text(errors="replace"), timeout, "the worker to connect",
+                 self.log)
+        return self
+
+
+def holder_of(workers: list[WorkerProcess], claimed_by: str) -> WorkerProcess:
+    """The worker whose pool process claimed a job: a job's `claimed_by` is `host:pid:...`."""
+    pid = int(claimed_by.split(":")[1])
+    return next(w for w in workers if os.getpgid(pid) == w.proc.pid)
+
 
 @pytest.fixture
 def celery_worker_factory(settings, tmp_path) -> Iterator[Callable[..., WorkerProcess]]:

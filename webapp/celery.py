@@ -14,40 +14,36 @@ app.autodiscover_tasks(lambda: ["webapp.experiments", "webapp.datasets"])
 
 
 class RecoverOnConnect(bootsteps.StartStopStep):
-    """Each time the worker's consumer (re)connects to the broker, queue again every experiment (dataset, export)
-    the database says is unfinished. A restarted Redis (which may keep nothing on disk) loses the queued messages;
-    the database does not, so nothing waits forever. Duplicates are harmless: a worker claims an experiment with a
-    conditional UPDATE, and a message for a finished one is a no-op."""
+    """Each time the worker's consumer (re)connects to the broker, queue again every job (experiment, retraining,
+    export, calibration, dataset decoding) the database says is unfinished (`webapp.jobs.jobs_recover`). A restarted
+    Redis (which may keep nothing on disk) loses the queued messages; the database does not, so nothing waits
+    forever. Duplicates are harmless: a worker claims a job with a conditional UPDATE, and a message for a finished
+    one is a no-op."""
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
 
     def start(self, consumer) -> None:
         from django.db import close_old_connections
 
-        from webapp.datasets.services import datasets_recover
-        from webapp.experiments.services import experiments_recover, exports_recover
+        from webapp.jobs import jobs_recover
 
         log = logging.getLogger("webapp.experiments.tasks")
         try:
             close_old_connections()  # this process lives long; its connection may have gone stale meanwhile
-            ids = experiments_recover()
-            datasets = datasets_recover()
-            exports = exports_recover()
+            recovered = jobs_recover()
         except Exception:  # the worker must still consume; `nas recover` or the next reconnect will do it
-            log.exception("could not re-queue unfinished experiments")
+            log.exception("could not re-queue unfinished jobs")
             return
-        if ids:
-            log.info("re-queued unfinished experiments %s", ids)
-        if datasets:
-            log.info("re-queued datasets still processing %s", datasets)
-        if exports:
-            log.info("re-queued exports still to build %s", exports)
+        for kind, ids in recovered.items():
+            if ids:
+                log.info("re-queued unfinished %s %s", kind, ids)
 
 
 class SweepSilentJobs(bootsteps.StartStopStep):
-    """Every NAS_SWEEP_SECONDS, in the worker's main process: trials, one-job searches and exports whose worker
-    stopped renewing its lease are queued again (`experiments_sweep`). Every worker sweeps; no scheduler is needed
-    and none is a single point of failure, since each takeover is a conditional UPDATE."""
+    """Every NAS_SWEEP_SECONDS, in the worker's main process: trials, one-job searches, exports, calibrations and
+    dataset decodings whose worker stopped renewing its lease are queued again (`webapp.jobs.jobs_sweep`). Every
+    worker sweeps; no scheduler is needed and none is a single point of failure, since each takeover is a
+    conditional UPDATE."""
 
     requires = {"celery.worker.components:Timer"}
 
@@ -67,18 +63,18 @@ class SweepSilentJobs(bootsteps.StartStopStep):
     def sweep() -> None:
         from django.db import close_old_connections
 
-        from webapp.experiments.runner import experiments_sweep
+        from webapp.jobs import jobs_sweep
 
         log = logging.getLogger("webapp.experiments.tasks")
         try:
             close_old_connections()
-            swept = experiments_sweep()
+            swept = jobs_sweep()
         except Exception:  # the database or the broker away for a moment: the next sweep tries again
             log.exception("could not sweep for silent jobs")
             return
         if any(swept.values()):
-            log.info("queued again after their worker went silent: trials %s, experiments %s, exports %s",
-                     swept["trials"], swept["experiments"], swept["exports"])
+            log.info("queued again after their worker went silent: %s",
+                     ", ".join(f"{kind} {ids}" for kind, ids in swept.items() if ids))
 
 
 @worker_init.connect

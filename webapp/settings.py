@@ -216,9 +216,10 @@ NAS_DEVICE = env_str("NAS_DEVICE", "auto")
 NAS_TORCH_THREADS = env_int("NAS_TORCH_THREADS", 0, minimum=0)
 # Modules imported at start-up that register components of their own (comma-separated, e.g. "myteam.nas").
 NAS_PLUGINS = [m.strip() for m in env_str("NAS_PLUGINS", "").split(",") if m.strip()]
-# A running job (a trial, a one-job search) renews its lease from a thread every NAS_HEARTBEAT_SECONDS (at most a
-# third of the lease); one not heard from for NAS_LEASE_SECONDS is queued again by the sweep every worker runs
-# every NAS_SWEEP_SECONDS, so a killed worker's trial runs again elsewhere within lease + sweep seconds.
+# A running job (a trial, a one-job search, an export, a calibration, a dataset's decoding) renews its lease from a
+# thread every NAS_HEARTBEAT_SECONDS (at most a third of the lease); one not heard from for NAS_LEASE_SECONDS is
+# queued again by the sweep every worker runs every NAS_SWEEP_SECONDS, so a killed worker's job runs again
+# elsewhere within lease + sweep seconds.
 NAS_LEASE_SECONDS = env_int("NAS_LEASE_SECONDS", 30, minimum=3)
 NAS_HEARTBEAT_SECONDS = env_int("NAS_HEARTBEAT_SECONDS", 2, minimum=1)
 NAS_SWEEP_SECONDS = env_int("NAS_SWEEP_SECONDS", 10, minimum=1)
@@ -231,5 +232,3 @@ NAS_TOP_K_DEFAULT = env_int("NAS_TOP_K", 5, minimum=1)
 # machines). An upload larger than NAS_MAX_UPLOAD_MB, or a zip expanding past NAS_MAX_DECODED_MB, is refused.
 NAS_MAX_UPLOAD_MB = env_int("NAS_MAX_UPLOAD_MB", 512, minimum=1)
 NAS_MAX_DECODED_MB = env_int("NAS_MAX_DECODED_MB", 2048, minimum=1)
-# A dataset whose decoding worker has not finished within this long may be decoded by another (it died).
-NAS_DATASET_LEASE_SECONDS = env_int("NAS_DATASET_LEASE_SECONDS", 1800, minimum=1)

@@ -3,16 +3,19 @@ the API, isolation between teams, and searches on an upload with a real worker."
 from __future__ import annotations
 
 import io
+import time
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from nasjobs.datasets import DATASETS
 from nasjobs.search import ExperimentSpec, SpecError
-from tests.conftest import wait_for
+from tests.conftest import holder_of, wait_for
 from tests.datafiles import BAD_CSVS, BAD_ZIPS, image_folder
 from webapp.datasets import services
 from webapp.datasets.models import Dataset
@@ -152,17 +155,39 @@ def test_a_csv_with_text_labels_becomes_a_table_and_mixed_sizes_pass_with_a_resi
 
 
 @pytest.mark.django_db
-def test_one_worker_decodes_a_dataset_and_a_dead_workers_claim_runs_out(carol, data_root, settings):
+def test_one_worker_decodes_a_dataset_and_a_dead_workers_claim_runs_out(carol, data_root, settings, monkeypatch):
     dataset = upload(carol, "claimed", zip_bytes(image_folder({"a": 3, "b": 3})))
     assert services.dataset_claim(dataset.pk, "worker-1")  # ... which then dies mid-decode
     assert services.dataset_process(dataset.pk, "worker-2") == "nothing to do"  # a redelivery meanwhile
     dataset.refresh_from_db()
     assert dataset.status == "processing" and dataset.claimed_by == "worker-1" and dataset.incoming().exists()
-    assert services.datasets_recover() == [dataset.pk]
-    settings.NAS_DATASET_LEASE_SECONDS = 0  # the lease has run out
+    queued = []
+    monkeypatch.setattr(services, "dataset_enqueue", queued.append)
+    assert services.datasets_recover() == [dataset.pk] and services.datasets_sweep() == []  # its lease still runs
+    silent = timezone.now() - timedelta(seconds=settings.NAS_LEASE_SECONDS + 1)
+    Dataset.objects.filter(pk=dataset.pk).update(heartbeat_at=silent)  # its worker died: no more heartbeats
+    assert services.datasets_sweep() == [dataset.pk] and services.datasets_sweep() == []
+    assert queued == [dataset.pk, dataset.pk]  # once by the recovery, once by the sweep
     assert services.dataset_process(dataset.pk, "worker-2") == "ready"
     dataset.refresh_from_db()
-    assert dataset.status == "ready" and dataset.claimed_by == "worker-2" and services.datasets_recover() == []
+    assert dataset.status == "ready" and dataset.claimed_by == "worker-2" and dataset.attempts == 2
+    assert services.datasets_recover() == []
+
+
+def test_a_dataset_deleted_while_it_decodes_leaves_no_files(carol, data_root, monkeypatch, tmp_path):
+    dataset = upload(carol, "doomed", zip_bytes(image_folder({"a": 3, "b": 3})))
+    decode = services.decode_image_zip
+
+    def deleted_meanwhile(incoming, *args, **kwargs):
+        opened = tmp_path / "open.zip"  # the upload as the worker holds it open: its unlinking changes nothing
+        opened.write_bytes(incoming.read_bytes())
+        services.dataset_delete(Dataset.objects.get(pk=dataset.pk), carol)  # its owner deletes it mid-decode
+        return decode(opened, *args, **kwargs)  # ... which goes on to write its folder
+
+    monkeypatch.setattr(services, "decode_image_zip", deleted_meanwhile)
+    assert services.dataset_process(dataset.pk, "worker-1") == "deleted"
+    assert not Dataset.objects.filter(pk=dataset.pk).exists()
+    assert [p for p in tree(data_root) if p not in ("incoming", "uploads")] == []  # the folder written after it too
 
 
 # uploads refused --------------------------------------------------------------------------------------------------
@@ -329,6 +354,18 @@ def test_only_owner_admin_or_staff_delete_and_never_while_an_experiment_uses_it(
     assert not Dataset.objects.filter(pk=dataset.pk).exists() and not dataset.folder().exists()
 
 
+def big_zip(images: int) -> bytes:
+    """Images a worker takes about 0.1 s each to decode (4000x4000 pixels, resized), the same smooth JPEG in every
+    member so that the zip stays small."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:4000, 0:4000]
+    buffer = io.BytesIO()
+    Image.fromarray(((x + y) // 16 % 256).astype(np.uint8)).save(buffer, format="JPEG", quality=75)
+    return zip_bytes({f"{cls}/{i}.jpg": buffer.getvalue() for cls in ("a", "b") for i in range(images // 2)})
+
+
 # with a real worker -------------------------------------------------------------------------------------------------
 @pytest.mark.integration
 @pytest.mark.django_db(transaction=True)
@@ -356,3 +393,31 @@ def test_an_upload_through_the_api_is_decoded_by_a_worker_and_searched_to_the_en
     experiment.refresh_from_db()
     assert experiment.trials.count() == 2 and experiment.test_acc is not None
     assert experiment.best_val_acc > 0.6  # both sets are separable: well above chance (0.5 and 0.33)
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_killed_workers_decoding_is_finished_by_another_worker(carol, data_root, celery_worker_factory):
+    workers = [celery_worker_factory(NAS_DATA_DIR=str(data_root), NAS_SWEEP_SECONDS="1") for _ in range(2)]
+    for w in workers:
+        w.wait_connected()
+    dataset = upload(carol, "big", big_zip(60), resize=8)  # about 6 s of decoding
+    logs = lambda: "\n---\n".join(w.log() for w in workers)  # noqa: E731
+    wait_for(lambda: Dataset.objects.get(pk=dataset.pk).claimed_by != "", 30, "a worker to start decoding", logs)
+    first = Dataset.objects.get(pk=dataset.pk)
+    time.sleep(1)
+    victim = holder_of(workers, first.claimed_by)
+    victim.kill()
+    killed_at = time.monotonic()
+    assert Dataset.objects.get(pk=dataset.pk).status == "processing" and not dataset.folder().exists()
+    survivor = next(w for w in workers if w is not victim)
+    wait_for(lambda: Dataset.objects.get(pk=dataset.pk).status != "processing", 60, "the other worker to decode it",
+             survivor.log)
+    print(f"decoded by the other worker {time.monotonic() - killed_at:.1f} s after the kill (lease 6 s)")
+    dataset.refresh_from_db()
+    assert dataset.status == "ready", dataset.error
+    assert dataset.attempts == 2 and dataset.claimed_by != first.claimed_by
+    assert dataset.split_sizes and sum(dataset.split_sizes.values()) == 60 and dataset.input_shape == [1, 8, 8]
+    assert tree(data_root / "uploads") == [str(dataset.pk), *(f"{dataset.pk}/{f}" for f in
+                                                             sorted(p.name for p in dataset.folder().iterdir()))]
+    assert not dataset.incoming().exists()

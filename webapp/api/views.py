@@ -156,6 +156,17 @@ class ExperimentViewSet(viewsets.GenericViewSet):
             raise spec_error(exc) from None
         return Response(selectors.retrain_to_json(trial), status=status.HTTP_201_CREATED)
 
+    @extend_schema(request=None, responses={200: FREE, 409: FREE})
+    @action(detail=True, methods=["post"], url_path=r"calibrations/(?P<calibration_id>[0-9]+)/cancel")
+    def calibration_cancel(self, request: Request, pk: str, calibration_id: str) -> Response:
+        """Stop a queued or running calibration (its id is the experiment's `trust.id`); 409 once it has ended."""
+        _, calibration = selectors.calibration_for_user(request.user, int(pk), int(calibration_id))
+        if not services.calibration_cancel(calibration, request.user):
+            return Response({"detail": f"only a queued or running calibration can be cancelled (it is "
+                                       f"{calibration.status})"}, status=status.HTTP_409_CONFLICT)
+        calibration.refresh_from_db()
+        return Response(selectors.calibration_to_json(calibration))
+
     def _review(self, request: Request, pk: str, approve: bool) -> Response:
         selectors.experiment_for_user(request.user, int(pk))  # another team's is a 404 before its body is read
         review = ReviewSerializer(data=request.data)

@@ -55,7 +55,9 @@ class Dataset(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     ready_at = models.DateTimeField(null=True, blank=True)
     claimed_by = models.CharField(max_length=200, blank=True, help_text="The worker decoding it")
-    claimed_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True, help_text="When a worker last took it")
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Renewed by its worker while it decodes")
+    attempts = models.PositiveIntegerField(default=0, help_text="Times a worker took it")
 
     class Meta:
         ordering = ["team_id", "name"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from nasjobs.datasets import DATASETS, builtin_folder
@@ -22,6 +20,7 @@ from nasjobs.uploads import DecodeError, DecodeLimits, dataset_preview, decode_c
     scan_image_zip
 from webapp.datasets.models import DATASET_NAME, Dataset
 from webapp.datasets.selectors import upload_pk
+from webapp.experiments.leases import Lease, LostClaim, RowJobs, heartbeat_seconds
 from webapp.experiments.services import submission_team
 
 log = logging.getLogger(__name__)
@@ -159,12 +158,13 @@ def dataset_enqueue(dataset_id: int) -> None:
         log.exception("could not queue dataset %s; it is queued again when a worker connects", dataset_id)
 
 
-def datasets_recover() -> list[int]:
-    """Queue again every dataset still processing (its message may have been lost with a restarted Redis)."""
-    ids = list(Dataset.objects.filter(status=Dataset.Status.PROCESSING).values_list("pk", flat=True))
-    for pk in ids:
-        dataset_enqueue(pk)
-    return ids
+# A dataset is `processing` from its upload until it is decoded: with no worker while it waits in the queue, then
+# claimed by the worker that decodes it, which renews its heartbeat until it is done.
+DECODING = RowJobs(Dataset, Dataset.Status.PROCESSING, Dataset.Status.PROCESSING, lambda pk: dataset_enqueue(pk),
+                   started="claimed_at")
+dataset_claim = DECODING.claim
+datasets_recover = DECODING.recover
+datasets_sweep = DECODING.sweep
 
 
 def _stats(folder: Path) -> dict[str, Any]:
@@ -175,45 +175,60 @@ def _stats(folder: Path) -> dict[str, Any]:
             "split_sizes": {split: sum(c) for split, c in counts.items()}}
 
 
-def dataset_claim(dataset_id: int, worker: str) -> bool:
-    """One conditional UPDATE decides which worker decodes a dataset: one still processing, unclaimed or whose
-    claim is older than NAS_DATASET_LEASE_SECONDS (its worker died)."""
-    now = timezone.now()
-    stale = now - timedelta(seconds=settings.NAS_DATASET_LEASE_SECONDS)
-    return Dataset.objects.filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=stale), pk=dataset_id,
-                                  status=Dataset.Status.PROCESSING).update(claimed_by=worker, claimed_at=now) == 1
-
-
 def dataset_process(dataset_id: int, worker: str = "inline") -> str:
     """Decode an accepted upload into its folder once, fill in its figures and mark it ready; on any failure mark
-    it failed with the reason and remove its files. Idempotent: a second delivery finds it claimed or done."""
+    it failed with the reason and remove its files. Idempotent: a second delivery finds it claimed or done.
+
+    It runs under a lease like every job (`DECODING`): a killed worker's decoding is taken over once its heartbeat
+    is older than NAS_LEASE_SECONDS, a stopping one hands it back, and one deleted meanwhile stops at the next image
+    and leaves no files behind."""
     if not dataset_claim(dataset_id, worker):
         return "nothing to do"
-    dataset = Dataset.objects.get(pk=dataset_id)
+    dataset = Dataset.objects.filter(pk=dataset_id).first()
+    if dataset is None:  # deleted between the claim and now
+        return "deleted"
     folder, incoming = dataset.folder(), dataset.incoming()
-    mine = Dataset.objects.filter(pk=dataset_id, status=Dataset.Status.PROCESSING, claimed_by=worker)
+    mine = DECODING.mine(dataset_id, worker)
     try:
-        if not folder.exists():  # a folder is whole or absent (`save_decoded`): one there is a finished decode
-            if not incoming.exists():
-                raise DecodeError("the uploaded file is gone from NAS_DATA_DIR/incoming; upload it again")
-            if dataset.source == Dataset.Source.CSV:
-                decode_csv(incoming, folder, label=dataset.options["label_column"], limits=_limits(),
-                           title=dataset.title, max_bytes=settings.NAS_MAX_UPLOAD_MB * 1024**2)
-            else:
-                resize = dataset.options.get("resize")
-                decode_image_zip(incoming, folder, resize=tuple(resize) if resize else None, limits=_limits(),
-                                 title=dataset.title)
-        stats = _stats(folder)
+        with Lease(lambda: DECODING.heartbeat(dataset_id, worker), heartbeat_seconds()) as lease:
+            if not folder.exists():  # a folder is whole or absent (`save_decoded`): one there is a finished decode
+                if not incoming.exists():
+                    raise DecodeError("the uploaded file is gone from NAS_DATA_DIR/incoming; upload it again")
+                if dataset.source == Dataset.Source.CSV:
+                    decode_csv(incoming, folder, label=dataset.options["label_column"], limits=_limits(),
+                               title=dataset.title, max_bytes=settings.NAS_MAX_UPLOAD_MB * 1024**2, check=lease.check)
+                else:
+                    resize = dataset.options.get("resize")
+                    decode_image_zip(incoming, folder, resize=tuple(resize) if resize else None, limits=_limits(),
+                                     title=dataset.title, check=lease.check)
+            stats = _stats(folder)
+    except SystemExit:  # the pool process told to stop: the next worker decodes it
+        DECODING.hand_back(dataset_id, worker)
+        raise
+    except LostClaim:
+        log.info("dataset %s: decoding stopped, its claim is lost", dataset_id)
+        return _decoding_orphaned(dataset_id, folder)
     except Exception as exc:  # noqa: BLE001 - whatever went wrong is the dataset's failure, told to its owner
         reason = str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
         log.warning("dataset %s failed: %s", dataset_id, reason)
-        if mine.update(status=Dataset.Status.FAILED, error=reason[:2000]):  # only while the claim is ours
-            shutil.rmtree(folder, ignore_errors=True)
-            incoming.unlink(missing_ok=True)
-        return "failed"
-    if mine.update(status=Dataset.Status.READY, ready_at=timezone.now(), error="", **stats):
+        if not mine.update(status=Dataset.Status.FAILED, error=reason[:2000]):  # only while the claim is ours
+            return _decoding_orphaned(dataset_id, folder)
+        shutil.rmtree(folder, ignore_errors=True)
         incoming.unlink(missing_ok=True)
+        return "failed"
+    if not mine.update(status=Dataset.Status.READY, ready_at=timezone.now(), error="", **stats):
+        return _decoding_orphaned(dataset_id, folder)
+    incoming.unlink(missing_ok=True)
     return "ready"
+
+
+def _decoding_orphaned(dataset_id: int, folder: Path) -> str:
+    """A decoding that lost its claim: when its dataset was deleted meanwhile, remove the folder it may have
+    written after the delete removed its files; else another worker owns the dataset and its folder."""
+    if Dataset.objects.filter(pk=dataset_id).exists():
+        return "handed back"
+    shutil.rmtree(folder, ignore_errors=True)
+    return "deleted"
 
 
 def dataset_delete(dataset: Dataset, user: AbstractBaseUser) -> None:

@@ -312,13 +312,18 @@ class SearchEpoch(models.Model):
 
 
 class Calibration(models.Model):
-    """How far an experiment's estimator can be trusted: its figures rank-correlated with full results."""
+    """How far an experiment's estimator can be trusted: its figures rank-correlated with full results. Run by a
+    worker under a lease like an export's (`services.CALIBRATIONS`), each candidate's reference kept as it is
+    measured, so a killed worker's calibration is taken over and continues from there."""
 
     class Status(models.TextChoices):
         QUEUED = "queued"
         RUNNING = "running"
         SUCCEEDED = "succeeded"
         FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
 
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="calibrations")
     k = models.PositiveIntegerField(help_text="Candidates measured in full")
@@ -332,14 +337,23 @@ class Calibration(models.Model):
     seconds = models.FloatField(null=True, blank=True)
     error = models.TextField(blank=True)
     claimed_by = models.CharField(max_length=200, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0, help_text="Times a worker took it")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True, help_text="When a worker last took it")
+    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="calibration_status_heartbeat")]
 
     def __str__(self) -> str:
         return f"calibration {self.pk} of {self.experiment_id}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE
 
 
 class ExperimentEvent(models.Model):

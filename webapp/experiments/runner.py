@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import socket
-import threading
 import time
 import traceback
 from collections import OrderedDict
@@ -22,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -34,8 +33,9 @@ from nasjobs.rng import derive_seed
 from nasjobs.search import SearchRunner, resolve_device
 from nasjobs.training import between_batches
 from webapp.experiments import services
+from webapp.experiments.leases import Lease, heartbeat_seconds, lease_seconds
 from webapp.experiments.logtail import captured
-from webapp.experiments.models import Experiment, ExperimentEvent, Export, Trial, Worker
+from webapp.experiments.models import Calibration, Experiment, ExperimentEvent, Export, Trial, Worker
 
 log = logging.getLogger(__name__)
 CACHED = 4  # experiments whose runner and planner a worker process keeps between its jobs
@@ -57,15 +57,6 @@ def device_label() -> str:
     index = device.index if device.index is not None else torch.cuda.current_device()
     pinned = os.environ.get("CUDA_VISIBLE_DEVICES")
     return f"cuda:{index} {torch.cuda.get_device_name(index)}" + (f" (CUDA_VISIBLE_DEVICES={pinned})" if pinned else "")
-
-
-def lease_seconds() -> float:
-    return float(settings.NAS_LEASE_SECONDS)
-
-
-def heartbeat_seconds() -> float:
-    """How often a running job renews its lease: a third of it, at most NAS_HEARTBEAT_SECONDS."""
-    return min(float(settings.NAS_HEARTBEAT_SECONDS), lease_seconds() / 3)
 
 
 # ---------------------------------------------------------------------------------------------------- caches
@@ -206,45 +197,6 @@ def trial_requeue(trial_id: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- leases
-class Lease:
-    """Renews a claim from a thread every few seconds, whatever the job is doing (a long batch, a test pass), and
-    raises in the job (`check`, called between batches) once the claim is lost or the experiment cancelled."""
-
-    def __init__(self, beat: Callable[[], str], every: float) -> None:
-        self.beat, self.every = beat, every
-        self.state = "held"  # or "cancelled" / "lost"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lease", daemon=True)
-
-    def __enter__(self) -> "Lease":
-        # A claim made inside a transaction not yet committed (a test's, a caller's) is invisible to every other
-        # worker, so there is nothing to renew; a thread would only wait on the lock that transaction holds.
-        if not connection.in_atomic_block:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.wait(self.every) and self.state == "held":
-                try:
-                    self.state = self.beat()
-                except Exception:  # the database away for a moment: try again at the next beat
-                    log.exception("could not renew a lease")
-        finally:
-            connection.close()  # this thread's own connection
-
-    def check(self) -> None:
-        if self.state == "cancelled":
-            raise SearchCancelled()
-        if self.state == "lost":
-            raise services.LostClaim("another worker took this job over")
-
-
 _last_seen = {"at": 0.0}
 
 
@@ -495,8 +447,8 @@ def experiment_heartbeat(experiment_id: int, worker: str) -> str:
 def experiments_sweep() -> dict[str, list[int]]:
     """What every worker runs every few seconds: trials whose worker went silent past the lease go back to
     pending and are queued again; experiments held by a silent worker (a one-job search, a finish) are queued
-    again, and so are exports. Several workers sweeping at once is harmless: each change is a conditional
-    UPDATE."""
+    again, and so are exports and calibrations. Several workers sweeping at once is harmless: each change is a
+    conditional UPDATE."""
     stale = timezone.now() - timedelta(seconds=lease_seconds())
     requeued: list[int] = []
     silent = Trial.everything.filter(RUNNABLE, status=RUNNING, heartbeat_at__lt=stale)
@@ -510,7 +462,8 @@ def experiments_sweep() -> dict[str, list[int]]:
     experiments = list(held.values_list("pk", flat=True))
     for pk in experiments:
         services.experiment_enqueue(pk)
-    return {"trials": requeued, "experiments": experiments, "exports": services.exports_sweep()}
+    return {"trials": requeued, "experiments": experiments, "exports": services.exports_sweep(),
+            "calibrations": services.calibrations_sweep()}
 
 
 def experiment_run_inline(experiment_id: int, worker: str) -> str:
@@ -617,24 +570,39 @@ def _export_orphaned(experiment_id: int) -> None:
         shutil.rmtree(ArtifactStore(settings.NAS_ARTIFACTS_DIR, experiment_id).dir, ignore_errors=True)
 
 
+# ---------------------------------------------------------------------------------------------------- calibrations
 def run_calibration_now(calibration_id: int, worker: str) -> str:
-    """Claim and run a calibration in this process; "done" or "finished" (already taken or done)."""
+    """Claim and run a calibration in this process, under a lease renewed by a thread and checked between training
+    batches; each candidate's reference is kept as it is measured, so a calibration taken over continues from the
+    last one. Returns "done", "failed" (recorded with its reason), "cancelled", "handed back" (another worker took
+    it over, it was deleted, or this worker is stopping) or "skipped" (not claimable: ended, held by a live
+    worker, or gone)."""
     from nasjobs.calibration import calibrate
-    from webapp.experiments.models import Calibration
 
     if not services.calibration_claim(calibration_id, worker):
-        return "finished"
-    calibration = Calibration.objects.select_related("experiment").get(pk=calibration_id)
+        return "skipped"
+    calibration = Calibration.objects.select_related("experiment").filter(pk=calibration_id).first()
+    if calibration is None:  # deleted with its experiment between the claim and now
+        return "handed back"
     experiment = calibration.experiment
     try:
-        runner = runner_for(experiment)
-        trials = [t for t in trial_records(experiment.pk, curves=True) if t.status == DONE]
-        result = calibrate(runner.space, runner.dataset, runner.estimator, trials, calibration.k, calibration.epochs,
-                           calibration.seed, runner.device)
+        with Lease(lambda: services.calibration_heartbeat(calibration_id, worker), heartbeat_seconds()) as lease, \
+                between_batches(lease.check):
+            runner = runner_for(experiment)
+            trials = [t for t in trial_records(experiment.pk) if t.status == DONE]
+            result = calibrate(runner.space, runner.dataset, runner.estimator, trials, calibration.k,
+                               calibration.epochs, calibration.seed, runner.device, hook=lease.check,
+                               measured=calibration.pairs,
+                               on_pair=lambda pairs: services.calibration_progress(calibration_id, worker, pairs))
+    except SystemExit:  # the pool process told to stop: the next worker continues it
+        services.calibration_hand_back(calibration_id, worker)
+        raise
+    except (SearchCancelled, services.LostClaim) as exc:
+        cancelled = Calibration.objects.filter(pk=calibration_id, status=Calibration.Status.CANCELLED).exists()
+        log.info("calibration %s stopped: %s", calibration_id, "it was cancelled" if cancelled else exc)
+        return "cancelled" if cancelled else "handed back"
     except Exception as exc:  # a readable reason on the page; the worker lives on
         log.exception("calibration %s failed", calibration_id)
         services.calibration_fail(calibration_id, worker, f"{type(exc).__name__}: {exc}")
-        return "done"
-    services.calibration_finish(calibration_id, worker, result)
-    return "done"
-
+        return "failed"
+    return "done" if services.calibration_finish(calibration_id, worker, result) else "handed back"

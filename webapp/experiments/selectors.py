@@ -468,7 +468,17 @@ def calibration_to_json(calibration: Calibration | None) -> dict[str, Any] | Non
     return {"id": calibration.pk, "status": calibration.status, "k": calibration.k, "epochs": calibration.epochs,
             "reference": calibration.reference, "kendall_tau": calibration.kendall_tau,
             "spearman_rho": calibration.spearman_rho, "pairs": calibration.pairs, "seconds": calibration.seconds,
-            "error": calibration.error}
+            "error": calibration.error, "attempts": calibration.attempts}
+
+
+def calibration_for_user(user: User, pk: int, calibration_id: int) -> tuple[Experiment, Calibration]:
+    """A calibration of an experiment the user may see; otherwise Http404, as if neither existed."""
+    experiment = experiment_for_user(user, pk)
+    calibration = experiment.calibrations.filter(pk=calibration_id).first()
+    if calibration is None:
+        raise Http404("no such calibration")
+    calibration.experiment = experiment
+    return experiment, calibration
 
 
 def epoch_to_json(epoch: SearchEpoch) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from nasjobs.records import DONE, FAILED, IN_FLIGHT, PENDING
 from nasjobs.search import LIMITS, ExperimentSpec, SpecError, TrialRecord, validate_spec
 from webapp.datasets.selectors import dataset_by_engine_name, dataset_reference, dataset_refusal
 from webapp.experiments import selectors
+from webapp.experiments.leases import LostClaim, RowJobs
 from webapp.experiments.models import Calibration, Experiment, ExperimentEvent, Export, SearchEpoch, Trial
 from webapp.experiments.notifications import NOTIFIED, notify
 from webapp.experiments.selectors import can_manage, can_review
@@ -30,10 +31,6 @@ from webapp.teams.services import membership_touch, review_reason
 
 log = logging.getLogger(__name__)
 NAME_MAX_LENGTH = Experiment._meta.get_field("name").max_length
-
-
-class LostClaim(Exception):
-    """Another worker took the experiment over (our lease expired); stop without writing."""
 
 
 def experiment_enqueue(experiment_id: int) -> None:
@@ -562,21 +559,49 @@ def calibration_enqueue(calibration_id: int) -> None:
     run_calibration.apply_async((calibration_id,), queue=settings.NAS_GPU_QUEUE)
 
 
-def calibration_claim(calibration_id: int, worker: str) -> bool:
-    return bool(Calibration.objects.filter(pk=calibration_id, status=Calibration.Status.QUEUED).update(
-        status=Calibration.Status.RUNNING, claimed_by=worker))
+CALIBRATIONS = RowJobs(Calibration, Calibration.Status.QUEUED, Calibration.Status.RUNNING,
+                       lambda pk: calibration_enqueue(pk), cancelled=Calibration.Status.CANCELLED)
+calibration_claim = CALIBRATIONS.claim
+calibration_heartbeat = CALIBRATIONS.heartbeat
+calibration_hand_back = CALIBRATIONS.hand_back
+calibrations_recover = CALIBRATIONS.recover
+calibrations_sweep = CALIBRATIONS.sweep
+
+
+def calibration_progress(calibration_id: int, worker: str, pairs: list[dict[str, Any]]) -> None:
+    """Keep the candidates measured so far, so a calibration taken over by another worker continues from them.
+    Raises LostClaim once this worker no longer holds it (cancelled, taken over, deleted)."""
+    if not CALIBRATIONS.mine(calibration_id, worker).update(pairs=pairs, heartbeat_at=timezone.now()):
+        raise LostClaim(f"calibration {calibration_id} is no longer held by {worker}")
 
 
 def calibration_finish(calibration_id: int, worker: str, result: Any) -> bool:
-    return bool(Calibration.objects.filter(pk=calibration_id, claimed_by=worker).update(
+    now = timezone.now()
+    return bool(CALIBRATIONS.mine(calibration_id, worker).update(
         status=Calibration.Status.SUCCEEDED, reference=result.reference, k=result.k,
         kendall_tau=result.kendall_tau, spearman_rho=result.spearman_rho, pairs=result.pairs,
-        seconds=result.seconds))
+        seconds=result.seconds, finished_at=now, heartbeat_at=now))
 
 
 def calibration_fail(calibration_id: int, worker: str, error: str) -> bool:
-    return bool(Calibration.objects.filter(pk=calibration_id, claimed_by=worker).update(
-        status=Calibration.Status.FAILED, error=error[:5000]))
+    return bool(CALIBRATIONS.mine(calibration_id, worker).update(
+        status=Calibration.Status.FAILED, error=error[:5000], finished_at=timezone.now()))
+
+
+def calibration_cancel(calibration: Calibration, user: AbstractBaseUser | None = None) -> bool:
+    """Stop a queued or running calibration; the candidates it measured stay on its row. Its worker sees the
+    cancel at its next heartbeat and stops between two batches, writing nothing more. The same people as may
+    cancel the experiment may cancel it; False (nothing changes) once it has ended."""
+    experiment = calibration.experiment
+    if user is not None:
+        _require(can_manage(user, experiment), "only its owner, a team admin or staff may cancel it")
+    with transaction.atomic():
+        changed = Calibration.objects.filter(pk=calibration.pk, status__in=Calibration.ACTIVE).update(
+            status=Calibration.Status.CANCELLED, finished_at=timezone.now())
+        if changed:
+            event_record(experiment, ExperimentEvent.Action.CANCELLED, actor=user,
+                         detail=f"calibration {calibration.pk}")
+    return bool(changed)
 
 
 def export_path(experiment_id: int, number: int, fmt: str) -> Path:
@@ -629,63 +654,21 @@ def export_enqueue(export_id: int) -> None:
     build_export.apply_async((export_id,), queue=settings.NAS_CPU_QUEUE)
 
 
-def export_claim(export_id: int, worker: str) -> bool:
-    """Take a queued export, or a running one whose worker went silent past the lease (one conditional UPDATE
-    decides, as for trials)."""
-    now = timezone.now()
-    stale = now - timedelta(seconds=settings.NAS_LEASE_SECONDS)
-    return bool(Export.objects.filter(Q(status=Export.Status.QUEUED) | Q(status=Export.Status.RUNNING,
-                                                                          heartbeat_at__lt=stale), pk=export_id)
-                .update(status=Export.Status.RUNNING, claimed_by=worker, heartbeat_at=now, started_at=now,
-                        attempts=F("attempts") + 1))
-
-
-def export_heartbeat(export_id: int, worker: str) -> str:
-    """Renew an export's lease: "held", or "lost" (another worker has it, or it was deleted with its
-    experiment)."""
-    held = Export.objects.filter(pk=export_id, claimed_by=worker, status=Export.Status.RUNNING)
-    return "held" if held.update(heartbeat_at=timezone.now()) else "lost"
+EXPORTS = RowJobs(Export, Export.Status.QUEUED, Export.Status.RUNNING, lambda pk: export_enqueue(pk))
+export_claim = EXPORTS.claim
+export_heartbeat = EXPORTS.heartbeat
+export_hand_back = EXPORTS.hand_back
+exports_recover = EXPORTS.recover
+exports_sweep = EXPORTS.sweep
 
 
 def export_finish(export_id: int, worker: str, size: int, trained: bool) -> bool:
     now = timezone.now()
-    return bool(Export.objects.filter(pk=export_id, claimed_by=worker, status=Export.Status.RUNNING).update(
+    return bool(EXPORTS.mine(export_id, worker).update(
         status=Export.Status.READY, size=size, trained=trained, finished_at=now, heartbeat_at=now))
 
 
 def export_fail(export_id: int, worker: str, error: str, traceback: str = "") -> bool:
     """Record why a build failed; requesting the export again retries it."""
-    return bool(Export.objects.filter(pk=export_id, claimed_by=worker, status=Export.Status.RUNNING).update(
+    return bool(EXPORTS.mine(export_id, worker).update(
         status=Export.Status.FAILED, error=error[:1000], traceback=traceback[-20000:], finished_at=timezone.now()))
-
-
-def export_hand_back(export_id: int, worker: str) -> bool:
-    """Put an unfinished build back in the queue (its worker is stopping), for the next worker."""
-    if Export.objects.filter(pk=export_id, claimed_by=worker, status=Export.Status.RUNNING).update(
-            status=Export.Status.QUEUED, claimed_by="", heartbeat_at=None):
-        export_enqueue(export_id)
-        return True
-    return False
-
-
-def exports_recover() -> list[int]:
-    """Queue again every export still to be built: queued ones (their message may have been lost with a restarted
-    Redis) and running ones (their worker may be dead; the claim waits out the lease)."""
-    ids = list(Export.objects.filter(status__in=Export.ACTIVE).values_list("pk", flat=True))
-    for pk in ids:
-        export_enqueue(pk)
-    return ids
-
-
-def exports_sweep() -> list[int]:
-    """Exports whose worker went silent past the lease go back to the queue (each a conditional UPDATE, so
-    several workers sweeping at once queue each once)."""
-    stale = timezone.now() - timedelta(seconds=settings.NAS_LEASE_SECONDS)
-    requeued = []
-    for pk in list(Export.objects.filter(status=Export.Status.RUNNING, heartbeat_at__lt=stale)
-                   .values_list("pk", flat=True)):
-        if Export.objects.filter(pk=pk, status=Export.Status.RUNNING, heartbeat_at__lt=stale).update(
-                status=Export.Status.QUEUED, claimed_by=""):
-            export_enqueue(pk)
-            requeued.append(pk)
-    return requeued

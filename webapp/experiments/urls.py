@@ -20,6 +20,8 @@ urlpatterns = [
     path("review/", views.review_queue, name="review_queue"),
     path("workers/", views.worker_list, name="worker_list"),
     path("experiments/<int:pk>/calibrate/", views.experiment_calibrate, name="experiment_calibrate"),
+    path("experiments/<int:pk>/calibrations/<int:calibration_id>/cancel/", views.calibration_cancel,
+         name="calibration_cancel"),
     path("experiments/<int:pk>/trials/<int:number>/", views.trial_detail, name="trial_detail"),
     path("experiments/<int:pk>/trials/<int:number>/exports/<str:fmt>/", views.trial_export_request,
          name="trial_export_request"),

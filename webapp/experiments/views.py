@@ -344,6 +344,24 @@ def experiment_calibrate(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("experiment_detail", pk=pk)
 
 
+@require_POST
+@login_required
+def calibration_cancel(request: HttpRequest, pk: int, calibration_id: int) -> HttpResponse:
+    """Stop a queued or running calibration; another team's is a 404, a finished one is refused saying why."""
+    _, calibration = selectors.calibration_for_user(request.user, pk, calibration_id)
+    try:
+        changed = services.calibration_cancel(calibration, request.user)
+    except PermissionDenied as exc:
+        messages.error(request, f"Not allowed: {exc}.")
+    else:
+        if changed:
+            messages.success(request, "Calibration cancelled; the candidates it measured are kept.")
+        else:
+            messages.error(request, f"Only a queued or running calibration can be cancelled (it is "
+                                    f"{calibration.status}).")
+    return redirect("experiment_detail", pk=pk)
+
+
 @login_required
 def worker_list(request: HttpRequest) -> HttpResponse:
     """Staff only (a 404 for anyone else): the worker processes seen lately, what each runs and when it last

@@ -175,7 +175,8 @@ class Command(BaseCommand):
         retrain.add_argument("--epochs", type=int, required=True)
         retrain.add_argument("--wait", action="store_true", help="Wait until the retraining ends")
         retrain.add_argument("--json", action="store_true")
-        sub.add_parser("recover", help="Queue again every queued or running experiment (after losing Redis)")
+        sub.add_parser("recover", help="Queue again every unfinished experiment, retraining, export, calibration and "
+                                       "dataset (after losing Redis)")
         teams = sub.add_parser("team", help="Manage teams").add_subparsers(dest="team_action", required=True)
         team_add = teams.add_parser("add", help="Create a team")
         team_add.add_argument("team")
@@ -198,6 +199,7 @@ class Command(BaseCommand):
         cal.add_argument("--inline", action="store_true", help="Run here instead of on a worker (implies --wait)")
         cal.add_argument("--wait", action="store_true")
         cal.add_argument("--json", action="store_true")
+        cal.add_argument("--cancel", action="store_true", help="Cancel its queued or running calibration instead")
 
         export = sub.add_parser("export", help="Write a trial as a model that runs without the platform (a "
                                                "torch.export zip or an ONNX file), in this process")
@@ -332,6 +334,8 @@ class Command(BaseCommand):
 
     def handle_calibrate(self, **opts: Any) -> None:
         experiment = self._get(opts["id"], opts)
+        if opts["cancel"]:
+            return self._cancel_calibration(experiment, opts)
         epochs = opts["epochs"] if opts["epochs"] is not None else 2 * experiment.epochs
         try:
             calibration = services.calibration_create(experiment=experiment, user=self._user(opts), k=opts["k"],
@@ -356,6 +360,13 @@ class Command(BaseCommand):
             self.stdout.write(f"calibration {calibration.pk} {calibration.status}")
         if calibration.status == "failed":
             raise CommandError(f"calibration failed: {calibration.error}")
+
+    def _cancel_calibration(self, experiment: Experiment, opts: dict[str, Any]) -> None:
+        calibration = experiment.calibrations.first()
+        if calibration is None or not services.calibration_cancel(calibration, self._user(opts)):
+            state = f"its latest is {calibration.status}" if calibration else "it has none"
+            raise CommandError(f"experiment {experiment.pk} has no queued or running calibration ({state})")
+        self.stdout.write(f"calibration {calibration.pk} of experiment {experiment.pk} cancelled")
 
     def handle_export(self, **opts: Any) -> None:
         experiment = self._get(opts["id"], opts)
@@ -403,13 +414,14 @@ class Command(BaseCommand):
                                                                                        else ""))
 
     def handle_recover(self, **opts: Any) -> None:
-        from webapp.datasets.services import datasets_recover
+        from webapp.jobs import jobs_recover
 
-        ids = services.experiments_recover()
-        self.stdout.write(f"queued again: {', '.join(map(str, ids)) or 'nothing to recover'}")
-        datasets = datasets_recover()
-        if datasets:
-            self.stdout.write(f"datasets queued again: {', '.join(map(str, datasets))}")
+        recovered = jobs_recover()
+        experiments = ", ".join(map(str, recovered.pop("experiments")))
+        self.stdout.write(f"queued again: {experiments or 'nothing to recover'}")
+        for kind, ids in recovered.items():
+            if ids:
+                self.stdout.write(f"{kind} queued again: {', '.join(map(str, ids))}")
 
     def _report(self, experiment: Experiment, *, wait: bool, as_json: bool) -> None:
         live = wait and not as_json

@@ -3,8 +3,10 @@ a real search running meanwhile, and `--clients` concurrent logged-in clients in
 
 Each client loops over the pages a team has open: the experiment list, the large experiment's page, a page of its
 leaderboard (sorted by parameters where the leaderboard route exists, else the experiment page's `?page=N`), a
-trial page, the running search's status poll, and the API's experiment list and a page of trials. Every request
-carries the session cookie of one logged-in user. Reported (client side, so the clients' own time on a busy
+trial page, the running search's status poll, and the API's experiment list and a page of trials, waiting about
+`--think` seconds after each answer as a person reading a page (or an open page between its polls, 1.5 s) does;
+`--think 0` makes it a closed loop, every client always waiting on the server. Every request carries the session
+cookie of one logged-in user. Reported (client side, so the clients' own time on a busy
 machine is in it):
 
 - `requests`, `errors` (a connection error, a timeout or any status but 200), `status_5xx`;
@@ -12,7 +14,7 @@ machine is in it):
 - `search_trials_done`: trials the real search (a `random` search on the NAS-Bench-201 table, one Celery worker)
   recorded during the run, so the pages were read while a worker wrote.
 
-    python bench/load.py [--seconds 60] [--clients 50] [--trials 3000] [--search-budget 2000]
+    python bench/load.py [--seconds 60] [--clients 50] [--think 1.5] [--trials 3000] [--search-budget 2000]
                          [--database-url postgres://postgres@127.0.0.1:5432/nasboard_bench] [--json]
 """
 from __future__ import annotations
@@ -96,8 +98,10 @@ def pages(large: Any, search: Any, trials: int) -> dict[str, list[str]]:
     }
 
 
-def drive(url: str, cookie: str, plan: dict[str, list[str]], clients: int, seconds: float) -> dict[str, Any]:
-    """`clients` threads, each with its own HTTP session, requesting pages round-robin by kind for `seconds`."""
+def drive(url: str, cookie: str, plan: dict[str, list[str]], clients: int, seconds: float,
+          think: float) -> dict[str, Any]:
+    """`clients` threads, each with its own HTTP session, requesting pages round-robin by kind for `seconds`, each
+    waiting a seeded uniform 0.5 to 1.5 times `think` seconds after each answer (0: none, a closed loop)."""
     import requests
 
     samples: list[tuple[str, float, int]] = []  # (kind, seconds, status or 0 for an error)
@@ -120,6 +124,8 @@ def drive(url: str, cookie: str, plan: dict[str, list[str]], clients: int, secon
             except requests.RequestException:
                 status = 0
             mine.append((kind, time.perf_counter() - start, status))
+            if think:
+                time.sleep(think * rng.uniform(0.5, 1.5))
         with lock:
             samples.extend(mine)
 
@@ -196,7 +202,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 plan = pages(large, search, args.trials)
                 done = subprocess.run(
                     [sys.executable, __file__, "--drive", f"http://127.0.0.1:{port}", "--cookie", cookie,
-                     "--plan", json.dumps(plan), "--clients", str(args.clients), "--seconds", str(args.seconds)],
+                     "--plan", json.dumps(plan), "--clients", str(args.clients), "--seconds", str(args.seconds),
+                     "--think", str(args.think)],
                     cwd=_platform.ROOT, capture_output=True, text=True, timeout=args.seconds + 300)
                 if done.returncode != 0:
                     raise SystemExit("the clients failed:\n" + done.stderr[-3000:])
@@ -212,7 +219,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 server.kill()
         if report["status_5xx"]:
             print(open(p.tmp / "gunicorn.log", errors="replace").read()[-3000:], file=sys.stderr)
-        return {**report, "clients": args.clients, "seconds": args.seconds,
+        return {**report, "clients": args.clients, "seconds": args.seconds, "think_s": args.think,
                 "trials": large.trials.count(), "search_trials_done": search_done, "gunicorn_workers": 2,
                 "fill_s": round(fill_s, 1), "database": connection.vendor}
 
@@ -221,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60, help="how long the clients run (60)")
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients (50)")
+    parser.add_argument("--think", type=float, default=1.5,
+                        help="seconds a client waits after each answer, jittered 0.5 to 1.5 times (1.5: an open "
+                             "experiment page polls every 1.5 s; 0: a closed loop, every client always waiting)")
     parser.add_argument("--trials", type=int, default=3000, help="trials of the large experiment (3000)")
     parser.add_argument("--search-budget", type=int, default=2000,
                         help="budget of the search running meanwhile (2000 table lookups)")
@@ -234,10 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.drive:
-        print(json.dumps(drive(args.drive, args.cookie, json.loads(args.plan), args.clients, args.seconds)))
+        print(json.dumps(drive(args.drive, args.cookie, json.loads(args.plan), args.clients, args.seconds,
+                               args.think)))
         return 0
-    if args.seconds <= 0 or args.clients < 1 or args.trials < 1 or args.search_budget < 1:
-        parser.error("--seconds, --clients, --trials and --search-budget must be positive")
+    if args.seconds <= 0 or args.clients < 1 or args.trials < 1 or args.search_budget < 1 or args.think < 0:
+        parser.error("--seconds, --clients, --trials and --search-budget must be positive, --think at least 0")
     report = measure(args)
     _platform.emit(report, args, search_spec(args), "bench/load.py", argv)
     return 0

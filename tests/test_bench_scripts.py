@@ -55,3 +55,4 @@ def test_load_reports_latencies_of_concurrent_clients_against_gunicorn_while_a_s
     assert set(report["per_page_p99_ms"]) == {"list", "experiment", "leaderboard", "trial", "status", "api"}
     assert report["trials"] == 200 and report["gunicorn_workers"] == 2 and report["search_trials_done"] > 0
     assert report["meta"]["options"]["clients"] == 5 and report["meta"]["components"]["spec"]["budget"] == 50
+    assert report["think_s"] == report["meta"]["options"]["think"] == 1.5

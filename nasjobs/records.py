@@ -44,6 +44,7 @@ class TrialRecord:
     told: int | None = None  # its place in the order results were told to the strategy (None: not told)
     error: str = ""  # why it failed
     loss_curve: list[float | None] = field(default_factory=list)  # mean training loss per epoch, beside `curve`
+    resumed_from_epoch: int | None = None  # its latest evaluation continued its checkpoint at this epoch (None: from 0)
 
     def __post_init__(self) -> None:
         if not self.evaluations and self.status == DONE:

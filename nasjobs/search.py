@@ -10,7 +10,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from nasjobs.artifacts import ArtifactStore
+from nasjobs.artifacts import CHECKPOINT_SECONDS, ArtifactStore, FileCheckpoint
 from nasjobs.constraints import LIMIT_FIELDS, LIMIT_RANGE, MAX_SKIPPED_IN_A_ROW, Gate, Limits
 from nasjobs.datasets import BENCHMARK_KIND, DATASETS
 from nasjobs.estimators import ESTIMATORS
@@ -24,7 +24,7 @@ from nasjobs.planner import FAILURE_POLICIES, BracketPlanner, Planner
 # The records a search keeps, importable from here too (`nasjobs.records` holds them).
 from nasjobs.records import (AGAIN, DONE, Leaderboard, SearchCancelled, TrialRecord, best_trial,  # noqa: F401
                              evaluations_done, top_k_numbers)
-from nasjobs.training import between_batches, training_format
+from nasjobs.training import TrialCheckpoint, between_batches, training_format
 
 log = logging.getLogger(__name__)
 
@@ -287,9 +287,11 @@ class SearchRunner:
     last recorded trial, and the strategy, restored from its checkpoint, proposes what it would have proposed."""
 
     def __init__(self, spec: ExperimentSpec, store: Store, artifacts: ArtifactStore, device: torch.device,
-                 max_skipped_in_a_row: int = MAX_SKIPPED_IN_A_ROW) -> None:
+                 max_skipped_in_a_row: int = MAX_SKIPPED_IN_A_ROW,
+                 checkpoint_seconds: float = CHECKPOINT_SECONDS) -> None:
         self.spec = validate_spec(spec)
         self.max_skipped_in_a_row = max_skipped_in_a_row  # proposals over the deployment limits before it fails
+        self.checkpoint_seconds = checkpoint_seconds  # how often a trial under way saves its progress (0: each epoch)
         self.store = store
         self.artifacts = artifacts
         self.device = device
@@ -382,11 +384,13 @@ class SearchRunner:
                 jobs = plan.jobs
             for trial in jobs:
                 self.store.heartbeat()
-                trial = self.execute(trial, self.store.heartbeat)
+                checkpoint = self.trial_checkpoint(trial.number)
+                trial = self.execute(trial, self.store.heartbeat, checkpoint)
                 trial.search_seconds = elapsed()
                 planner.tell(trial)
                 kept = planner.kept(self.spec.top_k)
                 self.store.record_trial(trial, planner.state_dict(), kept)
+                checkpoint.discard()  # once recorded: a crash before that resumes the trial at its last epoch
                 self.artifacts.keep_only(kept)
         if planner.best is not None:
             self.store.finish(planner.best.number, self.best_test_accuracy(planner.best), plan.finished or "budget")
@@ -398,21 +402,37 @@ class SearchRunner:
             self.estimator.load_history([t.curve for t in trials
                                          if t.status == DONE and "stopped_at_epoch" not in t.fidelity])
 
-    def execute(self, trial: TrialRecord, heartbeat: Callable[[], None]) -> TrialRecord:
+    def trial_checkpoint(self, number: int) -> FileCheckpoint:
+        """Where trial `number` keeps its progress while it trains (`ArtifactStore.trial_checkpoint`)."""
+        return self.artifacts.trial_checkpoint(number, self.checkpoint_seconds)
+
+    def execute(self, trial: TrialRecord, heartbeat: Callable[[], None],
+                resume: TrialCheckpoint | None = None) -> TrialRecord:
         """Run a trial's job, as the planner set it: its first evaluation (weights saved when the estimator trains
         some), or one more with a fresh seed (`job == AGAIN`: the figure becomes the mean; the first evaluation's
-        weights stay). Returns the record, done; `heartbeat` runs after every epoch and may raise to stop it."""
-        with training_format(self.spec.bf16, self.spec.channels_last):
-            return self._execute(trial, heartbeat)
+        weights stay). Returns the record, done; `heartbeat` runs after every epoch and may raise to stop it.
 
-    def _execute(self, trial: TrialRecord, heartbeat: Callable[[], None]) -> TrialRecord:
+        With `resume` (the trial's checkpoint) an estimator that trains for the whole trial (`Estimator.resumable`)
+        continues from the epoch saved there and keeps it up to date; the caller discards it once the trial is
+        recorded. `trial.resumed_from_epoch` says where the job continued."""
+        with training_format(self.spec.bf16, self.spec.channels_last):
+            return self._execute(trial, heartbeat, resume)
+
+    def _evaluate(self, arch: Any, seed: int, hook: Callable[[int, float], None],
+                  resume: TrialCheckpoint | None) -> Any:
+        if resume is not None and self.estimator.resumable:
+            return self.estimator.evaluate(arch, self.spec.epochs, seed=seed, hook=hook, resume=resume)
+        return self.estimator.evaluate(arch, self.spec.epochs, seed=seed, hook=hook)
+
+    def _execute(self, trial: TrialRecord, heartbeat: Callable[[], None],
+                 resume: TrialCheckpoint | None = None) -> TrialRecord:
         arch = self.space.from_str(trial.arch_key)
         hook = lambda epoch, acc: heartbeat()  # noqa: E731
         if self.kind == "brackets":
             return self._train_to_rung(trial, arch, hook)
         if trial.job == AGAIN:
             seed = derive_seed(self.spec.seed, "trial", trial.number, "repeat", len(trial.evaluations)) % (2**31)
-            result = self.estimator.evaluate(arch, self.spec.epochs, seed=seed, hook=hook)
+            result = self._evaluate(arch, seed, hook, resume)
             trial.evaluations = [*trial.evaluations, result.val_acc]
             trial.val_acc = sum(trial.evaluations) / len(trial.evaluations)
             trial.train_seconds += result.train_seconds
@@ -421,13 +441,14 @@ class SearchRunner:
             log.info("trial %d %s re-evaluated: %.4f (mean of %d: %.4f)", trial.number, trial.arch_key,
                      result.val_acc, len(trial.evaluations), trial.val_acc)
         else:
-            result = self.estimator.evaluate(arch, self.spec.epochs, seed=self.trial_seed(trial.number), hook=hook)
+            result = self._evaluate(arch, self.trial_seed(trial.number), hook, resume)
             trial.weights_path = self.artifacts.save(trial.number, result.state) if result.state is not None else None
             trial.val_acc, trial.evaluations, trial.params, trial.flops = (result.val_acc, [result.val_acc],
                                                                            result.params, result.flops)
             trial.train_seconds, trial.fidelity, trial.curve = result.train_seconds, result.fidelity, result.curve
             trial.loss_curve = result.loss_curve
             log.info("trial %d %s val_acc=%.4f", trial.number, trial.arch_key, result.val_acc)
+        trial.resumed_from_epoch = result.resumed_from_epoch
         trial.status = DONE
         return trial
 

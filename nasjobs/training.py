@@ -9,7 +9,7 @@ import time
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 from torch import nn
@@ -45,6 +45,21 @@ def between_batches(check: Callable[[], None]) -> Iterator[None]:
         yield
     finally:
         _BETWEEN_BATCHES.reset(token)
+
+
+class TrialCheckpoint(Protocol):
+    """Where a trial that trains one network for its whole length keeps its progress between epochs, so a trial
+    whose worker died (or that was handed back) resumes at its last saved epoch rather than its first
+    (`nasjobs.artifacts.FileCheckpoint` keeps it beside the trial's weights). `every_seconds` spaces the saves: at
+    most one per that many seconds of training, one after every epoch at 0."""
+
+    every_seconds: float
+
+    def load(self) -> dict[str, Any] | None:
+        """The last saved state, or None when there is none."""
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Replace the saved state, atomically: a worker killed meanwhile leaves the previous one whole."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -223,6 +238,8 @@ class Trainer:
         self.augment_generator = torch.Generator(device=device).manual_seed(derive_seed(seed, "augment"))
         self.total_epochs = total_epochs
         self.epoch = 0
+        self.resumed_from_epoch: int | None = None  # set by `run_resumable` when it continued a checkpoint
+        self.earlier_seconds = 0.0  # training time of the epochs that checkpoint holds
         self.curve: list[float] = []
         self.loss_curve: list[float | None] = []
 
@@ -303,6 +320,34 @@ class Trainer:
                 on_epoch(self.epoch, self.curve[-1])
         return list(self.curve)
 
+    def run_resumable(self, until_epoch: int, on_epoch: Callable[[int, float], None] | None,
+                      checkpoint: TrialCheckpoint, key: dict[str, Any]) -> list[float]:
+        """`run`, continuing from `checkpoint` when it holds this training's state (saved with the same `key`,
+        say its seed and epochs: a re-evaluation with another seed starts afresh) and saving it there after an
+        epoch, before `on_epoch` runs (which may stop the training), at most every `checkpoint.every_seconds`.
+        Continued, it ends exactly as a run straight through would: same curves, same weights."""
+        started = time.perf_counter()
+        state = checkpoint.load()
+        if state is not None and state.get("key") == key:
+            self.load_state_dict(state["trainer"])
+            self.resumed_from_epoch = self.epoch
+            self.earlier_seconds = float(state.get("train_seconds", 0.0))
+            log.info("resumed at epoch %d of %d from the trial's checkpoint", self.epoch, self.total_epochs)
+        elif state is not None:
+            log.warning("ignored a checkpoint of another training (%s, not %s)", state.get("key"), key)
+        last_saved = time.monotonic()
+
+        def saving(epoch: int, acc: float) -> None:
+            nonlocal last_saved
+            if checkpoint.every_seconds <= 0 or time.monotonic() - last_saved >= checkpoint.every_seconds:
+                checkpoint.save({"key": key, "trainer": self.state_dict(),
+                                 "train_seconds": self.earlier_seconds + time.perf_counter() - started})
+                last_saved = time.monotonic()
+            if on_epoch is not None:
+                on_epoch(epoch, acc)
+
+        return self.run(until_epoch, saving)
+
     def state_dict(self) -> dict:
         return {"model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -334,8 +379,12 @@ def train_epochs(model: nn.Module, train: Split, val: Split, epochs: int, settin
 
 def fit(model: nn.Module, train: Split, val: Split, epochs: int, settings: SGDSettings, seed: int,
         device: torch.device, on_epoch: Callable[[int, float], None] | None = None, *,
-        bf16: bool = False, channels_last: bool = False) -> Trainer:
-    """`train_epochs`, returning the trainer itself: its `curve` and `loss_curve` are what an estimator reports."""
+        bf16: bool = False, channels_last: bool = False, resume: TrialCheckpoint | None = None) -> Trainer:
+    """`train_epochs`, returning the trainer itself: its `curve` and `loss_curve` are what an estimator reports.
+    With `resume`, training continues from that checkpoint and keeps it up to date (`Trainer.run_resumable`)."""
     trainer = Trainer(model, train, val, settings, epochs, seed, device, bf16=bf16, channels_last=channels_last)
-    trainer.run(epochs, on_epoch)
+    if resume is None:
+        trainer.run(epochs, on_epoch)
+    else:
+        trainer.run_resumable(epochs, on_epoch, resume, {"seed": seed, "epochs": epochs})
     return trainer

@@ -223,6 +223,10 @@ NAS_PLUGINS = [m.strip() for m in env_str("NAS_PLUGINS", "").split(",") if m.str
 NAS_LEASE_SECONDS = env_int("NAS_LEASE_SECONDS", 30, minimum=3)
 NAS_HEARTBEAT_SECONDS = env_int("NAS_HEARTBEAT_SECONDS", 2, minimum=1)
 NAS_SWEEP_SECONDS = env_int("NAS_SWEEP_SECONDS", 10, minimum=1)
+# A trial that trains one network for its whole length (train, low_fidelity, median_stopping) saves its progress
+# beside its weights at most every NAS_CHECKPOINT_SECONDS of training (0: after every epoch), so a trial taken over
+# from a lost worker, or handed back by a cancel or a stopping worker, resumes at its last saved epoch.
+NAS_CHECKPOINT_SECONDS = env_int("NAS_CHECKPOINT_SECONDS", 30, minimum=0)
 # A trial still running after this many seconds fails with a time-limit error (0: no limit).
 NAS_TRIAL_TIME_LIMIT = env_int("NAS_TRIAL_TIME_LIMIT", 0, minimum=0)
 # An experiment with deployment limits fails after this many proposals in a row over them (nasjobs.constraints).

@@ -1,6 +1,7 @@
 """The performance-estimation interface: an architecture and a budget in, an estimate of its quality out."""
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ class EvalResult:
     curve: list[float] = field(default_factory=list)  # validation accuracy after each epoch
     state: dict[str, torch.Tensor] | None = None  # trained weights, when the estimator trains a network
     loss_curve: list[float | None] = field(default_factory=list)  # mean training loss of each epoch of `curve`
+    resumed_from_epoch: int | None = None  # the epoch training continued at from a trial checkpoint (None: from 0)
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,16 @@ class Estimator(ABC):
 
     @abstractmethod
     def evaluate(self, arch: Any, budget: int, *, seed: int, hook: EpochHook | None = None) -> EvalResult:
-        """Estimate `arch`'s validation accuracy, spending `budget` (epochs for training estimators)."""
+        """Estimate `arch`'s validation accuracy, spending `budget` (epochs for training estimators).
+
+        An estimator that trains one network for the whole trial may also take `resume`, a
+        `nasjobs.training.TrialCheckpoint` (or None): it then continues from the state saved there, keeps it up to
+        date between epochs, and says in `EvalResult.resumed_from_epoch` where it continued (`resumable`)."""
+
+    @property
+    def resumable(self) -> bool:
+        """Whether `evaluate` takes `resume` (a trial checkpoint): the estimator declares it by the keyword."""
+        return "resume" in inspect.signature(self.evaluate).parameters
 
     def network(self, arch: Any, seed: int = 0) -> torch.nn.Module:
         """The network whose weights `evaluate` returns as `state` (freshly initialised with `seed`): the space's

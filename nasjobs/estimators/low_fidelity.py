@@ -15,7 +15,7 @@ from nasjobs.estimators.train import TrainConfig, TrainEstimator
 from nasjobs.metrics import count_params
 from nasjobs.options import OptionError, option
 from nasjobs.spaces.base import SearchSpace
-from nasjobs.training import accuracy, fit, seeded_init
+from nasjobs.training import TrialCheckpoint, accuracy, fit, seeded_init
 
 # Space name -> function(space, arch, multiplier) returning the narrowed (space, arch) and what was narrowed.
 WidthScaler = Callable[[SearchSpace, Any, float], tuple[SearchSpace, Any, dict[str, Any]]]
@@ -125,14 +125,16 @@ class LowFidelityEstimator(TrainEstimator):
         ds = self.dataset
         return seeded_init(lambda: space.build(proxy_arch, ds.input_shape, ds.num_classes), seed), width
 
-    def evaluate(self, arch: Any, budget: int, *, seed: int, hook: EpochHook | None = None) -> EvalResult:
+    def evaluate(self, arch: Any, budget: int, *, seed: int, hook: EpochHook | None = None,
+                 resume: TrialCheckpoint | None = None) -> EvalResult:
         params, flops = self.cost(arch)
         model, width = self._build_proxy(arch, seed)
         epochs = self.epochs_for(budget)
         started = time.perf_counter()
-        trainer = fit(model, self.train_split, self.dataset.val, epochs, self._settings(), seed, self.device, hook)
+        trainer = fit(model, self.train_split, self.dataset.val, epochs, self._settings(), seed, self.device, hook,
+                      resume=resume)
         curve = trainer.curve
-        seconds = time.perf_counter() - started
+        seconds = trainer.earlier_seconds + time.perf_counter() - started
         c = self.config
         fidelity = {"estimator": self.name, "epochs": epochs, "full_epochs": budget, "epoch_fraction": c.epoch_fraction,
                     "data_fraction": c.data_fraction, "train_samples": len(self.train_split),
@@ -142,7 +144,7 @@ class LowFidelityEstimator(TrainEstimator):
         return self.mark_chance_level(EvalResult(
             val_acc=curve[-1] if curve else accuracy(model, self.dataset.val, self.device), params=params,
             flops=flops, train_seconds=seconds, fidelity=fidelity, curve=curve, state=state,
-            loss_curve=trainer.loss_curve))
+            loss_curve=trainer.loss_curve, resumed_from_epoch=trainer.resumed_from_epoch))
 
     def network(self, arch: Any, seed: int = 0) -> torch.nn.Module:
         return self._build_proxy(arch, seed)[0]  # the proxy `evaluate` trains (same width)

@@ -13,7 +13,7 @@ from nasjobs.estimators.base import EpochHook, EvalResult
 from nasjobs.estimators.train import TrainConfig, TrainEstimator
 from nasjobs.options import option
 from nasjobs.spaces.base import SearchSpace
-from nasjobs.training import Trainer
+from nasjobs.training import Trainer, TrialCheckpoint
 
 STATISTICS = ("running_average", "running_best")
 
@@ -86,18 +86,18 @@ class MedianStoppingEstimator(TrainEstimator):
             return median
         return None
 
-    def evaluate(self, arch: Any, budget: int, *, seed: int, hook: EpochHook | None = None) -> EvalResult:
+    def evaluate(self, arch: Any, budget: int, *, seed: int, hook: EpochHook | None = None,
+                 resume: TrialCheckpoint | None = None) -> EvalResult:
         if budget < 1:
             raise ValueError("median stopping needs a budget of at least one epoch")
         model = self._build(arch, seed)
         params, flops = self.cost(arch, model)
-        curve: list[float] = []
+        trainer = Trainer(model, self.dataset.train, self.dataset.val, self._settings(), budget, seed, self.device)
 
         def on_epoch(epoch: int, acc: float) -> None:
-            curve.append(acc)
             if hook is not None:
                 hook(epoch, acc)
-            median = self.should_stop(curve) if epoch < budget else None
+            median = self.should_stop(trainer.curve) if epoch < budget else None
             if median is not None:
                 raise _Stopped(median)
 
@@ -106,16 +106,20 @@ class MedianStoppingEstimator(TrainEstimator):
                                     "grace_epochs": c.grace_epochs, "statistic": c.statistic,
                                     "completed_trials": len(self.history)}
         started = time.perf_counter()
-        trainer = Trainer(model, self.dataset.train, self.dataset.val, self._settings(), budget, seed, self.device)
         try:
-            trainer.run(budget, on_epoch)
+            if resume is None:
+                trainer.run(budget, on_epoch)
+            else:  # the rule is not applied again to the epochs the checkpoint holds: they passed it then
+                trainer.run_resumable(budget, on_epoch, resume, {"seed": seed, "epochs": budget})
         except _Stopped as stop:
-            fidelity.update({"stopped_at_epoch": len(curve), "median_at_stop": stop.median})
+            fidelity.update({"stopped_at_epoch": len(trainer.curve), "median_at_stop": stop.median})
         else:
-            self.history.append(list(curve))
-        seconds = time.perf_counter() - started
+            self.history.append(list(trainer.curve))
+        curve = list(trainer.curve)
+        seconds = trainer.earlier_seconds + time.perf_counter() - started
         fidelity["epochs"] = len(curve)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         return self.mark_chance_level(EvalResult(val_acc=curve[-1], params=params, flops=flops,
                                                  train_seconds=seconds, fidelity=fidelity, curve=curve,
-                                                 state=state, loss_curve=trainer.loss_curve))
+                                                 state=state, loss_curve=trainer.loss_curve,
+                                                 resumed_from_epoch=trainer.resumed_from_epoch))

@@ -10,7 +10,7 @@ import torch
 from nasjobs.augment import Augmentation
 from nasjobs.estimators.base import EpochHook, EvalResult, Estimator
 from nasjobs.options import option
-from nasjobs.training import SGDSettings, accuracy, fit, seeded_init
+from nasjobs.training import SGDSettings, TrialCheckpoint, accuracy, fit, seeded_init
 
 
 @dataclass(frozen=True)
@@ -51,20 +51,22 @@ class TrainEstimator(Estimator):
         ds = self.dataset
         return seeded_init(lambda: self.space.build(arch, ds.input_shape, ds.num_classes), seed)
 
-    def evaluate(self, arch: Any, budget: int, *, seed: int, hook: EpochHook | None = None) -> EvalResult:
+    def evaluate(self, arch: Any, budget: int, *, seed: int, hook: EpochHook | None = None,
+                 resume: TrialCheckpoint | None = None) -> EvalResult:
         model = self._build(arch, seed)
         params, flops = self.cost(arch, model)
         started = time.perf_counter()
         trainer = fit(model, self.dataset.train, self.dataset.val, budget, self._settings(), seed, self.device,
-                      hook)
+                      hook, resume=resume)
         curve = trainer.curve
-        seconds = time.perf_counter() - started
+        seconds = trainer.earlier_seconds + time.perf_counter() - started
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         val_acc = curve[-1] if curve else accuracy(model, self.dataset.val, self.device)
         fidelity: dict[str, Any] = {"epochs": budget, "data_fraction": 1.0}
         return self.mark_chance_level(EvalResult(val_acc=val_acc, params=params, flops=flops, train_seconds=seconds,
                                                  fidelity=fidelity, curve=curve, state=state,
-                                                 loss_curve=trainer.loss_curve))
+                                                 loss_curve=trainer.loss_curve,
+                                                 resumed_from_epoch=trainer.resumed_from_epoch))
 
     def test_accuracy(self, arch: Any, state: dict[str, torch.Tensor]) -> float:
         model = self._build(arch, 0)

@@ -1,9 +1,12 @@
-"""Many real Celery workers on one experiment: trial-level tasks, takeover of a killed worker's trial, failed trials."""
+"""Many real Celery workers on one experiment: trial-level tasks, takeover of a killed worker's trial (resumed from
+its checkpoint), failed trials."""
 import os
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
+import torch
 
 from nasjobs.estimators import ESTIMATORS
 from tests.conftest import wait_for
@@ -74,6 +77,38 @@ def test_a_killed_workers_trial_runs_again_elsewhere_within_a_minute(alice, cele
     assert experiment.trials_done == 2
     assert list(experiment.trials.values_list("number", flat=True)) == [0, 1]
     assert Trial.objects.get(pk=running.pk).claimed_by != running.claimed_by
+
+
+def checkpointed_epochs(path: Path) -> int:
+    """Epochs a trial's checkpoint holds (0 while it has none); it is replaced atomically, so never read half."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["trainer"]["epoch"])
+    except FileNotFoundError:
+        return 0
+
+
+def test_a_killed_workers_trial_resumes_from_its_checkpoint_on_another_worker(alice, celery_worker_factory, settings):
+    epochs = 20
+    experiment = create(alice, budget=1, epochs=epochs, top_k=1, options={"space": {"max_layers": 1}})
+    env = {"NAS_CHECKPOINT_SECONDS": "0", "NAS_SWEEP_SECONDS": "1", "NAS_TORCH_THREADS": "1"}
+    workers = [celery_worker_factory(**env), celery_worker_factory(**env)]
+    partial = Path(settings.NAS_ARTIFACTS_DIR) / f"experiment-{experiment.pk}" / "trial-00000.partial.pt"
+    wait_for(lambda: checkpointed_epochs(partial) >= 3, 120, "a few epochs checkpointed", logs(*workers))
+    running = Trial.objects.get(experiment=experiment, number=0)
+    pool_pid = int(running.claimed_by.rsplit(":", 1)[1])  # the pool process, in its worker's process group
+    victim = next(w for w in workers if os.getpgid(pool_pid) == w.proc.pid)
+    victim.kill()
+    saved = checkpointed_epochs(partial)
+    assert 3 <= saved < epochs, "killed mid-trial"
+    wait_for(lambda: status_of(experiment.pk) not in Experiment.ACTIVE, 120, "the experiment", logs(*workers))
+    experiment.refresh_from_db()
+    assert experiment.status == "succeeded", experiment.error
+    trial = Trial.objects.get(pk=running.pk)
+    assert trial.status == "done" and trial.attempts == 2 and trial.claimed_by != running.claimed_by
+    assert trial.resumed_from_epoch == saved  # from the last epoch the killed worker saved
+    assert len(trial.curve) == len(trial.loss_curve) == epochs and trial.epochs_trained == epochs
+    assert f"resumed at epoch {saved} of {epochs} from the trial's checkpoint" in trial.log_tail
+    assert not partial.exists()
 
 
 @pytest.fixture

@@ -223,6 +223,9 @@ class Trial(models.Model):
     claimed_by = models.CharField(max_length=200, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0, help_text="Times a worker took it")
+    resumed_from_epoch = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Its latest evaluation continued the trial's checkpoint at this epoch (an "
+                                         "earlier worker was lost or handed it back); empty: trained from the start")
     host = models.CharField(max_length=200, blank=True, help_text="Machine that evaluated it")
     device = models.CharField(max_length=200, blank=True, help_text="Device it was evaluated on")
     error = models.TextField(blank=True, help_text="Why it failed, in one line")

@@ -75,13 +75,15 @@ def runner_for(experiment: Experiment) -> SearchRunner:
     """The experiment's components (space, estimator, dataset once a trial needs it), built once per process and
     built again if its settings change (or where its weights go: a reused id in another artifact store)."""
     spec = experiment.spec()
-    fingerprint = json.dumps([dataclasses.asdict(spec), str(settings.NAS_ARTIFACTS_DIR)], sort_keys=True, default=str)
+    fingerprint = json.dumps([dataclasses.asdict(spec), str(settings.NAS_ARTIFACTS_DIR), settings.NAS_CHECKPOINT_SECONDS],
+                             sort_keys=True, default=str)
     cached = _runners.get(experiment.pk)
     if cached is not None and cached[0] == fingerprint:
         _runners.move_to_end(experiment.pk)
         return cached[1]
     runner = SearchRunner(spec, None, ArtifactStore(settings.NAS_ARTIFACTS_DIR, experiment.pk),
-                          resolve_device(settings.NAS_DEVICE), settings.NAS_MAX_SKIPPED_IN_A_ROW)
+                          resolve_device(settings.NAS_DEVICE), settings.NAS_MAX_SKIPPED_IN_A_ROW,
+                          settings.NAS_CHECKPOINT_SECONDS)
     _remember(_runners, experiment.pk, (fingerprint, runner))
     return runner
 
@@ -98,7 +100,8 @@ def record_of(t: Trial, *, curves: bool = True) -> TrialRecord:
     return TrialRecord(t.number, t.arch_key, t.arch_display, t.val_acc, t.params, t.flops, t.train_seconds,
                        t.fidelity, t.curve if curves else [], t.weights_path or None, t.estimator, t.search_seconds,
                        t.proposals, t.distance_to_incumbent, list(t.evaluations), status=t.status, job=t.job,
-                       told=t.told, error=t.error, loss_curve=list(t.loss_curve) if curves else [])
+                       told=t.told, error=t.error, loss_curve=list(t.loss_curve) if curves else [],
+                       resumed_from_epoch=t.resumed_from_epoch)
 
 
 def _planner(experiment: Experiment) -> Planner:
@@ -243,8 +246,9 @@ def trial_heartbeat(trial_id: int, worker: str, log_tail: str | None = None) -> 
 
 
 def trial_hand_back(trial_id: int, worker: str, *, requeue: bool = False) -> None:
-    """Put an unfinished trial back as pending (a cancel, a lost claim, a stopped worker): it runs again from its
-    start; `requeue` queues it again at once for another worker."""
+    """Put an unfinished trial back as pending (a cancel, a lost claim, a stopped worker): it runs again, from its
+    checkpoint where its estimator keeps one (the file stays); `requeue` queues it again at once for another
+    worker."""
     if Trial.everything.filter(pk=trial_id, claimed_by=worker, status=RUNNING).update(
             status=PENDING, claimed_by="", heartbeat_at=None) and requeue:
         trial_requeue(trial_id)
@@ -254,7 +258,11 @@ def trial_run_now(trial_id: int, worker: str) -> str:
     """Claim and evaluate one trial in this process, then tell its result and plan what follows. Returns
     "done", "failed" (recorded; the search goes on), "handed back" (cancelled or taken over mid-way) or
     "skipped" (not pending: done, running elsewhere, or its experiment not running). What the engine logs
-    meanwhile is kept on the trial (its last lines, `Trial.log_tail`): with each heartbeat and with its outcome."""
+    meanwhile is kept on the trial (its last lines, `Trial.log_tail`): with each heartbeat and with its outcome.
+
+    An estimator that trains for the whole trial keeps the trial's checkpoint up to date (`ArtifactStore.
+    trial_checkpoint`, every NAS_CHECKPOINT_SECONDS), so a trial taken over from a lost worker or handed back
+    resumes at its last saved epoch; the file is deleted once the trial's outcome (done or failed) is recorded."""
     if not trial_claim(trial_id, worker):
         return "skipped"
     row = Trial.everything.select_related("experiment").defer("experiment__strategy_state").get(pk=trial_id)
@@ -263,24 +271,30 @@ def trial_run_now(trial_id: int, worker: str) -> str:
     if row.is_retrain:
         return retrain_run(row, worker)
     record = record_of(row)
+    checkpoint = ArtifactStore(settings.NAS_ARTIFACTS_DIR, experiment.pk).trial_checkpoint(
+        row.number, settings.NAS_CHECKPOINT_SECONDS)
+    if row.attempts > 1 and checkpoint.path.exists():
+        log.info("trial %d of experiment %d taken again (attempt %d): resuming from its checkpoint", row.number,
+                 experiment.pk, row.attempts)
 
     def evaluate(check: Callable[[], None]) -> TrialRecord:
         runner = runner_for(experiment)  # inside the job: components that cannot be built fail the trial
         if hasattr(runner.estimator, "load_history"):
             runner.load_estimator_history(trial_records(experiment.pk, curves=True))
-        return runner.execute(record, check)
+        return runner.execute(record, check, checkpoint)
 
     with captured(also=(__name__,)) as tail:
         outcome, result, error, trace = _leased(row, worker, evaluate, tail.text)
-    if outcome == "handed back":
+    if outcome == "handed back":  # the checkpoint stays: whoever runs it next resumes there
         return outcome
     record = result or record
     try:
         finished = trial_report(experiment.pk, row.number, worker, record, len(row.evaluations), error, trace,
                                 log_tail=tail.text())
-    except services.LostClaim as exc:
+    except services.LostClaim as exc:  # another worker has the trial, and the checkpoint with it
         log.warning("%s", exc)
         return "handed back"
+    checkpoint.discard()
     if finished:
         experiment_finalize(experiment.pk, worker, finished)
     return "failed" if error else "done"

@@ -427,7 +427,8 @@ def trial_to_json(trial: Trial, rank: int | None = None) -> dict[str, Any]:
             "search_seconds": round(trial.search_seconds, 3), "proposals": trial.proposals,
             "distance_to_incumbent": trial.distance_to_incumbent, "evaluations": trial.evaluations,
             "status": trial.status, "host": trial.host, "device": trial.device, "attempts": trial.attempts,
-            "error": trial.error, "chance_level": trial.at_chance_level}
+            "resumed_from_epoch": trial.resumed_from_epoch, "error": trial.error,
+            "chance_level": trial.at_chance_level}
     if rank is not None:
         data["rank"] = rank
     return data

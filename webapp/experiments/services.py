@@ -275,7 +275,7 @@ def trial_result_fields(trial: TrialRecord, seq: int) -> dict[str, Any]:
                 fidelity=trial.fidelity, curve=trial.curve, loss_curve=trial.loss_curve,
                 weights_path=trial.weights_path or "",
                 search_seconds=trial.search_seconds, evaluations=trial.evaluations, status=trial.status,
-                told=trial.told, seq=seq,
+                told=trial.told, seq=seq, resumed_from_epoch=trial.resumed_from_epoch,
                 epochs_trained=epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None)
 
 

@@ -63,14 +63,13 @@ def test_the_page_shows_the_search_epochs_and_draws_each_derived_cell(alice_clie
 @pytest.mark.integration
 @pytest.mark.django_db(transaction=True)
 def test_a_killed_worker_resumes_the_search_from_its_last_epoch(alice, celery_worker_factory):
-    spec = tiny_spec(epochs=8, seed=2)
+    spec = tiny_spec(epochs=4, seed=2)
     experiment = services.experiment_create(user=alice, name="darts killed", spec=spec)
     first = celery_worker_factory()
-    wait_for(lambda: SearchEpoch.objects.filter(experiment=experiment).count() >= 2, 180, "two search epochs",
-             first.log)
+    wait_for(lambda: SearchEpoch.objects.filter(experiment=experiment).exists(), 180, "a search epoch", first.log)
     first.kill()
     done_at_kill = SearchEpoch.objects.filter(experiment=experiment).count()
-    assert done_at_kill < 8 and Experiment.objects.get(pk=experiment.pk).status == "running"
+    assert done_at_kill < 4 and Experiment.objects.get(pk=experiment.pk).status == "running"
 
     second = celery_worker_factory()
     wait_for(lambda: Experiment.objects.get(pk=experiment.pk).status not in Experiment.ACTIVE, 240,
@@ -78,7 +77,7 @@ def test_a_killed_worker_resumes_the_search_from_its_last_epoch(alice, celery_wo
     experiment.refresh_from_db()
     assert experiment.status == "succeeded", experiment.error
     assert list(SearchEpoch.objects.filter(experiment=experiment).order_by("epoch")
-                .values_list("epoch", flat=True)) == list(range(1, 9))
+                .values_list("epoch", flat=True)) == list(range(1, 5))
 
     reference = MemoryStore()
     with tempfile.TemporaryDirectory() as tmp:

@@ -53,7 +53,11 @@ def test_port_chooses_where_the_web_server_listens(tmp_path):
         assert '"ok"' in body, proc.stdout.read1().decode() if proc.poll() is not None else "no answer"
     finally:
         os.killpg(proc.pid, signal.SIGINT)
-        out = proc.communicate(timeout=180)[0].decode()  # a warm shutdown on a busy machine takes its time
+        try:
+            out = proc.communicate(timeout=180)[0].decode()  # a warm shutdown on a busy machine takes its time
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # nothing of it outlives the test
+            raise
     assert f"running at http://127.0.0.1:{port}/" in out and "nasboard stopped." in out
 
 

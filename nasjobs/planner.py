@@ -56,6 +56,7 @@ class Planner:
         self.parallelism, self.failure_policy, self.gate = parallelism, failure_policy, gate
         self.trials: dict[int, TrialRecord] = {}
         self.by_key: dict[str, TrialRecord] = {}
+        self.weighted: set[int] = set()  # numbers of the trials whose record names kept weights
         self.in_flight: dict[int, TrialRecord] = {}
         self.before: dict[int, float] = {}  # the figure of a trial being evaluated once more, before it
         self.board = Leaderboard([])
@@ -114,9 +115,22 @@ class Planner:
         """The worst figure evaluated so far (None before any)."""
         return self.trials[self.board.order[-1][1]].val_acc if self.board.order else None
 
+    def _put(self, trial: TrialRecord) -> None:
+        """Hold `trial` as the record of its number and architecture (and of kept weights, when it names some)."""
+        self.trials[trial.number] = self.by_key[trial.arch_key] = trial
+        if trial.weights_path:
+            self.weighted.add(trial.number)
+        else:
+            self.weighted.discard(trial.number)
+
+    def forget_weights(self, numbers: list[int]) -> None:
+        """The weights of these trials are no longer kept."""
+        for number in numbers:
+            self.trials[number].weights_path = None
+            self.weighted.discard(number)
+
     def _index(self, trial: TrialRecord) -> None:
-        self.trials[trial.number] = trial
-        self.by_key[trial.arch_key] = trial
+        self._put(trial)
         self.next_number = max(self.next_number, trial.number + 1)
         self.proposals = max(self.proposals, trial.proposals)
         if trial.told is not None:
@@ -213,14 +227,14 @@ class Planner:
             self.board.add(trial)
             bisect.insort(self.done_numbers, trial.number)
         trial.status, trial.job = DONE, ""
-        self.trials[trial.number] = self.by_key[trial.arch_key] = trial
+        self._put(trial)
         self.strategy.observe(arch, trial.evaluations[-1])
 
     def fail(self, trial: TrialRecord, error: str) -> None:
         """A trial's job failed. A first evaluation is marked failed and told per the failure policy; a failed
         re-evaluation leaves the trial with the figure it had."""
         self.in_flight.pop(trial.number, None)
-        self.trials[trial.number] = self.by_key[trial.arch_key] = trial
+        self._put(trial)
         if trial.number in self.before:
             trial.val_acc = self.before.pop(trial.number)
             trial.status, trial.job = DONE, ""
@@ -375,7 +389,7 @@ class BracketPlanner(Planner):
             self.board.add(trial)
             bisect.insort(self.done_numbers, trial.number)
         trial.status, trial.job = DONE, ""
-        self.trials[trial.number] = self.by_key[trial.arch_key] = trial
+        self._put(trial)
 
     def fail(self, trial: TrialRecord, error: str) -> None:
         super().fail(trial, error)

@@ -94,3 +94,26 @@ def test_a_reevaluation_updates_its_trial_and_counts_as_an_evaluation(vision):
     assert e.trials_done == 2 and e.best_val_acc == 0.6
     with pytest.raises(ValueError):  # the same evaluation twice is refused
         services.trial_record(e.pk, "w", again, {}, [0])
+
+
+def test_trials_run_one_by_one_keep_the_weights_of_the_best_top_k_only(alice, settings, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from nasjobs.artifacts import ArtifactStore
+    from webapp.experiments import runner
+
+    settings.NAS_ARTIFACTS_DIR = str(tmp_path)
+    monkeypatch.setattr(runner, "trials_enqueue", lambda *args, **kwargs: None)  # run here, one by one
+    spec = ExperimentSpec("digits", "chain_cnn", "random", "train", budget=4, epochs=1, seed=1, top_k=2,
+                          options={"space": {"max_layers": 1}})
+    e = services.experiment_create(user=alice, name="weights", spec=spec, enqueue=False)
+    runner.experiment_advance_now(e.pk, "w")
+    while (pending := Trial.objects.filter(experiment=e, status="pending").first()) is not None:
+        assert runner.trial_run_now(pending.pk, "w") == "done"
+    e.refresh_from_db()
+    assert e.status == "succeeded" and e.trials_done == 4
+    best = [t.number for t in e.trials.order_by("-val_acc", "number")[:2]]
+    kept = dict(e.trials.exclude(weights_path="").values_list("number", "weights_path"))
+    assert sorted(kept) == sorted(best)
+    files = ArtifactStore(tmp_path, e.pk).dir.glob("trial-*.pt")
+    assert sorted(p.name for p in files if ".partial" not in p.name) == sorted(Path(p).name for p in kept.values())

@@ -390,12 +390,10 @@ def _forget_weights(experiment: Experiment, planner: Planner) -> list[int]:
     """Forget the weights of trials no longer among the best `top_k`; returns their numbers, whose files the caller
     deletes. The planner holds every recorded trial as the database does (under the lock), so it says which have
     weights without a query; a trial finishing elsewhere meanwhile has its own file, not yet recorded."""
-    kept = set(planner.kept(experiment.top_k))
-    numbers = sorted(n for n, t in planner.trials.items() if t.weights_path and n not in kept)
+    numbers = sorted(planner.weighted - set(planner.kept(experiment.top_k)))
     if numbers:
         Trial.objects.filter(experiment_id=experiment.pk, number__in=numbers).update(weights_path="")
-        for n in numbers:
-            planner.trials[n].weights_path = None
+        planner.forget_weights(numbers)
     return numbers
 
 

@@ -45,7 +45,7 @@ def vision_experiment(alice, tmp_path, settings):
     """An experiment of team "vision" with one trial and one search epoch, and a dataset of the team, so every
     object URL resolves."""
     from webapp.datasets.models import Dataset
-    from webapp.experiments.models import SearchEpoch
+    from webapp.experiments.models import Calibration, SearchEpoch
 
     settings.NAS_ARTIFACTS_DIR = tmp_path
     e = services.experiment_create(user=alice, name=SECRET_NAME, spec=SPEC, enqueue=False)
@@ -54,6 +54,7 @@ def vision_experiment(alice, tmp_path, settings):
                           {}, [0])
     SearchEpoch.objects.create(experiment=e, epoch=0, train_loss=1, train_acc=0.5, val_loss=1, val_acc=0.5,
                                alphas={}, genotype="c16k3", param_free_fraction=0.0)
+    e.calibration_pk = Calibration.objects.create(experiment=e, k=2, epochs=1, created_by=alice).pk
     e.dataset_pk = Dataset.objects.create(team=e.team, owner=alice, name=f"{SECRET_NAME}-data", kind="image",
                                           source="imagefolder", status="ready", input_shape=[1, 8, 8]).pk
     return e
@@ -61,7 +62,8 @@ def vision_experiment(alice, tmp_path, settings):
 
 def concrete(name: str, params: list[str], experiment: Experiment) -> str | None:
     values = {"pk": experiment.pk, "number": 0, "epoch": 0, "object_id": experiment.pk, "app_label": "experiments",
-              "id": experiment.team_id, "fmt": "torch", "uidb64": "MQ", "token": "set-password"}
+              "id": experiment.team_id, "fmt": "torch", "uidb64": "MQ", "token": "set-password",
+              "calibration_id": experiment.calibration_pk}
     if name.startswith("admin:") and params and name != "admin:app_list":
         values["object_id"] = experiment.pk
         if any(p not in values for p in params):

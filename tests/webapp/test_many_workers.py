@@ -219,8 +219,10 @@ def test_a_worker_stopped_with_sigterm_loses_no_trial(alice, celery_worker_facto
 
     experiment = create(alice, budget=2, epochs=60, parallelism=1)  # trials of seconds: the signal lands mid-trial
     leaving = celery_worker_factory()
-    wait_for(lambda: Trial.objects.filter(experiment=experiment, status="running").exists(), 120,
-             "a trial to start", leaving.log)
+    # Once it trains (its log, stored with each heartbeat, has epochs): a signal landing between the claim and the
+    # training leaves the trial to the lease's takeover instead, a case the kill tests cover.
+    wait_for(lambda: Trial.objects.filter(experiment=experiment, status="running", log_tail__contains="epoch ")
+             .exists(), 120, "a trial to train", leaving.log)
     running = Trial.objects.get(experiment=experiment, status="running")
     (os.killpg if whole_group else os.kill)(leaving.proc.pid, signal.SIGTERM)
     wait_for(lambda: leaving.proc.poll() is not None, 120, "the worker to exit", leaving.log)

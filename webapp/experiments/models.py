@@ -157,13 +157,18 @@ class Experiment(models.Model):
         return {"seconds_before": self.search_seconds(now), "active_since": None}
 
 
+# The search's own trials (what `Trial.objects` holds). The indexes that serve its pages hold only these rows, so
+# a query's `kind` test is implied by the index and a page or a rank is read from the index alone.
+SEARCH_TRIALS = models.Q(kind="search")
+
+
 class SearchTrials(models.Manager):
     """The trials of the search itself: what the strategy was told, the budget spent, the leaderboard. A retraining
     (`Trial.Kind.RETRAIN`) is left out, so no query of the search can count one by mistake; `Trial.everything`
     sees both."""
 
     def get_queryset(self) -> models.QuerySet:
-        return super().get_queryset().filter(kind=Trial.Kind.SEARCH)
+        return super().get_queryset().filter(SEARCH_TRIALS)
 
 
 class Trial(models.Model):
@@ -248,11 +253,11 @@ class Trial(models.Model):
         # from an index, not from rows that carry curves; the progress index serves the counts, the exploration
         # figures and the trials in flight or failed; the seq index the live updates' cursor.
         indexes = [models.Index(fields=["experiment", "status", "number", "job", "proposals",
-                                        "distance_to_incumbent"], name="trial_progress"),
+                                        "distance_to_incumbent", "kind"], name="trial_progress"),
                    models.Index(fields=["status", "heartbeat_at"], name="trial_status_heartbeat"),
                    models.Index(fields=["experiment", "seq"], name="trial_experiment_seq"),
                    *(models.Index(fields=["experiment", *order, "number", "status", "job", "epochs_trained",
-                                          "weights_path"], name=f"trial_by_{name}")
+                                          "weights_path", "kind"], name=f"trial_by_{name}")
                      for name, order in (("figure", ["-val_acc"]), ("params", ["params"]), ("macs", ["flops"]),
                                          ("training", ["train_seconds"])))]
         constraints = [

@@ -219,10 +219,11 @@ def leaderboard_options(query: dict[str, str]) -> dict[str, Any]:
 
 
 class Leaderboard:
-    """The leaderboard's rows in one order, sliced as a Paginator slices them. A slice reads the ids of its rows
-    from an index that holds the sort column and every column the filters read (no row is touched for the trials
-    skipped over), then those rows' columns, then their ranks by figure from the figure index; so a page deep
-    into 100,000 trials costs about what the first one does."""
+    """The leaderboard's rows in one order, sliced as a Paginator slices them. A slice reads the numbers of its
+    rows from an index that holds the sort column and every column the filters read (no row is touched for the
+    trials skipped over), then those rows' columns, then their ranks by figure from the figure index; so a page
+    deep into 100,000 trials costs about what the first one does. (A search trial's number names it within its
+    experiment and is in every one of these indexes; its id is not, and PostgreSQL would read each row for it.)"""
 
     def __init__(self, trials: QuerySet[Trial], order: list[Any], columns: tuple[str, ...] | None,
                  count: Callable[[], int] | None = None, by_rank: bool = False) -> None:
@@ -239,24 +240,23 @@ class Leaderboard:
         return iter(self[:])
 
     def __getitem__(self, window: slice) -> list[Trial]:
-        ids = list(self.trials.order_by(*self.order).values_list("pk", flat=True)[window])
-        rows = self.trials.filter(pk__in=ids)
+        numbers = list(self.trials.order_by(*self.order).values_list("number", flat=True)[window])
+        rows = self.trials.filter(number__in=numbers)
         rows = rows.only(*self.columns) if self.columns else rows.defer(*Trial.BLOBS)
-        rows = {t.pk: t for t in rows.annotate(chance_level=Trial.CHANCE_LEVEL)}
+        rows = {t.number: t for t in rows.annotate(chance_level=Trial.CHANCE_LEVEL)}
         ranks: dict[int, int] = {}
         if self.by_rank:  # in the rank's own order a row's rank is its place
-            ranks = {pk: (window.start or 0) + i + 1 for i, pk in enumerate(ids)}
-        elif ids:
-            ranked = self.trials.annotate(trial_id=F("pk"), rank=Window(
-                RowNumber(), order_by=[F("val_acc").desc(), F("number").asc()]))
-            sql, params = ranked.order_by().values_list("trial_id", "rank").query.sql_with_params()
+            ranks = {number: (window.start or 0) + i + 1 for i, number in enumerate(numbers)}
+        elif numbers:
+            ranked = self.trials.annotate(rank=Window(RowNumber(), order_by=[F("val_acc").desc(), F("number").asc()]))
+            sql, params = ranked.order_by().values_list("number", "rank").query.sql_with_params()
             with connection.cursor() as cursor:
-                cursor.execute(f"SELECT trial_id, rank FROM ({sql}) ranked WHERE trial_id IN ({', '.join(['%s'] * len(ids))})",
-                               [*params, *ids])
+                cursor.execute(f"SELECT * FROM ({sql}) ranked WHERE number IN ({', '.join(['%s'] * len(numbers))})",
+                               [*params, *numbers])
                 ranks = dict(cursor.fetchall())
-        for pk, trial in rows.items():
-            trial.rank = ranks[pk]
-        return [rows[pk] for pk in ids]
+        for number, trial in rows.items():
+            trial.rank = ranks[number]
+        return [rows[number] for number in numbers]
 
 
 def experiment_leaderboard(experiment: Experiment, limit: int | None = None, sort: str = LEADERBOARD_DEFAULT_SORT,

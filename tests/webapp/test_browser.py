@@ -119,6 +119,8 @@ def test_a_darts_search_shows_alpha_charts_and_the_derived_cell_per_epoch(page, 
     expect(page.locator("#alpha-legend")).to_contain_text("nor_conv_3x3")
     expect(page.locator("#epoch-diagram svg")).to_be_visible()
     expect(page.locator("#best-diagram svg")).to_be_visible()
+    Path("var/screenshots").mkdir(parents=True, exist_ok=True)
+    page.screenshot(path="var/screenshots/darts.png", full_page=True)
 
 
 def test_two_users_of_two_teams_each_see_only_their_teams_work(page, live_server, carol, bob):

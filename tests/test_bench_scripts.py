@@ -52,6 +52,9 @@ def test_load_reports_latencies_of_concurrent_clients_against_gunicorn_while_a_s
     report = json.loads(done.stdout)
     assert report["requests"] > 0 and report["errors"] == 0 and report["status_5xx"] == 0, report["statuses"]
     assert 0 < report["p50_ms"] <= report["p99_ms"]
+    # gunicorn's own times of the same requests (the warm-up's left out), never longer than the clients saw
+    assert report["server_requests"] == report["requests"] and report["warmup"] == 3
+    assert 0 < report["server_p50_ms"] <= report["server_p99_ms"] <= report["p99_ms"]
     assert set(report["per_page_p99_ms"]) == {"list", "experiment", "leaderboard", "trial", "status", "api"}
     assert report["trials"] == 200 and report["gunicorn_workers"] == 2 and report["search_trials_done"] > 0
     assert report["meta"]["options"]["clients"] == 5 and report["meta"]["components"]["spec"]["budget"] == 50

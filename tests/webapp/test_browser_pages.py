@@ -58,7 +58,8 @@ def searched(user, n: int) -> Experiment:
     for i, key in enumerate(keys):
         services.trial_record(experiment.pk, "w", TrialRecord(
             i, key, key, 0.5 + 0.4 * ((i * 37) % n) / n, 10_000 + (i * 7919) % 90_000, 200_000 + i, 1.0 + i % 9,
-            {"epochs": 3 if i % 2 else 1}, [0.5], None, "train"), {"s": i}, [])
+            {"epochs": 3 if i % 2 else 1}, [0.5], None, "train", proposals=i + 1, distance_to_incumbent=i % 6),
+            {"s": i}, [])
     Experiment.objects.filter(pk=experiment.pk).update(status="succeeded", started_at=timezone.now(),
                                                        finished_at=timezone.now())
     experiment.refresh_from_db()

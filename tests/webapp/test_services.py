@@ -117,3 +117,33 @@ def test_trials_run_one_by_one_keep_the_weights_of_the_best_top_k_only(alice, se
     assert sorted(kept) == sorted(best)
     files = ArtifactStore(tmp_path, e.pk).dir.glob("trial-*.pt")
     assert sorted(p.name for p in files if ".partial" not in p.name) == sorted(Path(p).name for p in kept.values())
+
+
+def test_every_planning_step_queues_every_pending_trial_looking_only_at_those_in_flight(alice, monkeypatch):
+    """A step queues the trials it proposed and every trial still waiting for a worker (one handed back meanwhile,
+    or one whose message was lost), and finds them among the planner's trials in flight by number, not by scanning
+    the experiment's trials for 'pending' (which on PostgreSQL walks an index entry for every trial ever pending)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from webapp.experiments import runner
+
+    queued: list[list[int]] = []
+    monkeypatch.setattr(runner, "trials_enqueue", lambda experiment, ids, queue=None: queued.append(sorted(ids)))
+    spec = ExperimentSpec("nb201-cifar10", "nb201", "random", "benchmark", budget=20, epochs=1, seed=3,
+                          parallelism=3)
+    e = services.experiment_create(user=alice, name="queued", spec=spec, enqueue=False)
+    with pytest.MonkeyPatch.context() as m:  # the queue is sent on commit: run the callbacks at once here
+        m.setattr("django.db.transaction.on_commit", lambda f, *a, **k: f())
+        runner.experiment_advance_now(e.pk, "w")
+        pk = {t.number: t.pk for t in Trial.objects.filter(experiment=e)}
+        assert queued == [sorted(pk.values())] and len(pk) == 3
+        assert runner.trial_claim(pk[1], "w2")
+        runner.trial_hand_back(pk[1], "w2")  # back to waiting, outside any planning step
+        with CaptureQueriesContext(connection) as queries:
+            assert runner.trial_run_now(pk[0], "w") == "done"
+        pk = {t.number: t.pk for t in Trial.objects.filter(experiment=e)}
+        assert queued[-1] == sorted([pk[1], pk[2], pk[3]])  # the handed-back one, the waiting one, the new one
+    lookup = [q["sql"] for q in queries.captured_queries
+              if q["sql"].startswith('SELECT "experiments_trial"."id"') and "pending" in q["sql"]]
+    assert len(lookup) == 1 and '"number" IN (1, 2, 3)' in lookup[0].replace("%s", ""), lookup

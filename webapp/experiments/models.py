@@ -157,9 +157,11 @@ class Experiment(models.Model):
         return {"seconds_before": self.search_seconds(now), "active_since": None}
 
 
-# The search's own trials (what `Trial.objects` holds). The indexes that serve its pages hold only these rows, so
-# a query's `kind` test is implied by the index and a page or a rank is read from the index alone.
+# The search's own trials (what `Trial.objects` holds), and among them those with a figure (`Trial.WITH_FIGURE`):
+# the leaderboard's indexes hold only these rows, so a trial waiting for a worker, being claimed or sending its
+# heartbeat (most of a trial row's writes) changes none of them.
 SEARCH_TRIALS = models.Q(kind="search")
+FIGURED = models.Q(status=DONE) | ~models.Q(job="")
 
 
 class SearchTrials(models.Manager):
@@ -184,7 +186,7 @@ class Trial(models.Model):
 
     # Trials that have a figure: evaluated, or evaluated and now in flight for more (once more, or a higher rung).
     # Pending, running and failed first evaluations have none (their val_acc is a placeholder 0).
-    WITH_FIGURE = models.Q(status=DONE) | ~models.Q(job="")
+    WITH_FIGURE = FIGURED
     # The columns a list never shows: per-epoch curves, the log tail and the traceback (`.defer(*Trial.BLOBS)`).
     BLOBS = ("curve", "loss_curve", "log_tail", "traceback")
     # Whether training left its figure no better than guessing the most common class (the estimator's mark,
@@ -257,7 +259,8 @@ class Trial(models.Model):
                    models.Index(fields=["status", "heartbeat_at"], name="trial_status_heartbeat"),
                    models.Index(fields=["experiment", "seq"], name="trial_experiment_seq"),
                    *(models.Index(fields=["experiment", *order, "number", "status", "job", "epochs_trained",
-                                          "weights_path", "kind"], name=f"trial_by_{name}")
+                                          "weights_path", "kind"], name=f"trial_by_{name}",
+                                 condition=SEARCH_TRIALS & FIGURED)
                      for name, order in (("figure", ["-val_acc"]), ("params", ["params"]), ("macs", ["flops"]),
                                          ("training", ["train_seconds"])))]
         constraints = [

@@ -17,7 +17,7 @@ import traceback
 from collections import OrderedDict
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -168,11 +168,16 @@ def _propose(experiment: Experiment, planner: Planner, worker: str, fields: dict
     return plan
 
 
-def _enqueue_pending(experiment: Experiment) -> None:
-    """Queue every pending trial of the experiment once this transaction commits (duplicates are harmless)."""
+def _enqueue_pending(experiment: Experiment, among: Iterable[int] | None = None) -> None:
+    """Queue every pending trial of the experiment once this transaction commits (duplicates are harmless). With
+    `among`, the numbers of every trial that can be pending (the planner's trials in flight), only those rows are
+    looked at: on PostgreSQL each trial that has been pending leaves an index entry under 'pending' until vacuum,
+    and a scan of them all would grow with the experiment."""
+    trials = Trial.objects.filter(experiment_id=experiment.pk, status=PENDING)
+    if among is not None:
+        trials = trials.filter(number__in=list(among))
     # In number order, without the model's default ordering: it joins the experiment to sort every trial of it.
-    ids = list(Trial.objects.filter(experiment_id=experiment.pk, status=PENDING).order_by("number")
-               .values_list("pk", flat=True))
+    ids = list(trials.order_by("number").values_list("pk", flat=True))
     if ids:
         transaction.on_commit(lambda: trials_enqueue(experiment, ids))
 
@@ -378,7 +383,7 @@ def trial_report(experiment_id: int, number: int, worker: str, record: TrialReco
                 fields.update(_failed_fields(experiment, worker, now, message, trace))
             else:
                 finished = _propose(experiment, planner, worker, fields).finished
-                _enqueue_pending(experiment)
+                _enqueue_pending(experiment, planner.in_flight)
         _planned(experiment, planner, **fields)
     store = ArtifactStore(settings.NAS_ARTIFACTS_DIR, experiment_id)
     for n in forgotten:  # once the step is saved: a step rolled back must not lose weights it still keeps

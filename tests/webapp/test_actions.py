@@ -280,6 +280,25 @@ def test_the_retrain_button_queues_one_and_a_refusal_says_why(alice_client, alic
     assert Trial.everything.get(kind="retrain").fidelity == {"epochs": 4}
 
 
+def retrains_table(client, experiment) -> str:
+    page = client.get(reverse("experiment_detail", args=[experiment.pk])).content.decode()
+    return page[page.index('id="retrains"'):page.index("</table>", page.index('id="retrains"'))]
+
+
+def test_a_retraining_at_chance_level_is_marked_in_the_list_of_retrainings(alice, alice_client):
+    experiment = finished(alice)
+    retrain = services.experiment_retrain(experiment, alice, 2)
+    Trial.everything.filter(pk=retrain.pk).update(status="done", val_acc=0.99)
+    assert "99.00%" in retrains_table(alice_client, experiment)
+    assert "chance-level" not in retrains_table(alice_client, experiment)
+    # Trained to no better than guessing the most common class (the train estimator's mark in its fidelity):
+    # marked beside its figure, as a trial of the search is in the leaderboard.
+    assert selectors.experiment_summary(experiment)["retrains"][0]["chance_level"] is False
+    Trial.everything.filter(pk=retrain.pk).update(fidelity={"epochs": 2, "chance_level": True}, val_acc=0.1)
+    assert 'class="tag chance-level"' in retrains_table(alice_client, experiment)
+    assert selectors.experiment_summary(experiment)["retrains"][0]["chance_level"] is True  # the API's and nas show's
+
+
 def test_a_retraining_is_not_a_trial_of_the_search_anywhere(alice, alice_client):
     experiment = finished(alice)
     retrain = services.experiment_retrain(experiment, alice, 2)

@@ -17,6 +17,22 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Empty the queues that tests without a worker of their own queued jobs on (pytest.ini names them), so none
+    is left in a developer's Redis; a Redis that is not there has nothing to empty."""
+    queues = [os.environ.get(name, "") for name in ("NAS_GPU_QUEUE", "NAS_CPU_QUEUE")]
+    queues = [q for q in queues if q.startswith("nasboard-test")]
+    if not queues:
+        return
+    try:
+        import redis
+        from django.conf import settings
+
+        redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5).delete(*queues)
+    except Exception:  # noqa: BLE001  (no Redis, or settings never configured: nothing was queued)
+        pass
+
+
 def _member(user, team_name: str, role: str = "member"):
     from webapp.teams.models import Membership, Team
 

@@ -3,6 +3,7 @@ import io
 import json
 import os
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -264,6 +265,11 @@ def test_the_charts_draw_every_trial_and_a_point_opens_its_trial(page, live_serv
                           options={"space": {"max_layers": 3}})
     experiment = services.experiment_create(user=alice, name="charted search", spec=spec, enqueue=False)
     assert experiment_run_inline(experiment.pk, "test") == "succeeded"
+    # A search over in under half a second (as a fast machine runs this one), so its time axis ticks in 0.05 s.
+    experiment.refresh_from_db()
+    for t in experiment.trials.all():
+        finished = experiment.started_at + timedelta(seconds=0.07 * (t.number + 1))
+        experiment.trials.filter(pk=t.pk).update(finished_at=finished)
     trials = list(experiment.trials.order_by("number"))
     bad: list[str] = []
     page.on("requestfailed", lambda request: bad.append(f"{request.url} {request.failure}"))
@@ -300,6 +306,10 @@ def test_the_charts_draw_every_trial_and_a_point_opens_its_trial(page, live_serv
     by_params = "Chart.getChart(document.querySelector('[data-chart=\"by-params\"]'))"
     assert page.evaluate(by_params + ".options.scales.y.title.text") == "validation accuracy (%)"
     assert page.evaluate(by_params + ".scales.x.type") == "logarithmic"
+    # However short the search, no two ticks of the wall-time axis read the same.
+    by_time = "Chart.getChart(document.querySelector('[data-chart=\"best-by-time\"]'))"
+    labels = page.evaluate(by_time + ".scales.x.ticks.map((t) => t.label)")
+    assert len(labels) > 2 and len(set(labels)) == len(labels) and all(label.endswith(" s") for label in labels), labels
 
     Path("var/screenshots").mkdir(parents=True, exist_ok=True)
     page.screenshot(path="var/screenshots/experiment.png", full_page=True)

@@ -21,12 +21,14 @@
     return [1, 2, 5].some((m) => Math.abs(mantissa - m) < 1e-6) ? compact.format(v) : "";
   }
 
-  // A time axis in one unit, chosen by its longest time: seconds up to 2 minutes, minutes up to 2 hours, then hours.
-  function duration(value) {
+  // A time axis in one unit, chosen by its longest time: seconds up to 2 minutes, minutes up to 2 hours, then hours;
+  // with as many decimals (1 to 3) as the step between its ticks needs, so no two ticks read the same.
+  function duration(value, index, ticks) {
     const max = this.max;
-    if (max <= 120) return Number(value.toFixed(1)) + " s";
-    if (max <= 7200) return Number((value / 60).toFixed(1)) + " min";
-    return Number((value / 3600).toFixed(1)) + " h";
+    const [scale, unit] = max <= 120 ? [1, " s"] : max <= 7200 ? [60, " min"] : [3600, " h"];
+    const step = ticks && ticks.length > 1 ? Math.abs(ticks[1].value - ticks[0].value) / scale : 0.1;
+    const digits = Math.min(3, Math.max(1, Math.ceil(-Math.log10(step) - 1e-9)));
+    return Number((value / scale).toFixed(digits)) + unit;
   }
 
   /** Of points {x, y, n} (x: trial number or time, y: the figure, n: the trial), the ones that raised the best

@@ -459,7 +459,8 @@ def retrain_to_json(trial: Trial) -> dict[str, Any]:
     return {"number": trial.number, "of_trial": trial.source_number, "arch": trial.arch_key,
             "epochs": trial.fidelity.get("epochs"), "status": trial.status,
             "val_acc": trial.val_acc if done else None, "test_acc": trial.test_acc,
-            "chance_level": done and trial.at_chance_level, "params": trial.params, "flops": trial.flops, "train_seconds": round(trial.train_seconds, 3),
+            "chance_level": done and trial.at_chance_level, "params": trial.params, "flops": trial.flops,
+            "train_seconds": round(trial.train_seconds, 3),
             "host": trial.host, "device": trial.device, "attempts": trial.attempts, "error": trial.error}
 
 

@@ -154,7 +154,8 @@ def drive(url: str, cookie: str, plan: dict[str, list[str]], clients: int, secon
 
     return {"requests": len(samples), "errors": sum(1 for _, _, s in samples if s != 200),
             "status_5xx": sum(1 for _, _, s in samples if s >= 500),
-            "p50_ms": percentile_ms([d for _, d, _ in samples], 0.50), "p99_ms": percentile_ms([d for _, d, _ in samples], 0.99),
+            "p50_ms": percentile_ms([d for _, d, _ in samples], 0.50),
+            "p99_ms": percentile_ms([d for _, d, _ in samples], 0.99),
             "per_page_p99_ms": {k: percentile_ms([d for kind, d, _ in samples if kind == k], 0.99) for k in kinds},
             "statuses": {str(s): sum(1 for _, _, x in samples if x == s) for s in sorted({s for _, _, s in samples})},
             "requests_per_s": round(len(samples) / wall, 1)}

@@ -149,6 +149,9 @@ def test_a_running_search_is_watched_live_and_cancelled(watched, live_server, al
     assert page.evaluate("window.__sameDocument") is True
     page.screenshot(path=str(SCREENSHOTS / "experiment-running.png"), full_page=True)
     page.set_viewport_size({"width": 400, "height": 900})
+    # On a phone the page reads without scrolling sideways (wide tables scroll within themselves), once its charts
+    # have followed the new width.
+    page.wait_for_function("document.documentElement.scrollWidth <= window.innerWidth", timeout=10_000)
     page.screenshot(path=str(SCREENSHOTS / "experiment-running-phone.png"), full_page=True)
     page.set_viewport_size({"width": 1400, "height": 900})
     with page.expect_navigation():

@@ -336,4 +336,20 @@ def test_the_charts_draw_every_trial_and_a_point_opens_its_trial(page, live_serv
     expect(page.locator("#log-tail")).to_contain_text("epoch 3/3: train loss")
     expect(page.locator("#worker")).to_contain_text(shown.host)
     page.screenshot(path="var/screenshots/trial.png", full_page=True)
+    # A trial of one epoch (or a table lookup's single figure) is a point well inside the chart, not on its edge.
+    single = next(t for t in trials if t.number != number)
+    experiment.trials.filter(pk=single.pk).update(curve=[0.5], loss_curve=[1.2])
+    page.goto(f"{live_server.url}/experiments/{experiment.pk}/trials/{single.number}/")
+    page.wait_for_function("Chart.getChart(document.getElementById('chart-learning-curve')) !== undefined")
+    inside = page.evaluate("""() => {
+        const chart = Chart.getChart(document.getElementById('chart-learning-curve')), area = chart.chartArea;
+        return chart.data.datasets.map((d, i) => {
+            const point = chart.getDatasetMeta(i).data[0];
+            return point.x > area.left + 20 && point.x < area.right - 20;
+        });
+    }""")
+    assert inside == [True, True]
+    ticks = page.evaluate("Chart.getChart(document.getElementById('chart-learning-curve')).scales.x.ticks"
+                          ".map((t) => t.label)")
+    assert ticks == ["1"], ticks  # an epoch axis counts whole epochs
     assert bad == [], bad

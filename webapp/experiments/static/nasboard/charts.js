@@ -287,10 +287,16 @@
     return view;
   }
 
+  // An epoch axis ticks at whole epochs only (a single epoch's axis runs from 0.5 to 1.5).
+  function wholeEpochs(scale) {
+    scale.ticks = scale.ticks.filter((t) => Number.isInteger(t.value));
+  }
+
   function learningCurve(canvas, curves) {
     const epochs = Math.max(curves.val_acc.length, curves.train_loss.length);
     // An epoch whose loss is unknown (trained before checkpoints kept it) is left out rather than drawn at 0.
     const series = (values) => values.map((v, i) => ({x: i + 1, y: v})).filter((p) => p.y !== null);
+    const pad = epochs > 1 ? 0 : 0.5;  // a single epoch is a point in the middle, not on the chart's edge
     return new Chart(canvas, {
       type: "line",
       data: {datasets: [
@@ -303,7 +309,8 @@
         animation: false, parsing: false, responsive: true, maintainAspectRatio: false, spanGaps: false,
         interaction: {mode: "index", intersect: false},
         scales: {
-          x: axis("epoch", {type: "linear", min: 1, max: Math.max(1, epochs), ticks: {precision: 0}}),
+          x: axis("epoch", {type: "linear", min: 1 - pad, max: Math.max(1, epochs) + pad, ticks: {precision: 0},
+                            afterBuildTicks: wholeEpochs}),
           acc: axis("validation accuracy (%)", {position: "left",
                                                 ticks: {callback: (v) => (100 * v).toFixed(1) + "%"}}),
           loss: axis("training loss", {position: "right", grid: {drawOnChartArea: false}}),

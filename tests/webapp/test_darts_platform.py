@@ -125,7 +125,7 @@ def test_a_search_whose_weights_stayed_near_uniform_says_its_derived_cell_is_not
     spread = experiment_weight_spread(experiment)  # the last epoch's weights are what the cell is derived from
     assert spread["near_uniform"] and spread["epoch"] == 2 and spread["largest"] == 0.21 and spread["uniform"] == 0.2
     page = alice_client.get(reverse("experiment_detail", args=[experiment.pk])).content.decode()
-    assert 'id="near-uniform"' in page
+    assert 'id="near-uniform"' in page and 'id="near-uniform" hidden' not in page.replace("\n", " ")
     assert ("The operation weights are still near uniform (largest weight 0.210 vs uniform 0.200): the derived "
             "cell is not yet informative; search more epochs.") in page
     api = alice_client.get(f"/api/experiments/{experiment.pk}/").json()
@@ -139,6 +139,26 @@ def test_a_search_whose_weights_chose_shows_no_near_uniform_note(alice_client, a
     epoch_with(experiment, 1, [[0.21, 0.2, 0.2, 0.2, 0.19]] * 6)
     epoch_with(experiment, 2, [[0.6, 0.1, 0.1, 0.1, 0.1]] + [[0.2] * 5] * 5)
     page = alice_client.get(reverse("experiment_detail", args=[experiment.pk])).content.decode()
-    assert 'id="darts"' in page and 'id="near-uniform"' not in page and "not yet informative" not in page
+    note = page[page.index('id="near-uniform"'):page.index("</p>", page.index('id="near-uniform"'))]
+    assert 'id="darts"' in page and " hidden>" in note and "not yet informative" not in page
     api = alice_client.get(f"/api/experiments/{experiment.pk}/").json()
     assert api["weight_spread"]["near_uniform"] is False and api["weight_spread"]["note"] is None
+
+
+@pytest.mark.django_db
+def test_the_poll_brings_the_near_uniform_note_with_each_new_search_epoch(alice_client, alice):
+    """A page open while DARTS searches shows the note once the latest epoch's weights are near uniform, and drops
+    it once they have chosen: the poll sends `weight_spread` with new epochs (and only then, so an unchanged poll
+    stays small)."""
+    experiment = services.experiment_create(user=alice, name="darts live", spec=tiny_spec(epochs=4), enqueue=False)
+    status = reverse("experiment_status", args=[experiment.pk])
+    assert "weight_spread" not in alice_client.get(status, {"since": 0, "epochs": 0}).json()
+    epoch_with(experiment, 1, [[0.21, 0.2, 0.2, 0.2, 0.19]] * 6)
+    first = alice_client.get(status, {"since": 0, "epochs": 0}).json()
+    assert [e["epoch"] for e in first["search_epochs"]] == [1] and first["weight_spread"]["near_uniform"] is True
+    assert "not yet informative" in first["weight_spread"]["note"]
+    assert "weight_spread" not in alice_client.get(status, {"since": 0, "epochs": 1}).json()  # nothing new
+    epoch_with(experiment, 2, [[0.6, 0.1, 0.1, 0.1, 0.1]] + [[0.2] * 5] * 5)
+    second = alice_client.get(status, {"since": 0, "epochs": 1}).json()
+    assert [e["epoch"] for e in second["search_epochs"]] == [2]
+    assert second["weight_spread"]["near_uniform"] is False and second["weight_spread"]["note"] is None

@@ -550,10 +550,14 @@ def experiment_progress(experiment: Experiment, since: int, epochs_seen: int = 0
     and only the trials that got a figure at planning step `since` (the client's cursor) or later, oldest first,
     at most POLL_ROWS of them (`more` says there are others); the returned cursor is the next poll's `since`.
     Steps commit in order under the experiment's lock and each gives one trial its figure, so nothing is skipped
-    or sent twice. Of a differentiable search, the search epochs after the first `epochs_seen`. An unchanged
+    or sent twice. Of a differentiable search, the search epochs after the first `epochs_seen` and, when there are
+    any, the latest one's `weight_spread` (the near-uniform note comes and goes with it). An unchanged
     experiment costs a few hundred bytes whatever its size; no blob is read."""
     changed = experiment.trials.filter(Trial.WITH_FIGURE, seq__gte=since).order_by("seq")
     rows = _points(experiment, changed, POLL_ROWS)
+    epochs = [epoch_to_json(e) for e in experiment.search_epochs.filter(epoch__gt=epochs_seen).order_by("epoch")]
+    # With new search epochs, whether the latest one's operation weights are still near uniform.
+    spread = {"weight_spread": experiment_weight_spread(experiment)} if epochs else {}
     return {
         "status": experiment.status, "trials_done": experiment.trials_done, "budget": experiment.budget,
         "progress_percent": experiment.progress_percent,
@@ -563,8 +567,7 @@ def experiment_progress(experiment: Experiment, since: int, epochs_seen: int = 0
         "liveness": experiment_liveness(experiment),
         "in_flight": in_flight_json(experiment),
         "failed_trials": experiment.trials.filter(status=FAILED).count(),
-        "search_epochs": [epoch_to_json(e) for e in
-                          experiment.search_epochs.filter(epoch__gt=epochs_seen).order_by("epoch")],
+        "search_epochs": epochs, **spread,
         "trials": [dict(zip(POINT_COLUMNS, point)) for point, _ in rows], "cursor": rows[-1][1] + 1 if rows else since,
         "more": len(rows) == POLL_ROWS}
 

@@ -16,6 +16,19 @@ pids=()
 cleanup() {
   trap - EXIT INT TERM
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # The worker finishes its running task first (a warm shutdown). Whatever still runs after a minute is killed;
+  # a trial it was training is then taken over from its checkpoint like a killed worker's.
+  for _ in $(seq 60); do
+    alive=""
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive="$alive $pid"; done
+    [ -z "$alive" ] && break
+    sleep 1
+  done
+  for pid in $alive; do
+    echo "process $pid did not stop within a minute: killed" >&2
+    pkill -KILL -P "$pid" 2>/dev/null || true
+    kill -KILL "$pid" 2>/dev/null || true
+  done
   wait 2>/dev/null || true
   echo "nasboard stopped."
 }

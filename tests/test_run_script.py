@@ -40,8 +40,10 @@ def test_port_chooses_where_the_web_server_listens(tmp_path):
     queue = f"run-script-{uuid.uuid4().hex[:8]}"  # queues of its own: it never takes another run's tasks
     env = {**os.environ, "PORT": str(port), "NAS_VAR_DIR": str(tmp_path / "var"), "NAS_GPU_QUEUE": f"{queue}-gpu",
            "NAS_CPU_QUEUE": f"{queue}-cpu", "DATABASE_URL": f"sqlite:///{tmp_path / 'run.sqlite3'}"}
+    # Ctrl-C as a terminal delivers it: to a script whose SIGINT is not ignored (a test run started in the
+    # background, as CI may start it, would otherwise hand its ignored SIGINT down, and the script's trap with it).
     proc = subprocess.Popen(["scripts/run.sh"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline, body = time.monotonic() + 240, ""
         while time.monotonic() < deadline and proc.poll() is None:
@@ -55,9 +57,10 @@ def test_port_chooses_where_the_web_server_listens(tmp_path):
         os.killpg(proc.pid, signal.SIGINT)
         try:
             out = proc.communicate(timeout=180)[0].decode()  # a warm shutdown on a busy machine takes its time
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as stuck:
             os.killpg(proc.pid, signal.SIGKILL)  # nothing of it outlives the test
-            raise
+            raise AssertionError("make run did not stop within 180 s of Ctrl-C:\n" + (stuck.output or b"").decode(
+                errors="replace")[-4000:]) from None
     assert f"running at http://127.0.0.1:{port}/" in out and "nasboard stopped." in out
 
 

@@ -220,15 +220,15 @@ def test_a_trial_at_chance_level_is_marked_in_its_leaderboard_row_without_loadin
     assert all("fidelity" in t.get_deferred_fields() for t in trials)
 
 
-def query_plan(sql: str, params: list | None) -> str:
+def query_plan(sql: str) -> str:
     """The database's plan for a query, as text; PostgreSQL is told to avoid a sequential scan where it can, as it
     would on a large table (on a test's few rows a scan is cheaper and the plan would say nothing of the index)."""
     with connection.cursor() as cursor:
         if connection.vendor == "sqlite":
-            cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
+            cursor.execute(f"EXPLAIN QUERY PLAN {sql}")
             return "\n".join(str(row[-1]) for row in cursor.fetchall())
         cursor.execute("SET LOCAL enable_seqscan = off")
-        cursor.execute(f"EXPLAIN {sql}", params)
+        cursor.execute(f"EXPLAIN {sql}")
         return "\n".join(row[0] for row in cursor.fetchall())
 
 
@@ -243,5 +243,5 @@ def test_a_page_and_its_ranks_are_read_from_an_index_alone(alice, sort):
     # the page's numbers, then its rows by number, then (unless the order is the rank's) the ranks
     skipped_over = [queries.captured_queries[0]] + ([queries.captured_queries[2]] if sort != "-figure" else [])
     for query in skipped_over:
-        plan = query_plan(query["sql"], None)
+        plan = query_plan(query["sql"])
         assert "COVERING INDEX" in plan or "Index Only Scan" in plan, (query["sql"], plan)

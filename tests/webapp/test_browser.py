@@ -122,6 +122,9 @@ def test_a_darts_search_shows_alpha_charts_and_the_derived_cell_per_epoch(page, 
     expect(page.locator("#best-diagram svg")).to_be_visible()
     Path("var/screenshots").mkdir(parents=True, exist_ok=True)
     page.screenshot(path="var/screenshots/darts.png", full_page=True)
+    # On a phone too it reads without scrolling sideways: the cell's long genotype string wraps.
+    page.set_viewport_size({"width": 400, "height": 900})
+    page.wait_for_function("document.documentElement.scrollWidth <= window.innerWidth", timeout=10_000)
 
 
 def test_two_users_of_two_teams_each_see_only_their_teams_work(page, live_server, carol, bob):
